@@ -1,0 +1,1 @@
+"""GPU calibration: measure step times (optional torch), fit cost profiles, check them."""

@@ -1,0 +1,1 @@
+"""Trace I/O: the canonical Parquet schema, validation, synthesis, import, slicing, info."""

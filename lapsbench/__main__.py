@@ -1,0 +1,5 @@
+"""`python -m lapsbench` runs the CLI."""
+
+from lapsbench.cli import main
+
+main()

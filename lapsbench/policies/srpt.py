@@ -1,0 +1,22 @@
+"""Oracle shortest remaining processing time: preemptive at step boundaries, by true remaining tokens.
+
+Once it runs, the chosen request's remaining work only shrinks and nobody else's changes, so the
+ranking holds until the next arrival or completion (the default plan)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lapsbench.policies.base import Policy, register
+from lapsbench.state import EngineState
+
+
+@register
+@dataclass
+class SRPT(Policy):
+    name = "srpt"
+    preemptive = True
+    summary = "oracle shortest remaining tokens first; preemptive at step boundaries"
+
+    def rank(self, state: EngineState, active: np.ndarray, now: float) -> np.ndarray:
+        return state.remaining_tokens[active]

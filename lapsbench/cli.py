@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from lapsbench.calibrate.cli import app as calibrate_app
 from lapsbench.errors import LapsbenchError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lapsbench.runner import RunResult
+    from lapsbench.scenario import Scenario
 from lapsbench.trace.cli import app as trace_app
 
 app = typer.Typer(
@@ -19,6 +28,54 @@ app = typer.Typer(
 )
 app.add_typer(trace_app, name="trace")
 app.add_typer(calibrate_app, name="calibrate")
+
+
+@app.command()
+def run(
+    scenario: Path = typer.Argument(..., help="scenario TOML"),
+    out: Path | None = typer.Option(None, "--out", help="results directory (default: [output] dir)"),
+    seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Simulate every scheduler of a scenario on the same requests; write results and print a table."""
+    from rich.console import Console
+
+    from lapsbench.report import command_line, print_summary, write_results
+    from lapsbench.runner import run_scenario
+    from lapsbench.scenario import load_scenario
+
+    spec = load_scenario(scenario)
+    if seed is not None:
+        if seed < 0:
+            raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
+        spec = dataclasses.replace(spec, seed=seed)
+    if out is not None:
+        spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, dir=str(out)))
+    console = Console(stderr=True)
+    result = run_scenario(spec) if quiet or not console.is_terminal else _run_with_progress(spec, console)
+    summary, _ = write_results(spec.out_dir, spec, result, command_line())
+    print_summary(summary, f"{spec.name}: {result.workload.n} requests × {spec.replications} replication(s), "
+                  f"k = {spec.speculation.k}")
+    if not quiet:
+        console.print(f"results in {spec.out_dir}/ ({result.wall_s:.2f} s)")
+
+
+def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lapsbench.runner import run_scenario
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        tasks: dict[tuple[str, int], int] = {}
+
+        def progress(label: str, replication: int, done: int, total: int) -> None:
+            key = (label, replication)
+            if key not in tasks:
+                tasks[key] = bar.add_task(f"{label} (rep {replication})", total=total)
+            bar.update(tasks[key], completed=done)
+
+        return run_scenario(spec, progress)
 
 
 def main() -> None:

@@ -1,0 +1,96 @@
+"""Results on disk (contract: requests.parquet, summary.csv/json, scenario.toml, meta.json) and on screen."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from lapsbench import __version__
+from lapsbench.fsutil import atomic_dir
+from lapsbench.metrics import summarize, summarize_replications
+from lapsbench.runner import RunResult
+from lapsbench.scenario import Scenario, scenario_to_toml
+from lapsbench.trace.schema import trace_hash
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command: str) -> tuple[pl.DataFrame,
+                                                                                             pl.DataFrame]:
+    """Write every result file into a temporary directory that replaces `out_dir` only when complete."""
+    per_rep = summarize_replications(result.requests, scenario.slo)
+    summary = summarize(per_rep)
+    meta = {
+        "lapsbench_version": __version__,
+        "scenario": scenario.name,
+        "seed": scenario.seed,
+        "replications": scenario.replications,
+        "schedulers": [s.label for s in scenario.scheduler],
+        "requests": result.workload.n,
+        "trace_path": str(result.workload.trace_path),
+        "trace_sha256": trace_hash(result.workload.trace_path),
+        "wall_s": round(result.wall_s, 3),
+        "command": command,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "polars": pl.__version__,
+    }
+    with atomic_dir(out_dir) as tmp:
+        result.requests.write_parquet(tmp / "requests.parquet", compression="zstd")
+        summary.write_csv(tmp / "summary.csv")
+        per_rep.write_csv(tmp / "summary_by_replication.csv")
+        payload = {
+            "schedulers": [{k: _json_safe(v) for k, v in row.items()} for row in summary.to_dicts()],
+            "by_replication": [{k: _json_safe(v) for k, v in row.items()} for row in per_rep.to_dicts()],
+        }
+        (tmp / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (tmp / "scenario.toml").write_text(scenario_to_toml(scenario))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return summary, per_rep
+
+
+def _fmt(value: object, scale: float = 1.0, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{float(value) * scale:.{digits}f}"
+
+
+def summary_table(summary: pl.DataFrame, title: str) -> Table:
+    """Per scheduler: JCT mean (± CI) / p50 / p99, TTFT mean / p99, TPOT mean, throughput."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("scheduler")
+    for name in ("JCT mean s", "JCT p50 s", "JCT p99 s", "TTFT mean s", "TTFT p99 s", "TPOT mean ms",
+                 "req/s", "tok/s"):
+        table.add_column(name, justify="right")
+    best = float(summary["jct_mean_s"].min())
+    for row in summary.iter_rows(named=True):
+        mean = _fmt(row["jct_mean_s"])
+        ci = row.get("jct_mean_ci95_s")
+        if ci is not None and math.isfinite(ci):
+            mean += f" ± {ci:.3f}"
+        if row["jct_mean_s"] == best:
+            mean = f"[bold green]{mean}[/]"
+        table.add_row(row["scheduler"], mean, _fmt(row["jct_p50_s"]), _fmt(row["jct_p99_s"]),
+                      _fmt(row["ttft_mean_s"]), _fmt(row["ttft_p99_s"]), _fmt(row["tpot_mean_s"], 1000, 2),
+                      _fmt(row["throughput_rps"], 1, 2), _fmt(row["throughput_tok_s"], 1, 0))
+    return table
+
+
+def print_summary(summary: pl.DataFrame, title: str, console: Console | None = None) -> None:
+    (console or Console()).print(summary_table(summary, title))
+
+
+def command_line() -> str:
+    return " ".join(["lapsbench", *sys.argv[1:]])

@@ -1,0 +1,320 @@
+"""Scenario TOML → frozen dataclasses, validated once at the edge.
+
+Every field carries a `help` text (reused by docs) and a check; an unknown key or a bad value raises
+LapsbenchError naming the key path, the value and the valid choices. Relative paths are resolved
+against the current directory first, then the scenario file's directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lapsbench.errors import LapsbenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _f(default: Any, help: str, check: Any = None, choices: tuple[str, ...] | None = None) -> Any:
+    meta = {"help": help, "check": check, "choices": choices}
+    if isinstance(default, (list, dict, tuple)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "a number > 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "a number >= 0"
+
+
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else "an integer >= 1"
+
+
+def _probability(v: float) -> str | None:
+    return None if 0 <= v < 1 else "a probability in [0, 1)"
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    path: str = _f("", "canonical Parquet trace (see docs/traces.md)")
+    rate_scale: float = _f(1.0, ">1 compresses inter-arrival gaps (more load)", _positive)
+    start_s: float = _f(0.0, "window start, seconds of trace time", _non_negative)
+    duration_s: float = _f(0.0, "window length in trace seconds; 0 = to the end", _non_negative)
+    max_requests: int = _f(0, "keep the first N requests of the window; 0 = all", _non_negative)
+
+
+@dataclass(frozen=True)
+class FixedProfileSpec:
+    kind: str = _f("fixed", "fixed step-time profile (queueing checks)", choices=("fixed",))
+    step_s: float = _f(0.01, "every decode/verify step takes exactly this long", _positive)
+    draft_step_s: float = _f(0.0, "each draft forward takes this long", _non_negative)
+    prefill_s_per_token: float = _f(0.0, "extra prefill time per prompt token", _non_negative)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    profile: str | FixedProfileSpec = _f("h100-like-llama2-7b", "profile name, TOML path, or a fixed-profile table")
+    draft: str = _f("", "draft model in the profile (default: the profile's own)")
+
+
+@dataclass(frozen=True)
+class FixedAcceptanceSpec:
+    kind: str = _f("fixed", "every draft token accepted with probability alpha until the first rejection",
+                   choices=("fixed",))
+    alpha: float = _f(0.7, "per-token acceptance probability", _probability)
+
+
+ACCEPTANCE_KINDS: dict[str, type] = {"fixed": FixedAcceptanceSpec}
+
+
+@dataclass(frozen=True)
+class SpeculationSpec:
+    k: int = _f(4, "draft tokens per step; 0 = plain decoding (no draft cost)", _non_negative)
+    acceptance: Any = _f(FixedAcceptanceSpec(), "acceptance process table (kind = ...)")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    batching: str = _f("none", "batching mode", choices=("none",))
+    max_batch: int = _f(1, "largest batch (requests)", _at_least_one)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: str
+    label: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SloSpec:
+    ttft_s: float = _f(0.0, "TTFT objective in seconds; 0 = none", _non_negative)
+    tpot_s: float = _f(0.0, "TPOT objective in seconds; 0 = none", _non_negative)
+    e2e_s: float = _f(0.0, "end-to-end latency objective in seconds; 0 = none", _non_negative)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    dir: str = _f("", "results directory; default results/<name>")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = _f("scenario", "a name for the results")
+    seed: int = _f(0, "root seed of every random stream", _non_negative)
+    replications: int = _f(1, "independent repetitions (acceptance and predictor streams differ)", _at_least_one)
+    trace: TraceSpec = _f(TraceSpec(), "the workload")
+    model: ModelSpec = _f(ModelSpec(), "the cost profile")
+    speculation: SpeculationSpec = _f(SpeculationSpec(), "speculative decoding")
+    engine: EngineSpec = _f(EngineSpec(), "the serving engine")
+    scheduler: tuple[SchedulerSpec, ...] = _f((), "schedulers to compare, each [[scheduler]] name = ...")
+    slo: SloSpec = _f(SloSpec(), "service-level objectives for goodput")
+    output: OutputSpec = _f(OutputSpec(), "where results go")
+    base_dir: str = _f("", "directory of the scenario file (set by the loader)")
+
+    def resolve(self, path: str) -> Path:
+        """A relative path from the scenario: the current directory first, then the scenario's dir."""
+        p = Path(path)
+        if p.is_absolute() or p.exists() or not self.base_dir:
+            return p
+        alt = Path(self.base_dir) / p
+        return alt if alt.exists() else p
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output.dir or f"results/{self.name}")
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+def _type_name(t: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if not math.isfinite(value):
+                raise LapsbenchError(f"{where}: {value!r} — expected a finite number")
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise LapsbenchError(f"{where}: {value!r} has the wrong type — expected {_type_name(type(default))}")
+    return value
+
+
+def parse_table(cls: type, table: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
+    """Build dataclass `cls` from a TOML table, checking every key."""
+    if not isinstance(table, dict):
+        raise LapsbenchError(f"{where}: {table!r} — expected a table")
+    fields_ = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    for key in table:
+        if key not in fields_:
+            raise LapsbenchError(f"{where}.{key}: unknown key; valid keys: {', '.join(sorted(fields_))}")
+    values = {}
+    for name, f in fields_.items():
+        if name not in table:
+            continue
+        path = f"{where}.{name}" if where else name
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = _coerce(table[name], default, path)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise LapsbenchError(f"{path}: {value!r} — expected one of {list(choices)}")
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise LapsbenchError(f"{path}: {value!r} — expected {problem}")
+        values[name] = value
+    return cls(**values)
+
+
+def _parse_acceptance(table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise LapsbenchError(f"{where}: {table!r} — expected a table like {{ kind = \"fixed\", alpha = 0.7 }}")
+    kind = table.get("kind", "fixed")
+    if kind not in ACCEPTANCE_KINDS:
+        raise LapsbenchError(f"{where}.kind: {kind!r} — expected one of {sorted(ACCEPTANCE_KINDS)}")
+    return parse_table(ACCEPTANCE_KINDS[kind], table, where)
+
+
+def _parse_schedulers(raw: Any) -> tuple[SchedulerSpec, ...]:
+    from lapsbench.policies import make_policy
+
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise LapsbenchError("scheduler: expected at least one [[scheduler]] table with a name")
+    specs = []
+    labels = set()
+    for i, table in enumerate(raw):
+        where = f"scheduler[{i}]"
+        if not isinstance(table, dict) or "name" not in table:
+            raise LapsbenchError(f"{where}: expected a table with name = \"fcfs\" (or another scheduler)")
+        params = {k: v for k, v in table.items() if k not in ("name", "label")}
+        name = table["name"]
+        if not isinstance(name, str):
+            raise LapsbenchError(f"{where}.name: {name!r} — expected a scheduler name string")
+        label = table.get("label", name)
+        if not isinstance(label, str):
+            raise LapsbenchError(f"{where}.label: {label!r} — expected a string")
+        if label in labels:
+            raise LapsbenchError(f"{where}.label: {label!r} appears twice; give each scheduler a distinct label")
+        labels.add(label)
+        make_policy(name, params, where)  # validates name and parameters now, before any run
+        specs.append(SchedulerSpec(name=name, label=label, params=params))
+    return tuple(specs)
+
+
+def parse_scenario(data: dict[str, Any], base_dir: str = "") -> Scenario:
+    top = {k: v for k, v in data.items()}
+    valid = {f.name for f in dataclasses.fields(Scenario)} - {"base_dir"}
+    for key in top:
+        if key not in valid:
+            raise LapsbenchError(f"{key}: unknown key; valid keys: {', '.join(sorted(valid))}")
+    trace = parse_table(TraceSpec, top.get("trace", {}), "trace")
+    if not trace.path:
+        raise LapsbenchError("trace.path: missing — expected the path of a canonical Parquet trace")
+    model_raw = top.get("model", {})
+    if not isinstance(model_raw, dict):
+        raise LapsbenchError(f"model: {model_raw!r} — expected a table")
+    profile = model_raw.get("profile", ModelSpec().profile)
+    if isinstance(profile, dict):
+        profile = parse_table(FixedProfileSpec, profile, "model.profile")
+    elif not isinstance(profile, str):
+        raise LapsbenchError(f"model.profile: {profile!r} — expected a profile name, a path, or a fixed table")
+    model = parse_table(ModelSpec, {k: v for k, v in model_raw.items() if k != "profile"}, "model")
+    model = dataclasses.replace(model, profile=profile)
+    spec_raw = top.get("speculation", {})
+    if not isinstance(spec_raw, dict):
+        raise LapsbenchError(f"speculation: {spec_raw!r} — expected a table")
+    speculation = parse_table(SpeculationSpec, {k: v for k, v in spec_raw.items() if k != "acceptance"},
+                              "speculation")
+    if "acceptance" in spec_raw:
+        speculation = dataclasses.replace(
+            speculation, acceptance=_parse_acceptance(spec_raw["acceptance"], "speculation.acceptance"))
+    scenario = parse_table(
+        Scenario, {k: v for k, v in top.items() if k in ("name", "seed", "replications")}, "")
+    return dataclasses.replace(
+        scenario,
+        trace=trace,
+        model=model,
+        speculation=speculation,
+        engine=parse_table(EngineSpec, top.get("engine", {}), "engine"),
+        scheduler=_parse_schedulers(top.get("scheduler")),
+        slo=parse_table(SloSpec, top.get("slo", {}), "slo"),
+        output=parse_table(OutputSpec, top.get("output", {}), "output"),
+        base_dir=base_dir,
+    )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    if not path.is_file():
+        raise LapsbenchError(f"{path}: no such scenario file; expected a TOML scenario")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise LapsbenchError(f"{path}: invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LapsbenchError(f"{path}: cannot read scenario: {exc}") from None
+    try:
+        return parse_scenario(data, str(path.parent))
+    except LapsbenchError as exc:
+        raise LapsbenchError(f"{path}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if dataclasses.is_dataclass(v):
+        return _toml_value(dataclasses.asdict(v))
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def scenario_to_toml(s: Scenario) -> str:
+    """The resolved scenario (every default filled in), loadable again with `load_scenario`."""
+    lines = [f"name = {_toml_value(s.name)}", f"seed = {s.seed}", f"replications = {s.replications}", ""]
+    for section in ("trace", "model", "speculation", "engine", "slo", "output"):
+        lines.append(f"[{section}]")
+        table = getattr(s, section)
+        for f in dataclasses.fields(table):
+            lines.append(f"{f.name} = {_toml_value(getattr(table, f.name))}")
+        lines.append("")
+    for sched in s.scheduler:
+        lines.append("[[scheduler]]")
+        lines.append(f"name = {_toml_value(sched.name)}")
+        if sched.label != sched.name:
+            lines.append(f"label = {_toml_value(sched.label)}")
+        for key, value in sched.params.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -4,7 +4,7 @@ atomically and print one summary line (or a table)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,18 +29,18 @@ def _done(out: Path, rows: int, span: float, note: str = "") -> None:
 
 @app.command("synth")
 def synth_cmd(
-    requests: int = typer.Option(..., "--requests", "-n", help="Number of requests."),
-    rate: float = typer.Option(..., "--rate", help="Mean arrival rate (requests/s)."),
-    out: Path = typer.Option(..., "--out", help="Output canonical Parquet trace."),
-    seed: int = typer.Option(0, "--seed", help="Seed of numpy Generator(SeedSequence(seed))."),
-    arrival: str = typer.Option("poisson", "--arrival", help=f"Inter-arrival law: {'|'.join(ARRIVALS)}."),
-    cv: Optional[float] = typer.Option(None, "--cv", help="Inter-arrival CV (gamma only)."),  # noqa: UP045
-    output_lengths: str = typer.Option(DEFAULT_OUTPUT, "--output-lengths", help=LENGTH_HELP),
-    prompt_lengths: str = typer.Option(DEFAULT_PROMPT, "--prompt-lengths", help=LENGTH_HELP),
-    lengths: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--lengths", help="csv:PATH — resample (prompt, output) pairs jointly from a length-only CSV."),
-    alpha_beta: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--alpha-beta", help="MEAN,CONCENTRATION: add a per-request alpha ~ Beta, in [0, 1)."),
+    requests: Annotated[int, typer.Option("--requests", "-n", help="Number of requests.")],
+    rate: Annotated[float, typer.Option("--rate", help="Mean arrival rate (requests/s).")],
+    out: Annotated[Path, typer.Option("--out", help="Output canonical Parquet trace.")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed of numpy Generator(SeedSequence(seed)).")] = 0,
+    arrival: Annotated[str, typer.Option("--arrival", help=f"Inter-arrival law: {'|'.join(ARRIVALS)}.")] = "poisson",
+    cv: Annotated[float | None, typer.Option("--cv", help="Inter-arrival CV (gamma only).")] = None,
+    output_lengths: Annotated[str, typer.Option("--output-lengths", help=LENGTH_HELP)] = DEFAULT_OUTPUT,
+    prompt_lengths: Annotated[str, typer.Option("--prompt-lengths", help=LENGTH_HELP)] = DEFAULT_PROMPT,
+    lengths: Annotated[str | None, typer.Option(
+        "--lengths", help="csv:PATH — resample (prompt, output) pairs jointly from a length-only CSV.")] = None,
+    alpha_beta: Annotated[str | None, typer.Option(
+        "--alpha-beta", help="MEAN,CONCENTRATION: add a per-request alpha ~ Beta, in [0, 1).")] = None,
 ) -> None:
     """Write a synthetic trace: seeded Poisson/Gamma arrivals and length distributions."""
     alpha = parse_alpha_beta(alpha_beta) if alpha_beta else None
@@ -52,20 +52,22 @@ def synth_cmd(
 
 @app.command("import")
 def import_cmd(
-    source: Path = typer.Argument(..., help="Raw trace file (CSV or JSONL)."),
-    out: Path = typer.Option(..., "--out", help="Output canonical Parquet trace, e.g. traces/NAME.parquet."),
-    fmt: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--format", help=f"{'|'.join(FORMATS)}; detected from the header when omitted."),
-    model: list[str] = typer.Option([], "--model", help="burstgpt: keep only this model (repeatable)."),
-    keep_failed: bool = typer.Option(False, "--keep-failed", help="burstgpt: keep failed requests, flagged."),
-    drop_zero: bool = typer.Option(False, "--drop-zero", help="Drop requests with 0 prompt/output tokens."),
-    rate: Optional[float] = typer.Option(None, "--rate", help="lengths: arrival rate (requests/s)."),  # noqa: UP045
-    arrival: str = typer.Option("poisson", "--arrival", help="lengths: poisson|gamma."),
-    cv: Optional[float] = typer.Option(None, "--cv", help="lengths: inter-arrival CV (gamma)."),  # noqa: UP045
-    seed: int = typer.Option(0, "--seed", help="lengths: seed of the arrivals."),
+    source: Annotated[Path, typer.Argument(help="Raw trace file (CSV or JSONL).")],
+    out: Annotated[Path, typer.Option("--out", help="Output canonical Parquet trace, e.g. traces/NAME.parquet.")],
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help=f"{'|'.join(FORMATS)}; detected from the header when omitted.")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="burstgpt: keep only this model (repeatable or comma-separated).")] = None,
+    keep_failed: Annotated[bool, typer.Option(
+        "--keep-failed", help="burstgpt: keep failed requests (output_tokens=1, failed=true).")] = False,
+    drop_zero: Annotated[bool, typer.Option("--drop-zero", help="Drop requests with 0 prompt/output tokens.")] = False,
+    rate: Annotated[float | None, typer.Option("--rate", help="lengths: arrival rate (requests/s).")] = None,
+    arrival: Annotated[str, typer.Option("--arrival", help="lengths: poisson|gamma.")] = "poisson",
+    cv: Annotated[float | None, typer.Option("--cv", help="lengths: inter-arrival CV (gamma).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="lengths: seed of the arrivals.")] = 0,
 ) -> None:
     """Convert a raw trace (azure, burstgpt, mooncake, vidur, lengths) into a canonical trace."""
-    options = ImportOptions(models=tuple(m for spec in model for m in spec.split(",") if m),
+    options = ImportOptions(models=tuple(m for spec in model or () for m in spec.split(",") if m),
                             keep_failed=keep_failed, drop_zero=drop_zero, rate=rate, arrival=arrival, cv=cv, seed=seed)
     report = import_trace(source, out, fmt, options)
     dropped = ", ".join(f"{v:,} {k}" for k, v in report.dropped.items())
@@ -74,15 +76,16 @@ def import_cmd(
 
 @app.command("slice")
 def slice_cmd(
-    source: Path = typer.Argument(..., help="Canonical Parquet trace."),
-    out: Path = typer.Option(..., "--out", help="Output canonical Parquet trace."),
-    start_s: float = typer.Option(0.0, "--start-s", help="Window start (trace seconds)."),
-    duration_s: float = typer.Option(0.0, "--duration-s", help="Window length (0 = to the end)."),
-    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Divide inter-arrival gaps by this (>1 = more load)."),
-    first: int = typer.Option(0, "--first", help="Keep the first N requests (0 = all), applied last."),
-    sample: int = typer.Option(0, "--sample", help="Keep a random N requests of the window (order kept)."),
-    sample_fraction: float = typer.Option(0.0, "--sample-fraction", help="Keep a random fraction instead."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampling."),
+    source: Annotated[Path, typer.Argument(help="Canonical Parquet trace.")],
+    out: Annotated[Path, typer.Option("--out", help="Output canonical Parquet trace.")],
+    start_s: Annotated[float, typer.Option("--start-s", help="Window start (trace seconds).")] = 0.0,
+    duration_s: Annotated[float, typer.Option("--duration-s", help="Window length (0 = to the end).")] = 0.0,
+    rate_scale: Annotated[float, typer.Option(
+        "--rate-scale", help="Divide inter-arrival gaps by this (>1 = more load).")] = 1.0,
+    first: Annotated[int, typer.Option("--first", help="Keep the first N requests (0 = all), applied last.")] = 0,
+    sample: Annotated[int, typer.Option("--sample", help="Keep a random N requests of the window (order kept).")] = 0,
+    sample_fraction: Annotated[float, typer.Option("--sample-fraction", help="Keep a random fraction instead.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
 ) -> None:
     """Write a window / sample / rate-scaled copy of a canonical trace (request ids kept)."""
     if Path(out).resolve() == Path(source).resolve():
@@ -94,6 +97,6 @@ def slice_cmd(
 
 
 @app.command("info")
-def info_cmd(trace: Path = typer.Argument(..., help="Canonical Parquet trace.")) -> None:
+def info_cmd(trace: Annotated[Path, typer.Argument(help="Canonical Parquet trace.")]) -> None:
     """Print rate, burstiness, rate over time, length percentiles and prompt-output correlation."""
     console.print(stats_table(trace_stats(read_trace(trace)), str(trace)))

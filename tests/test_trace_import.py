@@ -225,3 +225,20 @@ def test_azure_and_vidur_files_give_the_same_requests(kind: str, tmp_path: Path)
     assert np.abs(da["arrival_s"].to_numpy() - dv["arrival_s"].to_numpy()).max() < 1e-3
     for column in ("request_id", "prompt_tokens", "output_tokens"):
         assert da[column].to_list() == dv[column].to_list()
+
+
+def test_line_numbers_and_order_hold_across_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 64-byte blocks every few rows start a new batch: ids, blank-line counting and the
+    backwards check must carry across batch boundaries."""
+    from lapsbench.trace.importers import _stream
+
+    monkeypatch.setattr(_stream, "BLOCK_BYTES", 64)
+    rows = [f"{i * 0.5},{i + 1},{i + 2}" for i in range(40)]
+    out = tmp_path / "t.parquet"
+    import_trace(write(tmp_path, "arrived_at,num_prefill_tokens,num_decode_tokens\n" + "\n".join(rows) + "\n"), out)
+    df = read_trace(out)
+    assert df["request_id"].to_list() == list(range(40)) and df["prompt_tokens"].to_list() == list(range(1, 41))
+    rows[30] = "1.0,5,5"
+    text = "arrived_at,num_prefill_tokens,num_decode_tokens\n\n" + "\n".join(rows) + "\n"
+    with pytest.raises(LapsbenchError, match=r"line 33, column 'arrived_at': '1.0'.*line 32 has '14.5'"):
+        import_trace(write(tmp_path, text), out)

@@ -86,7 +86,7 @@ def read_header(path: Path, required: tuple[str, ...]) -> list[str]:
     return header
 
 
-def csv_batches(path: Path, required: tuple[str, ...], block_bytes: int = BLOCK_BYTES) -> Iterator[Batch]:
+def csv_batches(path: Path, required: tuple[str, ...], block_bytes: int | None = None) -> Iterator[Batch]:
     """Stream a CSV as string batches. Blank lines are skipped but still counted, so line numbers are exact
     (unless a quoted field spans lines)."""
     header = read_header(path, required)
@@ -99,7 +99,7 @@ def csv_batches(path: Path, required: tuple[str, ...], block_bytes: int = BLOCK_
     try:
         reader = pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=block_bytes, encoding="utf8"),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=block_bytes or BLOCK_BYTES, encoding="utf8"),
             parse_options=pacsv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
                                                  include_columns=list(required)))

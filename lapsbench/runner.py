@@ -60,7 +60,8 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
         for spec in s.scheduler:
             policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
-                                workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns))
+                                workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
+                                seed=s.seed, replication=replication)
             callback = None
             if progress is not None:
                 def callback(done: int, _label: str = spec.label, _rep: int = replication) -> None:

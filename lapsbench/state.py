@@ -29,6 +29,8 @@ class EngineState:
     preempted_s: np.ndarray = field(init=False)     # time charged for swap / recompute
     done: np.ndarray = field(init=False)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # optional trace columns (alpha, predictions)
+    seed: int = 0         # scenario seed and replication: policies derive their random streams from these
+    replication: int = 0  # (rng.stream_key(seed, replication, stream)), shared by every scheduler
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)

@@ -42,3 +42,255 @@ class FixedAcceptance:
 def mean_tokens_per_step(alpha: float, k: int) -> float:
     """Closed form for the geometric acceptance model: E[tokens] = (1 − α^(k+1)) / (1 − α)."""
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+# ------------------------------------------------------------------------------------------------ beta
+
+def normals(key: np.uint64, request_id: np.ndarray, counter: np.ndarray) -> np.ndarray:
+    """Standard normal draws, a pure function of (key, request id, counter) (Box–Muller on two uniforms)."""
+    counter = np.asarray(counter, np.int64)
+    u1 = rng.uniform(key, request_id, 2 * counter)
+    u2 = rng.uniform(key, request_id, 2 * counter + 1)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def segmented_ar1(innovations: np.ndarray, seg_start: np.ndarray, phi: float) -> np.ndarray:
+    """x[i] = phi·x[i−1] + innovations[i] inside each segment (x = innovation at a segment's start).
+
+    A log-depth prefix scan: after the pass with shift d, x[i] sums phi^j·e[i−j] for j < 2d within the
+    segment, so ceil(log2(longest segment)) vectorised passes compute every AR(1) path at once."""
+    x = innovations.astype(np.float64).copy()
+    idx = np.arange(x.size)
+    longest = int((idx - seg_start).max()) + 1 if x.size else 0
+    d = 1
+    while d < longest:
+        src = idx - d
+        ok = src >= seg_start
+        shifted = np.zeros_like(x)
+        shifted[ok] = x[src[ok]]
+        x = x + phi**d * shifted
+        d *= 2
+    return x
+
+
+@dataclass
+class BetaAcceptance:
+    """Per-request α ~ Beta(mean·c, (1 − mean)·c), optionally drifting within the request.
+
+    At decode step s (0 = first speculative step) the request's acceptance probability is
+
+        α_s = clip(α_r + (α_0 − α_r)·exp(−s / warmup_steps) + x_s, 0, max_alpha)
+
+    with α_0 = `initial` (warm-up term only when warmup_steps > 0) and x_s a stationary AR(1) path in the
+    request (x_s = φ·x_{s−1} + √(1−φ²)·σ·z_s, x_0 = σ·z_0; only when σ > 0). Given α_s, the accepted
+    drafts are geometric as in `FixedAcceptance`. The AR(1) paths are precomputed once per replication
+    (one value per possible decode step, i.e. output_tokens − 1 per request) from counter-based normals,
+    so `emitted` stays a pure lookup."""
+
+    alpha: np.ndarray  # per-request α_r (workload order)
+    request_id: np.ndarray
+    k: int
+    key: np.uint64
+    initial: float = 0.5
+    warmup_steps: float = 0.0
+    max_alpha: float = 0.99
+    ar: np.ndarray | None = None       # flat AR(1) values
+    ar_offset: np.ndarray | None = None
+    ar_len: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, alpha: np.ndarray, request_id: np.ndarray, output_tokens: np.ndarray, k: int, key: np.uint64,
+              noise_key: np.uint64, initial: float = 0.5, warmup_steps: float = 0.0, ar_phi: float = 0.0,
+              ar_sigma: float = 0.0, max_alpha: float = 0.99) -> BetaAcceptance:
+        acc = cls(np.asarray(alpha, np.float64), request_id, k, key, initial, warmup_steps, max_alpha)
+        if ar_sigma > 0:
+            length = np.maximum(np.asarray(output_tokens, np.int64) - 1, 1)
+            offset = np.concatenate(([0], np.cumsum(length)[:-1]))
+            req = np.repeat(np.arange(length.size), length)
+            step = np.arange(int(length.sum())) - offset[req]
+            z = normals(noise_key, request_id[req], step)
+            e = np.where(step == 0, ar_sigma * z, np.sqrt(1.0 - ar_phi * ar_phi) * ar_sigma * z)
+            acc.ar = segmented_ar1(e, offset[req], ar_phi)
+            acc.ar_offset, acc.ar_len = offset, length
+        return acc
+
+    def alpha_at(self, req: np.ndarray, step: np.ndarray) -> np.ndarray:
+        a = self.alpha[req]
+        if self.warmup_steps > 0:
+            a = a + (self.initial - a) * np.exp(-np.asarray(step, np.float64) / self.warmup_steps)
+        if self.ar is not None:
+            assert self.ar_offset is not None and self.ar_len is not None
+            a = a + self.ar[self.ar_offset[req] + np.minimum(step, self.ar_len[req] - 1)]
+        return np.clip(a, 0.0, self.max_alpha)
+
+    def emitted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+        if self.k == 0:
+            return np.ones(np.shape(req), dtype=np.int64)
+        req = np.asarray(req)
+        step = np.broadcast_to(np.asarray(step, np.int64), req.shape)
+        u = rng.uniform(self.key, self.request_id[req], step)
+        alpha = self.alpha_at(req, step)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            accepted = np.floor(np.log(u) / np.log(alpha))
+        accepted = np.where(alpha > 0, np.minimum(accepted, self.k), 0)
+        return accepted.astype(np.int64) + 1
+
+
+def beta_moments(mean: float, concentration: float, upto: int) -> np.ndarray:
+    """E[α^j] for j = 0..upto, α ~ Beta(mean·c, (1 − mean)·c)."""
+    a, b = mean * concentration, (1.0 - mean) * concentration
+    out = np.ones(upto + 1)
+    for j in range(1, upto + 1):
+        out[j] = out[j - 1] * (a + j - 1) / (a + b + j - 1)
+    return out
+
+
+def beta_mean_tokens_per_step(mean: float, concentration: float, k: int, step: int = 0, initial: float = 0.5,
+                              warmup_steps: float = 0.0, ar_sigma: float = 0.0) -> float:
+    """Closed form of E[tokens per step] at decode step `step` for `BetaAcceptance` (ignoring the clip):
+    E[Σ_{j=0..k} α_s^j] with α_s = w·α_0 + (1 − w)·α + x, w = exp(−s/warmup), x ~ N(0, σ²) independent."""
+    from math import comb
+
+    m = beta_moments(mean, concentration, k)
+    w = float(np.exp(-step / warmup_steps)) if warmup_steps > 0 else 0.0
+    # moments of y = w·α0 + (1 − w)·α
+    my = np.array([sum(comb(j, i) * (w * initial) ** (j - i) * (1 - w) ** i * m[i] for i in range(j + 1))
+                   for j in range(k + 1)])
+    # Gaussian moments E[x^i]
+    mx = np.zeros(k + 1)
+    for i in range(0, k + 1, 2):
+        mx[i] = ar_sigma**i * float(np.prod(np.arange(i - 1, 0, -2))) if i else 1.0
+    total = 0.0
+    for j in range(k + 1):
+        total += sum(comb(j, i) * my[j - i] * mx[i] for i in range(j + 1))
+    return total
+
+
+# ------------------------------------------------------------------------------------------- empirical
+
+@dataclass
+class EmpiricalAcceptance:
+    """Replay of measured per-position acceptance lengths (SpecDecode-Bench style `acc_len` lists).
+
+    A request's prefill emits output position 0; its first speculative step starts at position 1. A step
+    starting at position p emits min(acc_len[p], k + 1) tokens and the next step starts at the position
+    reached. Past the end of its list a request continues by replaying its own list again, cyclically,
+    from a random offset drawn once per pass (counter-based, so the same for every scheduler): this keeps
+    the list's bursty runs rather than shuffling single positions.
+
+    Because every request starts its speculative steps at position 1 whatever the scheduler does, the
+    whole step sequence is fixed in advance: it is precomputed once per replication (vectorised over
+    requests) and `emitted` answers by step index (so `position_dependent` stays False)."""
+
+    seq: np.ndarray      # flat tokens per decode step (uncapped by the output length)
+    offset: np.ndarray   # start of each request's steps in `seq`
+    length: np.ndarray   # number of precomputed steps (>= 1)
+    k: int
+
+    @classmethod
+    def build(cls, lists: list[np.ndarray], request_id: np.ndarray, output_tokens: np.ndarray, k: int,
+              key: np.uint64) -> EmpiricalAcceptance:
+        n = len(lists)
+        out = np.asarray(output_tokens, np.int64)
+        lens = np.array([len(a) for a in lists], np.int64)
+        acc_off = np.concatenate(([0], np.cumsum(lens)[:-1]))
+        flat = np.concatenate(lists).astype(np.int64) if n else np.zeros(0, np.int64)
+        cap = k + 1
+        pos = np.ones(n, np.int64)
+        steps_max = np.maximum(out - 1, 1)
+        offset = np.concatenate(([0], np.cumsum(steps_max)[:-1]))
+        seq = np.ones(int(steps_max.sum()), np.int64)
+        count = np.zeros(n, np.int64)
+        live = np.flatnonzero(pos < out)
+        while live.size:
+            p = pos[live]
+            L = lens[live]
+            inside = p < L
+            idx = np.empty(live.size, np.int64)
+            idx[inside] = p[inside]
+            beyond = ~inside
+            if beyond.any():
+                extra = p[beyond] - L[beyond]
+                cycle = extra // L[beyond]
+                start = np.floor(rng.uniform(key, request_id[live[beyond]], cycle) * L[beyond]).astype(np.int64)
+                idx[beyond] = (start + extra % L[beyond]) % L[beyond]
+            e = np.minimum(flat[acc_off[live] + idx], cap) if k > 0 else np.ones(live.size, np.int64)
+            seq[offset[live] + count[live]] = e
+            count[live] += 1
+            pos[live] = p + e
+            live = live[pos[live] < out[live]]
+        return cls(seq, offset, np.maximum(count, 1), k)
+
+    def emitted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+        req = np.asarray(req)
+        step = np.broadcast_to(np.asarray(step, np.int64), req.shape)
+        return self.seq[self.offset[req] + np.minimum(step, self.length[req] - 1)]
+
+
+def walk_mean_tokens_per_step(lists: list[np.ndarray], k: int) -> float:
+    """The file's mean tokens per step at k: each list replayed from position 1 to its end (a step at p
+    emits min(acc_len[p], k + 1, tokens left)), total tokens over total steps. Plain Python on purpose."""
+    tokens = steps = 0
+    for a in lists:
+        p = 1
+        while p < len(a):
+            e = min(int(a[p]), k + 1, len(a) - p)
+            tokens += e
+            steps += 1
+            p += e
+    return tokens / steps
+
+
+_RECORDS_CACHE: dict[tuple[str, float], object] = {}
+
+
+def load_acceptance_table(path: str) -> object:
+    """The acceptance records file (JSONL as in data.md, or its Parquet conversion) as a polars frame with
+    columns dataset, method, request, prompt_tokens, output_tokens, acc_len (list<int16>)."""
+    import os
+
+    import polars as pl
+
+    from lapsbench.errors import LapsbenchError
+
+    if not os.path.isfile(path):
+        raise LapsbenchError(f"speculation.acceptance.path: {path}: no such file; expected the acceptance "
+                             "records (JSONL or Parquet, see docs/acceptance.md)")
+    cache_key = (os.path.abspath(path), os.path.getmtime(path))
+    if cache_key in _RECORDS_CACHE:
+        return _RECORDS_CACHE[cache_key]
+    try:
+        df = pl.read_parquet(path) if path.endswith(".parquet") else pl.read_ndjson(path)
+    except Exception as exc:  # polars raises several types for unreadable input
+        raise LapsbenchError(f"speculation.acceptance.path: {path}: unreadable ({str(exc).splitlines()[0]})") from None
+    need = ("dataset", "method", "acc_len")
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise LapsbenchError(f"speculation.acceptance.path: {path}: missing columns {missing}; expected {list(need)}")
+    df = df.with_columns(pl.col("acc_len").cast(pl.List(pl.Int16)))
+    _RECORDS_CACHE[cache_key] = df
+    return df
+
+
+def acceptance_records(path: str, dataset: str, method: str) -> list[np.ndarray]:
+    """The `acc_len` lists of one (dataset, method), in file order; errors name the valid choices."""
+    import polars as pl
+
+    from lapsbench.errors import LapsbenchError
+
+    df = load_acceptance_table(path)
+    assert isinstance(df, pl.DataFrame)
+    datasets = sorted(df["dataset"].unique().to_list())
+    if dataset not in datasets:
+        raise LapsbenchError(f"speculation.acceptance.dataset: {dataset!r} not in {path} — expected one of {datasets}")
+    sub = df.filter(pl.col("dataset") == dataset)
+    methods = sorted(sub["method"].unique().to_list())
+    if method not in methods:
+        raise LapsbenchError(f"speculation.acceptance.method: {method!r} not in {path} for dataset {dataset!r} — "
+                             f"expected one of {methods}")
+    sub = sub.filter(pl.col("method") == method)
+    lists = [np.asarray(a, np.int64) for a in sub["acc_len"].to_list()]
+    lists = [a for a in lists if a.size >= 2]
+    if not lists:
+        raise LapsbenchError(f"speculation.acceptance: {path}: no usable records for {dataset}/{method}")
+    return lists

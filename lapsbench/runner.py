@@ -52,23 +52,27 @@ def records(state: EngineState, label: str, policy: str, replication: int) -> pl
 
 def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
     start = time.perf_counter()
-    workload = load_workload(s)
+    workload = first = load_workload(s)
     cost = build_cost(s)
     frames = []
     for replication in range(s.replications):
+        if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
+            workload = load_workload(s, replication)
         acceptance = build_acceptance(s, workload, replication)
         for spec in s.scheduler:
             policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
                                 workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
-                                seed=s.seed, replication=replication)
+                                seed=s.seed, replication=replication, acceptance=acceptance)
             callback = None
             if progress is not None:
-                def callback(done: int, _label: str = spec.label, _rep: int = replication) -> None:
-                    progress(_label, _rep, done, workload.n)
+                def callback(done: int, _label: str = spec.label, _rep: int = replication,
+                             _n: int = workload.n) -> None:
+                    progress(_label, _rep, done, _n)
             simulate(state, policy, acceptance, callback)
             frames.append(records(state, spec.label, spec.name, replication))
     requests = pl.concat(frames)
-    if workload.passthrough.width > 1:
+    workload = first
+    if workload.passthrough.width > 1 and not s.trace.synth:
         requests = requests.join(workload.passthrough, on="request_id", how="left", maintain_order="left")
     return RunResult(requests=requests, workload=workload, wall_s=time.perf_counter() - start)

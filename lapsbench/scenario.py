@@ -44,6 +44,10 @@ def _probability(v: float) -> str | None:
     return None if 0 <= v < 1 else "a probability in [0, 1)"
 
 
+def _open_unit(v: float) -> str | None:
+    return None if 0 < v < 1 else "a number in (0, 1)"
+
+
 @dataclass(frozen=True)
 class TraceSpec:
     path: str = _f("", "canonical Parquet trace (see docs/traces.md)")
@@ -51,6 +55,9 @@ class TraceSpec:
     start_s: float = _f(0.0, "window start, seconds of trace time", _non_negative)
     duration_s: float = _f(0.0, "window length in trace seconds; 0 = to the end", _non_negative)
     max_requests: int = _f(0, "keep the first N requests of the window; 0 = all", _non_negative)
+    synth: dict = _f({}, "instead of path: a synthetic trace drawn afresh for every replication, e.g. "
+                     "{ requests = 50, rate = 2.0, output = \"csv:lengths.csv:tokens\", prompt = \"fixed:100\" } "
+                     "(keys: requests, rate, arrival, cv, output, prompt, lengths; see docs/traces.md)")
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,40 @@ class FixedAcceptanceSpec:
     kind: str = _f("fixed", "every draft token accepted with probability alpha until the first rejection",
                    choices=("fixed",))
     alpha: float = _f(0.7, "per-token acceptance probability", _probability)
+    use_trace_alpha: bool = _f(False, "take alpha per request from the trace's alpha column when present")
 
 
-ACCEPTANCE_KINDS: dict[str, type] = {"fixed": FixedAcceptanceSpec}
+@dataclass(frozen=True)
+class BetaAcceptanceSpec:
+    kind: str = _f("beta", "per-request alpha ~ Beta(mean, concentration), optional drift within a request "
+                   "(docs/acceptance.md)", choices=("beta",))
+    mean: float = _f(0.7, "mean of the per-request acceptance probability", _open_unit)
+    concentration: float = _f(20.0, "Beta concentration a + b (larger = requests more alike)", _positive)
+    initial: float = _f(0.5, "warm-up: alpha at a request's first step, relaxing to its own value", _probability)
+    warmup_steps: float = _f(0.0, "warm-up time constant in decode steps (exp(-s/warmup)); 0 = no warm-up",
+                             _non_negative)
+    ar_phi: float = _f(0.0, "AR(1) fluctuation around the request's alpha: step-to-step correlation",
+                       _probability)
+    ar_sigma: float = _f(0.0, "AR(1) fluctuation: stationary standard deviation (alpha units); 0 = none",
+                         _non_negative)
+    max_alpha: float = _f(0.99, "alpha is clipped to [0, max_alpha] after drift and noise", _open_unit)
+
+
+@dataclass(frozen=True)
+class EmpiricalAcceptanceSpec:
+    kind: str = _f("empirical", "replay measured per-position acceptance lengths (docs/acceptance.md)",
+                   choices=("empirical",))
+    path: str = _f("data/acceptance/specdecode_bench_llama31_8b_h100.parquet",
+                   "acceptance records: JSONL (data.md format) or its Parquet conversion")
+    dataset: str = _f("sharegpt", "dataset of the records (sharegpt, cnn, instructcoder in the shipped file)")
+    method: str = _f("eagle", "drafting method of the records (eagle, ngram in the shipped file)")
+    mapping: str = _f("resample", "request → record: seeded resampling per replication, a trace column of "
+                      "record indices, or the trace's own acc_len column", choices=("resample", "column", "trace"))
+    column: str = _f("acceptance_record", "with mapping = \"column\": the trace column holding record indices")
+
+
+ACCEPTANCE_KINDS: dict[str, type] = {"fixed": FixedAcceptanceSpec, "beta": BetaAcceptanceSpec,
+                                     "empirical": EmpiricalAcceptanceSpec}
 
 
 @dataclass(frozen=True)
@@ -196,6 +234,26 @@ def _parse_acceptance(table: Any, where: str) -> Any:
     return parse_table(ACCEPTANCE_KINDS[kind], table, where)
 
 
+SYNTH_KEYS = {"requests": int, "rate": float, "arrival": str, "cv": float, "output": str, "prompt": str,
+              "lengths": str}
+
+
+def _check_synth(table: Any) -> None:
+    if not isinstance(table, dict):
+        raise LapsbenchError(f"trace.synth: {table!r} — expected a table like {{ requests = 50, rate = 2.0 }}")
+    for key, value in table.items():
+        if key not in SYNTH_KEYS:
+            raise LapsbenchError(f"trace.synth.{key}: unknown key; valid keys: {', '.join(sorted(SYNTH_KEYS))}")
+        _coerce(value, SYNTH_KEYS[key](), f"trace.synth.{key}")
+    for key in ("requests", "rate"):
+        if key not in table:
+            raise LapsbenchError(f"trace.synth.{key}: missing — expected requests = N and rate = R (per second)")
+    if table["requests"] < 1:
+        raise LapsbenchError(f"trace.synth.requests: {table['requests']!r} — expected an integer >= 1")
+    if not table["rate"] > 0:
+        raise LapsbenchError(f"trace.synth.rate: {table['rate']!r} — expected a number > 0")
+
+
 def _parse_schedulers(raw: Any) -> tuple[SchedulerSpec, ...]:
     from lapsbench.policies import make_policy
 
@@ -231,8 +289,10 @@ def parse_scenario(data: dict[str, Any], base_dir: str = "") -> Scenario:
         if key not in valid:
             raise LapsbenchError(f"{key}: unknown key; valid keys: {', '.join(sorted(valid))}")
     trace = parse_table(TraceSpec, top.get("trace", {}), "trace")
-    if not trace.path:
-        raise LapsbenchError("trace.path: missing — expected the path of a canonical Parquet trace")
+    if not trace.path and not trace.synth:
+        raise LapsbenchError("trace.path: missing — expected the path of a canonical Parquet trace (or trace.synth)")
+    if trace.synth:
+        _check_synth(trace.synth)
     model_raw = top.get("model", {})
     if not isinstance(model_raw, dict):
         raise LapsbenchError(f"model: {model_raw!r} — expected a table")

@@ -5,6 +5,7 @@ One array per field, indexed by request (the workload's arrival order). No per-r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,8 @@ class EngineState:
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # optional trace columns (alpha, predictions)
     seed: int = 0         # scenario seed and replication: policies derive their random streams from these
     replication: int = 0  # (rng.stream_key(seed, replication, stream)), shared by every scheduler
+    acceptance: Any = None  # the replication's acceptance process (set by the runner); oracle policies
+    #                         (srpt-sd) read true future draws from it; None in bare engine tests
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from lapsbench import rng
-from lapsbench.acceptance import FixedAcceptance
+from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance, acceptance_records
 from lapsbench.costmodel import CostModel, find_profile, fixed_profile, load_profile_file
-from lapsbench.scenario import FixedAcceptanceSpec, FixedProfileSpec, Scenario
+from lapsbench.errors import LapsbenchError
+from lapsbench.scenario import (
+    BetaAcceptanceSpec,
+    EmpiricalAcceptanceSpec,
+    FixedAcceptanceSpec,
+    FixedProfileSpec,
+    Scenario,
+)
 from lapsbench.trace.schema import CORE_COLUMNS, read_trace
 from lapsbench.trace.slicing import slice_trace
 
@@ -27,6 +35,7 @@ class Workload:
     columns: dict[str, np.ndarray]   # optional canonical columns present in the trace (alpha, predictions)
     passthrough: pl.DataFrame        # request_id + every non-canonical trace column, carried to results
     trace_path: Path
+    acc_len: list[np.ndarray] | None = None  # the trace's optional per-request acceptance lengths
 
     @property
     def n(self) -> int:
@@ -45,10 +54,34 @@ def workload_from_frame(df: pl.DataFrame, trace_path: Path = Path("<memory>")) -
         columns=columns,
         passthrough=df.select(["request_id", *extra]),
         trace_path=trace_path,
+        acc_len=[np.asarray(a, np.int64) for a in df["acc_len"].to_list()] if "acc_len" in df.columns else None,
     )
 
 
-def load_workload(s: Scenario) -> Workload:
+def synth_seed(seed: int, replication: int) -> int:
+    """The synth seed of one replication of a scenario with `[trace] synth` (fixed forever)."""
+    return int(np.random.SeedSequence([seed, replication, 7]).generate_state(1, np.uint32)[0])
+
+
+def load_workload(s: Scenario, replication: int = 0) -> Workload:
+    """The scenario's requests; with `[trace] synth` a fresh synthetic trace per replication."""
+    if s.trace.synth:
+        from lapsbench.trace.synth import synth_trace
+
+        opts = dict(s.trace.synth)
+        n, rate = int(opts.pop("requests")), float(opts.pop("rate"))
+        for key in ("output", "prompt", "lengths"):
+            if key in opts and opts[key].startswith("csv:"):
+                rest = opts[key][4:]
+                file, sep, column = rest.partition(":") if not Path(rest).is_file() else (rest, "", "")
+                opts[key] = f"csv:{s.resolve(file)}{sep}{column}"
+        try:
+            df = synth_trace(n, rate, seed=synth_seed(s.seed, replication), **opts)
+        except LapsbenchError as exc:
+            raise LapsbenchError(f"trace.synth: {exc}") from None
+        df = slice_trace(df, start_s=s.trace.start_s, duration_s=s.trace.duration_s, rate_scale=s.trace.rate_scale,
+                         max_requests=s.trace.max_requests)
+        return workload_from_frame(df, Path(f"<synth replication {replication}>"))
     path = s.resolve(s.trace.path)
     df = read_trace(path)
     df = slice_trace(df, start_s=s.trace.start_s, duration_s=s.trace.duration_s, rate_scale=s.trace.rate_scale,
@@ -66,16 +99,51 @@ def build_cost(s: Scenario) -> CostModel:
     path = find_profile(profile, dirs) if not Path(profile).is_file() else Path(profile)
     cost = load_profile_file(path, draft=s.model.draft or None)
     if s.speculation.k > 0 and cost.draft is None:
-        from lapsbench.errors import LapsbenchError
-
         raise LapsbenchError(f"model.profile: {path} has no draft model, but speculation.k = {s.speculation.k}")
     return cost
 
 
-def build_acceptance(s: Scenario, w: Workload, replication: int) -> FixedAcceptance:
+def build_acceptance(s: Scenario, w: Workload, replication: int) -> Any:
     """The acceptance process of one replication; shared by every scheduler (common random numbers)."""
     spec = s.speculation.acceptance
+    k = s.speculation.k
     key = rng.stream_key(s.seed, replication, rng.Streams.ACCEPTANCE)
     if isinstance(spec, FixedAcceptanceSpec):
-        return FixedAcceptance(np.full(w.n, spec.alpha), w.request_id, s.speculation.k, key)
+        alpha = np.full(w.n, spec.alpha)
+        if spec.use_trace_alpha and "alpha" in w.columns:
+            alpha = np.asarray(w.columns["alpha"], np.float64)
+        return FixedAcceptance(alpha, w.request_id, k, key)
+    if isinstance(spec, BetaAcceptanceSpec):
+        g = np.random.default_rng(np.random.SeedSequence([s.seed, replication, rng.Streams.ACCEPTANCE_PARAMS]))
+        alpha = g.beta(spec.mean * spec.concentration, (1.0 - spec.mean) * spec.concentration, w.n)
+        return BetaAcceptance.build(
+            alpha, w.request_id, w.output_tokens, k, key,
+            rng.stream_key(s.seed, replication, rng.Streams.ACCEPTANCE_PARAMS), initial=spec.initial,
+            warmup_steps=spec.warmup_steps, ar_phi=spec.ar_phi, ar_sigma=spec.ar_sigma, max_alpha=spec.max_alpha)
+    if isinstance(spec, EmpiricalAcceptanceSpec):
+        if spec.mapping == "trace":
+            if w.acc_len is None:
+                raise LapsbenchError("speculation.acceptance.mapping: \"trace\" but the trace has no acc_len column; "
+                                     "expected one of ['resample', 'column'] or a trace with acc_len")
+            lists = w.acc_len
+        else:
+            records = acceptance_records(str(s.resolve(spec.path)), spec.dataset, spec.method)
+            if spec.mapping == "column":
+                if spec.column not in w.passthrough.columns:
+                    raise LapsbenchError(f"speculation.acceptance.column: {spec.column!r} is not a trace column; "
+                                         f"expected one of {w.passthrough.columns[1:]}")
+                idx = w.passthrough[spec.column].to_numpy()
+                if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= len(records):
+                    raise LapsbenchError(f"speculation.acceptance.column: {spec.column!r} must hold record indices "
+                                         f"0..{len(records) - 1}")
+            else:
+                map_key = rng.stream_key(s.seed, replication, rng.Streams.ACCEPTANCE_MAPPING)
+                u = rng.uniform(map_key, w.request_id, np.zeros(w.n, np.int64))
+                idx = np.minimum((u * len(records)).astype(np.int64), len(records) - 1)
+            lists = [records[i] for i in idx]
+            top = max(int(a.max()) for a in records)
+            if k + 1 > top:
+                raise LapsbenchError(f"speculation.k: {k} — the acceptance data {spec.dataset}/{spec.method} records "
+                                     f"at most {top} tokens per step; expected k <= {top - 1}")
+        return EmpiricalAcceptance.build(lists, w.request_id, w.output_tokens, k, key)
     raise NotImplementedError(type(spec))

@@ -38,7 +38,6 @@ from lapsbench.policies._common import (
     steps_before_crossing,
 )
 from lapsbench.policies.base import INF_STEPS, Plan, Policy, register
-from lapsbench.predictors import observed_acceptance
 from lapsbench.state import EngineState
 
 PLACEMENTS = ("queue", "global-srpt")
@@ -110,23 +109,62 @@ class LAPSSD(PredictorParams, Policy):
         self.perceptible_at = np.full(n, -1, np.int64)  # speculative step count when it became perceptible
         # generated tokens after each of the last window + 1 speculative steps (ring buffer by step number)
         self.ring = np.zeros((n, self.window + 1), np.int64)
+        self._factor = np.zeros(n)
+        self._factor_gen = np.full(n, -1, np.int64)
 
     # ---------------------------------------------------------------------------------------- queries
     def queue(self, state: EngineState, idx: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.bounds, attained(state, self.unit)[idx], side="right")
 
     def acceptance(self, state: EngineState, idx: np.ndarray) -> np.ndarray:
-        return observed_acceptance(state, self.acceptance_prior_mean, self.acceptance_prior_strength)[idx]
+        k, decode = state.k, state.decode_steps[idx]
+        accepted = np.maximum(state.generated[idx] - 1 - decode, 0).astype(np.float64)
+        trials = (k * decode).astype(np.float64)
+        m, w = self.acceptance_prior_mean, self.acceptance_prior_strength
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est = np.minimum((accepted + m * w) / (trials + w), 1.0)
+        return np.where(trials + w > 0, est, m)
+
+    def step_factor(self, state: EngineState, idx: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        """k·T_draft + T_verify of the cost profile at batch size 1 and the request's current context
+        (cached per request until its context changes)."""
+        k = state.k
+        if context is None:
+            fresh = self._factor_gen[idx] != state.generated[idx]
+            if fresh.any():
+                todo = idx[fresh]
+                self._factor[todo] = self.step_factor(state, todo, state.prompt_tokens[todo] + state.generated[todo])
+                self._factor_gen[todo] = state.generated[todo]
+            return self._factor[idx]
+        ones = np.ones(idx.size)
+        t = state.cost.verify_s(ones, ones * (k + 1), context)
+        if k > 0:
+            t = t + k * state.cost.draft_s(ones, context)
+        return t
 
     def estimated_remaining_s(self, state: EngineState, idx: np.ndarray) -> np.ndarray:
-        k = state.k
         L = np.maximum(self.pred_tokens[idx] - state.generated[idx], self.min_remaining_tokens)
-        A = self.acceptance(state, idx)
-        context = state.prompt_tokens[idx] + state.generated[idx]
-        ones = np.ones(idx.size)
-        t_verify = state.cost.verify_s(ones, ones * (k + 1), context)
-        t_draft = state.cost.draft_s(ones, context) if k > 0 else np.zeros(idx.size)
-        return (k * L * t_draft + L * t_verify) / (k * A + 1)
+        return L * self.step_factor(state, idx) / (state.k * self.acceptance(state, idx) + 1)
+
+    def _holds_against(self, state: EngineState, r: int, rival_s: float) -> int:
+        """Steps r (perceptible, ranked first) can run before its estimate could exceed `rival_s`: an upper
+        bound of its estimate after j more steps assumes no further draft is accepted, the remaining length
+        unchanged and the step factor at the request's largest context."""
+        k = state.k
+        cap = 4096
+        j = np.arange(1, cap)
+        L = max(float(self.pred_tokens[r] - state.generated[r]), self.min_remaining_tokens)
+        decode = int(state.decode_steps[r])
+        accepted = max(int(state.generated[r]) - 1 - decode, 0)
+        m, w = self.acceptance_prior_mean, self.acceptance_prior_strength
+        trials = k * (decode + j) + w
+        a_min = np.where(trials > 0, (accepted + m * w) / np.maximum(trials, 1e-300), m)
+        a_min = np.minimum(a_min, 1.0)
+        c = float(self.step_factor(state, np.array([r]),
+                                   np.array([state.prompt_tokens[r] + state.output_tokens[r]]))[0])
+        ub = L * c * (1 + 1e-9) / (k * a_min + 1)
+        bad = np.flatnonzero(ub >= rival_s)
+        return int(bad[0]) + 1 if bad.size else cap
 
     # --------------------------------------------------------------------------------------- contract
     def rank(self, state: EngineState, active: np.ndarray, now: float) -> tuple[np.ndarray, ...]:
@@ -155,7 +193,8 @@ class LAPSSD(PredictorParams, Policy):
             if self.perceptible_policy == "queue":
                 contested &= self.queue(state, others) == self.queue(state, np.array([r]))[0]
             if contested.any():
-                return Plan(order[:1], 1)
+                rival = float(self.estimated_remaining_s(state, others[contested]).min())
+                h = self._holds_against(state, r, rival)
         if self.perceptible_policy == "queue" or not self.perceptible[r]:
             qr = int(self.queue(state, np.array([r]))[0])
             if qr < self.bounds.size:

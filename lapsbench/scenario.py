@@ -63,7 +63,7 @@ class FixedProfileSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    profile: str | FixedProfileSpec = _f("h100-like-llama2-7b", "profile name, TOML path, or a fixed-profile table")
+    profile: str | FixedProfileSpec = _f("h100-llama2-7b", "profile name, TOML path, or a fixed-profile table")
     draft: str = _f("", "draft model in the profile (default: the profile's own)")
 
 

@@ -130,9 +130,19 @@ def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.
     """Time of engine steps (vectorised over steps): k draft forwards + one verify of k+1 tokens per
     decoding request, plus prefill of the requests being prefilled in the same step.
 
-    A step that mixes prefill and decode is priced as the sum of the two forwards (an upper bound of a
-    fused chunked-prefill forward; exact at batch size 1, where a step is one or the other)."""
+    With a fitted profile, a step that mixes prefill and decode is priced as the sum of the two forwards (an
+    upper bound of a fused chunked-prefill forward; exact at batch size 1, where a step is one or the
+    other). The fixed profile prices any step as one forward: step_s (+ k draft forwards if it decodes) +
+    prefill_s_per_token per prompt token prefilled."""
     n_decode = np.asarray(n_decode)
+    if cost.is_fixed:  # one fused forward per step, whatever it mixes
+        busy = n_decode > 0
+        tokens = 0.0
+        if n_prefill is not None:
+            busy = busy | (np.asarray(n_prefill) > 0)
+            tokens = cost.fixed_prefill_s_per_token * np.asarray(prefill_tokens)
+        draft = k * cost.fixed_draft_step_s if k > 0 else 0.0
+        return np.where(busy, cost.fixed_step_s, 0.0) + np.where(n_decode > 0, draft, 0.0) + tokens
     t = cost.verify_s(n_decode, n_decode * (k + 1), context_decode)
     if k > 0:
         # Draft forward j sees the context plus the j draft tokens proposed so far.

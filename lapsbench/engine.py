@@ -96,6 +96,7 @@ def _run_single(state: EngineState, r: int, max_steps: int, acceptance: Acceptan
     executed = stop + 1
     state.generated[r] = gen_after[stop]
     state.steps[r] = steps0 + executed
+    state.decode_steps[r] = steps0 + executed - 1  # at batch 1 the only prefill step is the first
     state.attained_s[r] = np.add.accumulate(np.concatenate(([state.attained_s[r]], cost[:executed])))[-1]
     state.last_service_s[r] = end[stop]
     if steps0 == 0:
@@ -152,6 +153,7 @@ def run_segment(state: EngineState, plan: Plan, acceptance: Acceptance, now: flo
     idx = group[ran]
     state.generated[idx] = gen_after[count[ran] - 1, np.flatnonzero(ran)]
     state.steps[group] += count
+    state.decode_steps[group] = np.maximum(state.steps[group] - 1, 0)
     # Accumulate each member's service step by step (same float rounding as one step at a time).
     per_round = np.zeros(rounds * g)
     per_round[:executed] = cost_f[:executed]

@@ -30,7 +30,7 @@ def _json_safe(value: object) -> object:
 def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command: str) -> tuple[pl.DataFrame,
                                                                                              pl.DataFrame]:
     """Write every result file into a temporary directory that replaces `out_dir` only when complete."""
-    per_rep = summarize_replications(result.requests, scenario.slo)
+    per_rep = summarize_replications(result.requests, scenario.slo, result.engine_stats)
     summary = summarize(per_rep)
     meta = {
         "lapsbench_version": __version__,

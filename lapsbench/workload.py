@@ -10,7 +10,9 @@ import polars as pl
 
 from lapsbench import rng
 from lapsbench.acceptance import FixedAcceptance
+from lapsbench.batching import BatchConfig
 from lapsbench.costmodel import CostModel, find_profile, fixed_profile, load_profile_file
+from lapsbench.errors import LapsbenchError
 from lapsbench.scenario import FixedAcceptanceSpec, FixedProfileSpec, Scenario
 from lapsbench.trace.schema import CORE_COLUMNS, read_trace
 from lapsbench.trace.slicing import slice_trace
@@ -66,8 +68,6 @@ def build_cost(s: Scenario) -> CostModel:
     path = find_profile(profile, dirs) if not Path(profile).is_file() else Path(profile)
     cost = load_profile_file(path, draft=s.model.draft or None)
     if s.speculation.k > 0 and cost.draft is None:
-        from lapsbench.errors import LapsbenchError
-
         raise LapsbenchError(f"model.profile: {path} has no draft model, but speculation.k = {s.speculation.k}")
     return cost
 
@@ -79,3 +79,17 @@ def build_acceptance(s: Scenario, w: Workload, replication: int) -> FixedAccepta
     if isinstance(spec, FixedAcceptanceSpec):
         return FixedAcceptance(np.full(w.n, spec.alpha), w.request_id, s.speculation.k, key)
     raise NotImplementedError(type(spec))
+
+
+def build_batch_config(s: Scenario, cost: CostModel) -> BatchConfig | None:
+    """The batched engine's configuration, or None for batch size 1 (`batching = "none"`)."""
+    e = s.engine
+    if e.batching == "none":
+        return None
+    capacity = e.kv_capacity_tokens or cost.kv_capacity_tokens or np.inf
+    step = e.max_batch * (s.speculation.k + 1)
+    if e.batching == "continuous" and e.max_batch_tokens < step:
+        raise LapsbenchError(f"engine.max_batch_tokens: {e.max_batch_tokens} is smaller than one decode step of a "
+                             f"full batch (max_batch {e.max_batch} × (k + 1) = {step} tokens); expected >= {step}")
+    return BatchConfig(mode=e.batching, max_batch=e.max_batch, max_batch_tokens=e.max_batch_tokens,
+                       kv_capacity_tokens=float(capacity), preemption=e.preemption, block_size=e.block_size)

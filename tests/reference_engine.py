@@ -41,6 +41,7 @@ def reference_simulate(state: EngineState, policy, acceptance) -> EngineState:
         now = now + cost
         state.generated[chosen] = after
         state.steps[chosen] += 1
+        state.decode_steps[chosen] = state.steps[chosen] - 1
         state.attained_s[chosen] += cost
         state.last_service_s[chosen] = now
         if steps_done == 0:

@@ -160,6 +160,14 @@ def test_bad_trace(tmp_path: Path, kind: str, needles: tuple[str, ...]):
     (('name = "las"', 'name = "las"\nquantum = 3'), ("quantum", "unknown parameter")),
     (("replications = 2", "replications = 0"), ("replications", "0")),
     (('kind = "fixed", alpha', 'kind = "magic", alpha'), ("acceptance.kind", "magic")),
+    (("[output]", "[engine]\nbatching = \"continuous\"\nmax_batch = 0\n[output]"), ("engine.max_batch", "0")),
+    (("[output]", "[engine]\nbatching = \"paged\"\n[output]"), ("engine.batching", "paged", "continuous")),
+    (("[output]", "[engine]\nbatching = \"continuous\"\npreemption = \"drop\"\n[output]"),
+     ("engine.preemption", "drop", "recompute")),
+    (("[output]", "[engine]\nbatching = \"continuous\"\nmax_batch = 8\nmax_batch_tokens = 16\n[output]"),
+     ("engine.max_batch_tokens", "16", "32")),
+    (("[output]", "[engine]\nbatching = \"continuous\"\nkv_capacity_tokens = 64\n[output]"),
+     ("engine.kv_capacity_tokens", "64", "request")),
 ])
 def test_bad_scenario(tmp_path: Path, small_trace: Path, edit: tuple[str, str], needles: tuple[str, ...]):
     body = SCENARIO.replace("{trace}", "{{trace}}").replace(edit[0].replace("{trace}", "{{trace}}"),

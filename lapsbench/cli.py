@@ -110,8 +110,11 @@ def compare(
                 raise LapsbenchError(f"{flag}: only with a scenario .toml — results directories are not re-simulated")
         comp = load_results(sources, baseline, wanted)
         target = out
+    screen = Console()
+    if not screen.is_terminal:
+        screen = Console(width=160)   # a pipe or a log: keep rows on one line rather than wrap at 80
     for table in rich_tables(comp):
-        Console().print(table)
+        screen.print(table)
     if target is not None:
         write_comparison(target, comp, command_line(), plots=plots)
         if not quiet:

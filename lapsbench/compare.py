@@ -227,7 +227,8 @@ def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequenc
         requests = requests.filter(pl.col("scheduler").is_in(list(schedulers)))
     scenario = load_scenario(first_dir / "scenario.toml")
     labels = list(dict.fromkeys(requests["scheduler"].to_list()))
-    base = resolve_baseline(labels, baseline if baseline is not None else first_meta.get("baseline"))
+    saved = first_meta.get("baseline")   # a rebuilt compare keeps its baseline unless told otherwise
+    base = resolve_baseline(labels, baseline if baseline is not None or saved not in labels else saved)
     meta = {"trace_path": first_meta.get("trace_path"), "trace_sha256": first_meta.get("trace_sha256"),
             "wall_s": 0.0, "sources": [str(d) for d in dirs]}
     if first_meta.get("lapsbench_version") != __version__:

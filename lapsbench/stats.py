@@ -72,9 +72,8 @@ def _weight_chunks(n: int, resamples: int, seed: int | Sequence[int]) -> Iterato
     for start in range(0, resamples, _CHUNK):
         rows = min(_CHUNK, resamples - start)
         draws = g.integers(0, n, (rows, n))
-        counts = np.zeros((rows, n), np.float64)
-        np.add.at(counts, (np.repeat(np.arange(rows), n), draws.ravel()), 1.0)
-        yield counts
+        flat = (draws + (np.arange(rows) * n)[:, None]).ravel()
+        yield np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float64)
 
 
 def paired_bootstrap_ratio(x: np.ndarray, base: np.ndarray, seed: int | Sequence[int],

@@ -3,6 +3,7 @@ load sweeps and saturation, bad input. Tiny traces and the fixed step profile ke
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -65,8 +66,6 @@ def test_paired_ci_narrows_with_replications(tmp_path: Path, other: str) -> None
     scenario = load_scenario(write_scenario(tmp_path, [("fcfs", "fcfs"), (other, other)], rate_scale=0.3))
     widths = []
     for reps in (2, 4, 16):
-        import dataclasses
-
         comp = run_comparison(dataclasses.replace(scenario, replications=reps), None, "fcfs")
         r = row(comp, other)
         assert comp.ci_method == "t over replications"

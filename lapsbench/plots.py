@@ -27,13 +27,15 @@ LINESTYLES = ("-", "--", "-.", ":")
 
 def style(label: str, policy: str | None = None) -> dict[str, Any]:
     """Colour, marker and line style of a scheduler: by label when it is a known name, else by its
-    policy name for the colour (so `fcfs-copy` of policy fcfs stays black) with a label-hashed line
-    style, else by a stable hash of the label (sha1, not Python's salted hash)."""
+    policy name for the colour (so `fcfs-copy` of policy fcfs stays black) with another line style,
+    else by a stable hash of the label (sha1, not Python's salted hash)."""
     digest = int(hashlib.sha1(label.encode()).hexdigest(), 16)
     if label in KNOWN:
-        slot, dash = KNOWN[label], 0
+        slot = KNOWN[label]
+        dash = slot % len(LINESTYLES)   # a line style of its own too, so overlapping curves stay apart
     elif policy in KNOWN:
-        slot, dash = KNOWN[policy], 1 + digest % (len(LINESTYLES) - 1)
+        slot = KNOWN[policy]
+        dash = (slot + 1 + digest % (len(LINESTYLES) - 1)) % len(LINESTYLES)   # never the policy's own
     else:
         slot, dash = digest % len(OKABE_ITO), digest // len(OKABE_ITO) % len(LINESTYLES)
     return {"color": OKABE_ITO[slot], "marker": MARKERS[slot], "linestyle": LINESTYLES[dash]}

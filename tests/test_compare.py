@@ -230,3 +230,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> N
     _one_line_error(cli("compare", str(run_a), str(run_a)), "also in")
     _one_line_error(cli("compare", str(tmp_path / "missing")), "not a directory")
     assert not out.exists()
+
+
+def test_plot_styles_are_stable_and_distinct() -> None:
+    """Known names have fixed Okabe–Ito colours; a second label of a policy keeps the policy's colour
+    with another line style; an unknown label's style depends only on its name."""
+    from lapsbench.plots import OKABE_ITO, style
+
+    assert style("fcfs")["color"] == OKABE_ITO[0] and style("laps-sd")["color"] == "#D55E00"
+    copy = style("fcfs-copy", "fcfs")
+    assert copy["color"] == style("fcfs")["color"] and copy["linestyle"] != style("fcfs")["linestyle"]
+    assert style("my-policy") == style("my-policy") and style("my-policy")["color"] in OKABE_ITO
+    assert len({style(n)["color"] for n in ("fcfs", "sjf", "ssjf", "las", "srpt", "laps-sd", "mlfq", "rr")}) == 8

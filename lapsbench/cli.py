@@ -13,6 +13,8 @@ from lapsbench.calibrate.cli import app as calibrate_app
 from lapsbench.errors import LapsbenchError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
     from lapsbench.runner import RunResult
@@ -68,12 +70,12 @@ def compare(
                                         "else the first scheduler)"),
     rates: str | None = typer.Option(None, "--rates", help="load sweep: multiples of the trace's rate "
                                      "(0.5,1,1.5) and/or absolute requests/s (2rps,4rps)"),
-    out: Path | None = typer.Option(None, "--out", help="results directory (default: [output] dir + '-compare'; "
-                                    "for results directories: print only unless given)"),
+    out: Path | None = typer.Option(None, "--out", help="results directory (default: the scenario's output dir "
+                                    "+ '-compare'; for results directories: print only unless given)"),
     seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
     replications: int | None = typer.Option(None, "--replications", help="override the scenario's replications"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG and SVG plots under OUT/plots/"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
     """Compare schedulers on identical requests: paired changes against a baseline with 95% CIs, load
     sweeps with saturation marks, plots; or rebuild the tables from saved results directories."""
@@ -121,10 +123,11 @@ def compare(
             console.print(f"results in {target}/")
 
 
-def _compare_progress(console: Console):  # noqa: ANN202 - returns a factory of runner callbacks
-    """A per-load-point progress callback factory that prints one line per finished (scheduler,
-    replication); cheap, and readable in logs as well as terminals."""
-    def factory(scale: float):  # noqa: ANN202
+def _compare_progress(console: Console) -> Callable[[float], Callable[[str, int, int, int], None]]:
+    """A factory of runner progress callbacks, one per load point, printing a line per finished
+    (scheduler, replication): a sweep has many short runs, for which one line each reads better than
+    a stack of bars."""
+    def factory(scale: float) -> Callable[[str, int, int, int], None]:
         def progress(label: str, replication: int, done: int, total: int) -> None:
             if done == total:
                 console.print(f"  load ×{scale:g}: {label} (rep {replication}) done", highlight=False)

@@ -242,3 +242,18 @@ def test_plot_styles_are_stable_and_distinct() -> None:
     assert copy["color"] == style("fcfs")["color"] and copy["linestyle"] != style("fcfs")["linestyle"]
     assert style("my-policy") == style("my-policy") and style("my-policy")["color"] in OKABE_ITO
     assert len({style(n)["color"] for n in ("fcfs", "sjf", "ssjf", "las", "srpt", "laps-sd", "mlfq", "rr")}) == 8
+
+
+def test_select_schedulers_and_baseline(tmp_path: Path) -> None:
+    """--schedulers keeps labels (or every label of a policy name) in the order given; the baseline
+    defaults to fcfs, else the first scheduler, and must be one of them."""
+    from lapsbench.compare import resolve_baseline, select_schedulers
+
+    s = load_scenario(write_scenario(tmp_path, [("fcfs", "fcfs"), ("las", "las-a"), ("las", "las-b"),
+                                                ("srpt", "srpt")]))
+    assert [x.label for x in select_schedulers(s, ["srpt", "las"]).scheduler] == ["srpt", "las-a", "las-b"]
+    assert [x.label for x in select_schedulers(s, ["las-b"]).scheduler] == ["las-b"]
+    assert resolve_baseline(["las", "fcfs"], None) == "fcfs"
+    assert resolve_baseline(["srpt", "las"], None) == "srpt"
+    with pytest.raises(LapsbenchError, match="--baseline"):
+        resolve_baseline(["srpt", "las"], "fcfs")

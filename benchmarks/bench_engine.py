@@ -28,31 +28,25 @@ from lapsbench.costmodel import load_profile_file  # noqa: E402
 from lapsbench.engine import simulate  # noqa: E402
 from lapsbench.policies import make_policy  # noqa: E402
 from lapsbench.state import EngineState  # noqa: E402
+from lapsbench.steptable import build_step_table  # noqa: E402
 
 
 def workload(n: int, rho: float, k: int, alpha: float, cost, seed: int = 0):
+    """Azure-conv lengths, Poisson arrivals at the rate giving load ρ (mean service from the step table)."""
     lengths = pl.read_parquet(REPO / "traces" / "azure_conv_2023.parquet", columns=["prompt_tokens",
                                                                                    "output_tokens"])
     g = np.random.default_rng(seed)
     pick = g.integers(0, lengths.height, n)
     prompt = lengths["prompt_tokens"].to_numpy()[pick].astype(np.int64)
     output = lengths["output_tokens"].to_numpy()[pick].astype(np.int64)
-    # Mean service time at batch 1: one prefill step + SD steps at the mean context.
-    tokens_per_step = (1 - alpha ** (k + 1)) / (1 - alpha)
-    probe = EngineState(np.arange(1), np.zeros(1), prompt[:1], output[:1], k, cost)
-    from lapsbench.engine import step_costs
-
-    sample = slice(0, min(n, 5000))
-    prefill = step_costs(probe, np.zeros(sample.stop, np.int64) * 0, np.zeros(sample.stop, np.int64),
-                         np.zeros(sample.stop, np.int64))
-    ctx = prompt[sample] + output[sample] // 2
-    probe2 = EngineState(np.arange(sample.stop), np.zeros(sample.stop), ctx, output[sample], k, cost)
-    decode = step_costs(probe2, np.arange(sample.stop), np.ones(sample.stop, np.int64),
-                        np.zeros(sample.stop, np.int64))
-    mean_service = float(np.mean(prefill) + np.mean((output[sample] - 1) / tokens_per_step * decode))
+    ids = np.arange(n, dtype=np.int64)
+    probe = min(n, 20000)
+    acceptance = FixedAcceptance(np.full(probe, alpha), ids[:probe], k, rng.stream_key(99, 0, 1))
+    table = build_step_table(ids[:probe], prompt[:probe], output[:probe], k, cost, acceptance)
+    mean_service = float(table.service_ns().mean()) / 1e9
     rate = rho / mean_service
     arrival = np.cumsum(g.exponential(1 / rate, n))
-    return np.arange(n, dtype=np.int64), arrival, prompt, output, rate, mean_service
+    return ids, arrival, prompt, output, rate, mean_service
 
 
 def main() -> None:
@@ -68,18 +62,27 @@ def main() -> None:
     ids, arrival, prompt, output, rate, service = workload(args.requests, args.rho, args.k, args.alpha, cost)
     print(f"{args.requests} requests, Poisson {rate:.3f} req/s, mean service {service * 1000:.1f} ms "
           f"(rho {args.rho}), k={args.k}, alpha={args.alpha}, batch 1, profile h100-llama2-7b")
+    acceptance = FixedAcceptance(np.full(args.requests, args.alpha), ids, args.k,
+                                 rng.stream_key(0, 0, rng.Streams.ACCEPTANCE))
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        table = build_step_table(ids, prompt, output, args.k, cost, acceptance)
+        times.append(time.perf_counter() - start)
+    table_s = statistics.median(times)
+    print(f"step table (shared by every scheduler of a replication): median {table_s:.2f} s "
+          f"({table.offset[-1]:,} steps)")
     for name in args.policies.split(","):
         times = []
         for _ in range(args.repeats):
             state = EngineState(ids, arrival, prompt, output, args.k, cost)
-            acceptance = FixedAcceptance(np.full(args.requests, args.alpha), ids, args.k,
-                                         rng.stream_key(0, 0, rng.Streams.ACCEPTANCE))
             start = time.perf_counter()
-            simulate(state, make_policy(name), acceptance)
+            simulate(state, make_policy(name), acceptance, table=table)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         print(f"{name:>8}: median {median:7.2f} s over {args.repeats} runs "
-              f"({', '.join(f'{t:.2f}' for t in times)}) -> {args.requests / median:,.0f} simulated requests/s; "
+              f"({', '.join(f'{t:.2f}' for t in times)}) + table {table_s:.2f} s -> "
+              f"{args.requests / (median + table_s):,.0f} simulated requests/s; "
               f"mean JCT {np.mean(state.finish_s - state.arrival_s):.3f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MiB")

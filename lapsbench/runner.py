@@ -14,6 +14,7 @@ from lapsbench.engine import simulate
 from lapsbench.policies import make_policy
 from lapsbench.scenario import Scenario
 from lapsbench.state import EngineState
+from lapsbench.steptable import build_step_table
 from lapsbench.workload import Workload, build_acceptance, build_batch_config, build_cost, load_workload
 
 # progress(label, replication, finished, total)
@@ -65,6 +66,9 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
     stats = []
     for replication in range(s.replications):
         acceptance = build_acceptance(s, workload, replication)
+        # At batch size 1 every request's steps are schedule-independent: draw them once for all schedulers.
+        table = None if batching is not None else build_step_table(
+            workload.request_id, workload.prompt_tokens, workload.output_tokens, s.speculation.k, cost, acceptance)
         for spec in s.scheduler:
             policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
@@ -75,7 +79,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
                 def callback(done: int, _label: str = spec.label, _rep: int = replication) -> None:
                     progress(_label, _rep, done, workload.n)
             if batching is None:
-                simulate(state, policy, acceptance, callback)
+                simulate(state, policy, acceptance, callback, table=table)
                 busy = float(state.attained_s.sum())
                 row = {"batch_size_mean": 1.0, "batch_size_max": 1.0, "kv_util_mean": float("nan"),
                        "kv_util_max": float("nan"), "busy_s": busy}

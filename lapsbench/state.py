@@ -49,7 +49,3 @@ class EngineState:
     @property
     def n(self) -> int:
         return len(self.arrival_s)
-
-    @property
-    def remaining_tokens(self) -> np.ndarray:
-        return self.output_tokens - self.generated

@@ -99,3 +99,19 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="sweep TOML (base scenario + axes; see docs/sweeps.md)"),
+    backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
+    workers: int | None = typer.Option(None, "--workers", help="parallel points (default: CPU count)"),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)"),
+    out: Path | None = typer.Option(None, "--out", help="sweep directory (default: [sweep] out)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Run a scenario over a grid of overrides (resumable); merge results; optionally search capacity."""
+    from lapsbench.sweep import load_sweep, print_sweep, run_sweep_with_progress
+
+    spec = load_sweep(sweep_file, out)
+    print_sweep(run_sweep_with_progress(spec, backend, workers, address, quiet))

@@ -114,4 +114,7 @@ def sweep(
     from lapsbench.sweep import load_sweep, print_sweep, run_sweep_with_progress
 
     spec = load_sweep(sweep_file, out)
-    print_sweep(run_sweep_with_progress(spec, backend, workers, address, quiet))
+    result = run_sweep_with_progress(spec, backend, workers, address, quiet)
+    print_sweep(result)
+    if result.failed:
+        sys.exit(1)  # the other points' results are written; re-running retries the failed ones

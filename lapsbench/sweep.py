@@ -178,6 +178,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     data = _read_toml(path, "sweep")
     try:
         sweep = _parse_sweep(data, path, out)
+        resolve_point(sweep, {})  # the base alone first, so its errors are not blamed on an axis
         grid_points(sweep)  # validates every point now
     except LapsbenchError as exc:
         raise LapsbenchError(f"{path}: {exc}") from None
@@ -309,11 +310,23 @@ def resolve_point(sweep: Sweep, overrides: dict[str, Any], kind: str = "grid") -
         scenario = parse_scenario(data, sweep.base_dir)
         run, ident = _pin_files(sweep, scenario)
     except LapsbenchError as exc:
-        keys = ", ".join(repr(k) for k in overrides) or "(none)"
-        raise LapsbenchError(f"point with overrides {keys}: {exc}") from None
+        raise LapsbenchError(_blame(overrides, str(exc))) from None
     pid = hashlib.sha256(_identity_text(ident).encode()).hexdigest()[:16]
     run = dataclasses.replace(run, output=dataclasses.replace(run.output, dir=str(sweep.points_dir / pid)))
     return Point(pid, overrides, run, kind)
+
+
+def _blame(overrides: dict[str, Any], message: str) -> str:
+    """Prefix a validation error with the axis (key = value) it comes from, or 'base scenario'."""
+    if not overrides:
+        return f"base scenario: {message}"
+    path = message.split(":", 1)[0]
+    culprits = [k for k in overrides if path == k or path.startswith((k + ".", k + "[")) or k.startswith(path + ".")]
+    parts = []
+    for k in culprits or list(overrides):
+        text = json.dumps(overrides[k], default=str)
+        parts.append(f"{k!r} = {text if len(text) <= 60 else text[:57] + '...'}")
+    return f"axis {', '.join(parts)}: {message}"
 
 
 def grid_overrides(sweep: Sweep) -> list[dict[str, Any]]:
@@ -889,9 +902,9 @@ def print_sweep(result: SweepResult) -> None:
 
     console = Console()
     console.print(f"{result.points} points: {result.done} done ({result.cached} cached), {result.failed} failed "
-                  f"— results in {result.out}/ ({result.wall_s:.1f} s)")
+                  f"— results in {result.out}/ ({result.wall_s:.1f} s)", soft_wrap=True)
     for pid, err in result.errors.items():
-        console.print(f"[red]failed[/] {pid}: {err} (see {result.out}/points/{pid}/error.txt)")
+        console.print(f"[red]failed[/] {pid}: {err} (see {result.out}/points/{pid}/error.txt)", soft_wrap=True)
     if result.capacity is not None and result.capacity.height:
         table = Table(title="capacity (highest load meeting the SLO)", header_style="bold")
         for col in result.capacity.columns:

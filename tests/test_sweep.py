@@ -126,7 +126,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
     """SIGKILL after the first point lands; the re-run keeps finished points untouched (same inode and
     mtime), removes the killed run's temporaries, and ends equal to a sweep that was never interrupted."""
     axes = '[axes]\n"trace.rate_scale" = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]\n'
-    path = write_sweep(tmp_path, axes, n=4000)
+    path = write_sweep(tmp_path, axes, n=600)
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "lapsbench", "sweep", str(path), "--out", str(out),

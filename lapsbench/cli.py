@@ -81,7 +81,7 @@ def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
 def main() -> None:
     """Console entry point: LapsbenchError becomes `lapsbench: <message>` on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except LapsbenchError as exc:
         print(f"lapsbench: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -99,6 +99,10 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+    if isinstance(code, int) and code:  # typer returns exit codes here instead of raising (Ctrl-C: 130)
+        if code == 130:
+            print("lapsbench: interrupted", file=sys.stderr)
+        sys.exit(code)
 
 
 @app.command()

@@ -465,7 +465,8 @@ class LocalBackend:
 
         submit()
         while running:
-            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            # a timeout keeps Ctrl-C responsive: a lock wait without one is not interrupted by SIGINT
+            done, _ = cf.wait(running, timeout=0.2, return_when=cf.FIRST_COMPLETED)
             for fut in done:
                 tid = running.pop(fut)
                 try:
@@ -548,7 +549,7 @@ class RayBackend:
 
         submit()
         while running:
-            done, _ = ray.wait(list(running), num_returns=1)
+            done, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
             for ref in done:
                 tid = running.pop(ref)
                 try:
@@ -840,14 +841,29 @@ def _clean_stale(points_dir: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def make_backend(backend: str, workers: int, address: str | None) -> Any:
-    if backend not in BACKENDS:
-        raise LapsbenchError(f"--backend: {backend!r} — expected one of {list(BACKENDS)}")
-    if workers < 1:
-        raise LapsbenchError(f"--workers: {workers} — expected an integer >= 1")
-    if address and backend != "ray":
-        raise LapsbenchError("--address: only used with --backend ray")
-    return RayBackend(workers, address) if backend == "ray" else LocalBackend(workers)
+class LazyBackend:
+    """Starts the real backend on the first point that needs running, so resuming a finished sweep never
+    starts a pool or a Ray instance."""
+
+    def __init__(self, backend: str, workers: int, address: str | None) -> None:
+        if backend not in BACKENDS:
+            raise LapsbenchError(f"--backend: {backend!r} — expected one of {list(BACKENDS)}")
+        if workers < 1:
+            raise LapsbenchError(f"--workers: {workers} — expected an integer >= 1")
+        if address and backend != "ray":
+            raise LapsbenchError("--address: only used with --backend ray")
+        self.backend, self.workers, self.address = backend, workers, address
+        self._real: LocalBackend | RayBackend | None = None
+
+    def run(self, tasks: list[Task], events: Events) -> list[Outcome]:
+        if self._real is None:
+            self._real = (RayBackend(self.workers, self.address) if self.backend == "ray"
+                          else LocalBackend(self.workers))
+        return self._real.run(tasks, events)
+
+    def close(self) -> None:
+        if self._real is not None:
+            self._real.close()
 
 
 def run_sweep(sweep: Sweep, backend: str = "local", workers: int | None = None, address: str | None = None,
@@ -859,7 +875,7 @@ def run_sweep(sweep: Sweep, backend: str = "local", workers: int | None = None, 
     with _locked(sweep.out):
         _claim(sweep)
         _clean_stale(sweep.points_dir)
-        engine = make_backend(backend, workers, address)
+        engine = LazyBackend(backend, workers, address)
         tally = Tally(bar)
         capacity = None
         try:

@@ -922,10 +922,11 @@ def print_sweep(result: SweepResult) -> None:
     for pid, err in result.errors.items():
         console.print(f"[red]failed[/] {pid}: {err} (see {result.out}/points/{pid}/error.txt)", soft_wrap=True)
     if result.capacity is not None and result.capacity.height:
-        table = Table(title="capacity (highest load meeting the SLO)", header_style="bold")
-        for col in result.capacity.columns:
-            if col != "error":
-                table.add_column(col, justify="right" if result.capacity[col].dtype.is_numeric() else "left")
-        for row in result.capacity.drop("error").iter_rows():
+        shown = result.capacity.drop("error", "key")
+        key = result.capacity["key"][0]
+        table = Table(title=f"capacity: highest {key} meeting the SLO", header_style="bold")
+        for col in shown.columns:
+            table.add_column(col, justify="right" if shown[col].dtype.is_numeric() else "left")
+        for row in shown.iter_rows():
             table.add_row(*("–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
         console.print(table)

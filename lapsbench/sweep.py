@@ -837,7 +837,7 @@ def _claim(sweep: Sweep) -> None:
 def _clean_stale(points_dir: Path) -> None:
     """Temporaries left by a killed run (atomic_dir names them `.<id>.*.tmp`)."""
     if points_dir.is_dir():
-        for stale in points_dir.glob(".*.tmp"):
+        for stale in list(points_dir.glob(".*.tmp")):  # listed first: deleting while scanning skips entries
             shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -122,6 +122,11 @@ def test_a_directory_of_another_definition_is_refused(tmp_path: Path) -> None:
     assert json.loads((out / "sweep.json").read_text())["name"] == "test-sweep"
 
 
+def finished_points(out: Path) -> list[Path]:
+    """Point directories with results (temporaries start with a dot and may hold a summary.csv too)."""
+    return sorted(p.parent for p in (out / "points").glob("[!.]*/summary.csv"))
+
+
 def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     """SIGKILL after the first point lands; the re-run keeps finished points untouched (same inode and
     mtime), removes the killed run's temporaries, and ends equal to a sweep that was never interrupted."""
@@ -134,13 +139,13 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
-        while not list((out / "points").glob("*/summary.csv")):
+        while not finished_points(out):
             assert proc.poll() is None and time.monotonic() < deadline, "sweep ended before a point finished"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    finished = sorted(p.parent for p in (out / "points").glob("*/summary.csv"))
+    finished = finished_points(out)
     assert 1 <= len(finished) < 6, "the kill did not land midway"
     stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for d in finished for p in d.rglob("*")}
 

@@ -450,17 +450,27 @@ class LocalBackend:
             return outcomes
         import concurrent.futures as cf
         import multiprocessing
+        from concurrent.futures.process import BrokenProcessPool
 
-        if self._pool is None:
+        def start_pool() -> None:
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_ignore_sigint)
+
+        if self._pool is None:
+            start_pool()
         pending = iter(tasks)
         running: dict[Any, str] = {}
         outcomes: dict[str, Outcome] = {}
 
         def submit() -> None:
             for t in itertools.islice(pending, self.workers - len(running)):
-                running[self._pool.submit(run_point, t)] = t.id
+                try:
+                    fut = self._pool.submit(run_point, t)
+                except BrokenProcessPool:  # a worker died (e.g. out of memory): its points failed; go on
+                    self._pool.shutdown(wait=True, cancel_futures=True)
+                    start_pool()
+                    fut = self._pool.submit(run_point, t)
+                running[fut] = t.id
                 events("start", t.id, None)
 
         submit()
@@ -612,6 +622,10 @@ def _execute(sweep: Sweep, points: list[Point], backend: Any, tally: Tally) -> d
     tally.refresh()
     for o in backend.run(tasks, tally.event) if tasks else []:
         outcomes[o.id] = o
+        target = sweep.points_dir / o.id
+        if not o.ok and not target.exists():  # the worker died before it could record the error
+            with atomic_dir(target) as tmp:
+                (tmp / "error.txt").write_text(o.error + "\n")
     return outcomes
 
 

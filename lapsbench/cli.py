@@ -111,7 +111,7 @@ def sweep(
     backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
     workers: int | None = typer.Option(None, "--workers", help="parallel points (default: CPU count)"),
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)"),
-    out: Path | None = typer.Option(None, "--out", help="sweep directory (default: [sweep] out)"),
+    out: Path | None = typer.Option(None, "--out", help="sweep directory (default: out in the sweep file)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Run a scenario over a grid of overrides (resumable); merge results; optionally search capacity."""

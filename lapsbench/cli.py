@@ -156,7 +156,7 @@ def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
 def main() -> None:
     """Console entry point: LapsbenchError becomes `lapsbench: <message>` on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except LapsbenchError as exc:
         print(f"lapsbench: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -174,3 +174,26 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+    if isinstance(code, int) and code:  # typer returns exit codes here instead of raising (Ctrl-C: 130)
+        if code == 130:
+            print("lapsbench: interrupted", file=sys.stderr)
+        sys.exit(code)
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="sweep TOML (base scenario + axes; see docs/sweeps.md)"),
+    backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
+    workers: int | None = typer.Option(None, "--workers", help="parallel points (default: CPU count)"),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)"),
+    out: Path | None = typer.Option(None, "--out", help="sweep directory (default: out in the sweep file)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Run a scenario over a grid of overrides (resumable); merge results; optionally search capacity."""
+    from lapsbench.sweep import load_sweep, print_sweep, run_sweep_with_progress
+
+    spec = load_sweep(sweep_file, out)
+    result = run_sweep_with_progress(spec, backend, workers, address, quiet)
+    print_sweep(result)
+    if result.failed:
+        sys.exit(1)  # the other points' results are written; re-running retries the failed ones

@@ -100,7 +100,6 @@ def write_vidur_trace(n: int, path: Path, date: str) -> pl.DataFrame:
 def write_vidur_profiles(profile: str, out: Path, max_tokens: int, max_batch: int) -> None:
     """mlp.csv / attention.csv in Vidur's profiling schema, priced by lapsbench's profile (ms per layer)."""
     cost = load_profile_file(find_profile(profile, [REPO]))
-    one = np.ones(1)
 
     def prefill_ms(tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens, np.float64)
@@ -147,7 +146,6 @@ def write_vidur_profiles(profile: str, out: Path, max_tokens: int, max_batch: in
         pl.lit("synthetic-from-lapsbench").alias("attention_backend"),
     ).drop("attn_prefill", "attn_decode")
     att.write_csv(out / "attention.csv")
-    del one
 
 
 def vidur_flags(trace_csv: Path, date: str, n: int, max_batch: int, max_tokens: int, work: Path,

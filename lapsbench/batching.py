@@ -140,39 +140,52 @@ class BatchedEngine:
         """Walk the ranking, admitting requests while the batch, token budget and KV memory allow.
         A request that does not fit stops admission (no overtaking), after evicting lower-ranked
         residents that are not in the step if that makes room."""
-        s, k = self.s, self.s.k
+        s, k, block = self.s, self.s.k, self.cfg.block_size
         free = self.cfg.kv_capacity_tokens - self.used
-        ranked = order.tolist()
-        position = {idx: pos for pos, idx in enumerate(ranked)}
-        victims = [i for i in reversed(ranked) if self.resident[i]]  # lowest ranked first
+        # Admission stops at the first request that does not fit, so at most max_batch + 1 are examined:
+        # gather their numbers once (vectorised) and walk them as plain ints.
+        cand = order[: max_batch + 1]
+        if whole_prefill:  # static / dynamic batches reserve their whole length up front
+            decode_need = _roundup(s.prompt_tokens[cand] + s.output_tokens[cand] + k + 1, block).tolist()
+        else:
+            decode_need = _roundup(s.prompt_tokens[cand] + s.generated[cand] + k + 1, block).tolist()
+        cand_l = cand.tolist()
+        victims: list[int] | None = None  # residents, lowest ranked first, built on first need
+        position: dict[int, int] = {}
         chosen: list[int] = []
         chunks: list[int] = []
         stall = 0.0
         tokens = 0
-        for pos, i in enumerate(ranked):
+        for pos, i in enumerate(cand_l):
             if len(chosen) == max_batch:
                 break
-            if self.prefilled[i] >= self.target[i]:
+            done_prefill = int(self.prefilled[i])  # live: a recompute eviction in this walk resets it
+            left = int(self.target[i]) - done_prefill
+            if left <= 0:
                 chunk, step_tokens = 0, k + 1
                 if tokens + step_tokens > budget:
                     break
+                need = decode_need[pos]
             else:
-                left = int(self.target[i] - self.prefilled[i])
                 chunk = left if whole_prefill else min(left, budget - tokens)
                 if chunk <= 0:
                     break
                 step_tokens = chunk
-            if whole_prefill:  # static / dynamic batches reserve their whole length up front
-                need = int(_roundup(np.int64(s.prompt_tokens[i] + s.output_tokens[i] + k + 1), self.cfg.block_size))
-            else:
-                need = int(self.need(np.array([i]), np.array([chunk]))[0])
+                need = decode_need[pos] if whole_prefill else -(-(done_prefill + chunk + k + 1) // block) * block
+            # residency can change during this walk (evictions), so read it live
             extra = need - int(self.footprint[i]) if self.resident[i] else need
-            while extra > free and victims and position[victims[0]] > pos:
-                v = victims.pop(0)
-                free += int(self.footprint[v])
-                stall += self.evict(v)
             if extra > free:
-                break
+                if victims is None:
+                    ranked = order.tolist()
+                    position = {idx: p for p, idx in enumerate(ranked)}
+                    taken = set(chosen)
+                    victims = [v for v in reversed(ranked) if self.resident[v] and v not in taken]
+                while extra > free and victims and position[victims[0]] > pos:
+                    v = victims.pop(0)
+                    free += int(self.footprint[v])
+                    stall += self.evict(v)
+                if extra > free:
+                    break
             if self.swapped[i]:  # bring its KV back from host memory
                 back = float(self.swapped_tokens[i]) * self.kv_bytes / self.link_bytes_s
                 stall += back

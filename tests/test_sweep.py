@@ -13,10 +13,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from sweep_helpers import REPO, cli, read_dataset, read_summary, write_sweep
 
 from lapsbench.errors import LapsbenchError
 from lapsbench.sweep import grid_overrides, grid_points, load_sweep, run_sweep
+
+from sweep_helpers import REPO, cli, read_dataset, read_summary, write_sweep
 
 
 def test_grid_zip_random_expand_in_file_order(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from polars.testing import assert_frame_equal
-from sweep_helpers import cli, read_dataset, read_summary, write_sweep
 
 from lapsbench.sweep import load_sweep, run_sweep
+
+from sweep_helpers import cli, read_dataset, read_summary, write_sweep
 
 pytest.importorskip("ray")
 

@@ -28,20 +28,31 @@ class FixedAcceptance:
     k: int
     key: np.uint64
 
+    def __post_init__(self) -> None:
+        alpha = np.asarray(self.alpha, np.float64)
+        with np.errstate(divide="ignore"):
+            log_alpha = np.log(alpha)
+        # one α for everyone (the common case) → a scalar, saving a gather per draw
+        self._log_alpha = log_alpha[0] if alpha.size and np.all(alpha == alpha[0]) else log_alpha
+
+    def mean_tokens(self, req: np.ndarray) -> np.ndarray:
+        """Expected tokens per step of each request (used only to size pre-drawing)."""
+        return mean_tokens_per_step(self.alpha[req], self.k)
+
     def emitted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
         if self.k == 0:
             return np.ones(np.shape(req), dtype=np.int64)
         u = rng.uniform(self.key, self.request_id[req], step)
-        alpha = self.alpha[req]
+        log_alpha = self._log_alpha if np.ndim(self._log_alpha) == 0 else self._log_alpha[req]
         with np.errstate(divide="ignore", invalid="ignore"):
-            accepted = np.floor(np.log(u) / np.log(alpha))
-        accepted = np.where(alpha > 0, np.minimum(accepted, self.k), 0)
+            accepted = np.floor(np.log(u) / log_alpha)  # α = 0: log α = −inf → −0 → 0 accepted
+        np.minimum(accepted, self.k, out=accepted)
         return accepted.astype(np.int64) + 1
 
 
-def mean_tokens_per_step(alpha: float, k: int) -> float:
+def mean_tokens_per_step(alpha, k: int):
     """Closed form for the geometric acceptance model: E[tokens] = (1 − α^(k+1)) / (1 − α)."""
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+    return (1.0 - np.asarray(alpha, np.float64) ** (k + 1)) / (1.0 - np.asarray(alpha, np.float64))
 
 
 # ------------------------------------------------------------------------------------------------ beta

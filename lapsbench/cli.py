@@ -13,6 +13,8 @@ from lapsbench.calibrate.cli import app as calibrate_app
 from lapsbench.errors import LapsbenchError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
     from lapsbench.runner import RunResult
@@ -60,6 +62,79 @@ def run(
         console.print(f"results in {spec.out_dir}/ ({result.wall_s:.2f} s)")
 
 
+@app.command()
+def compare(
+    sources: list[Path] = typer.Argument(..., help="a scenario TOML, or one or more results directories"),
+    schedulers: str | None = typer.Option(None, "--schedulers", help="comma-separated labels (or names) to keep"),
+    baseline: str | None = typer.Option(None, "--baseline", help="label to compare against (default fcfs, "
+                                        "else the first scheduler)"),
+    rates: str | None = typer.Option(None, "--rates", help="load sweep: multiples of the trace's rate "
+                                     "(0.5,1,1.5) and/or absolute requests/s (2rps,4rps)"),
+    out: Path | None = typer.Option(None, "--out", help="results directory (default: the scenario's output dir "
+                                    "+ '-compare'; for results directories: print only unless given)"),
+    seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
+    replications: int | None = typer.Option(None, "--replications", help="override the scenario's replications"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG and SVG plots under OUT/plots/"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
+) -> None:
+    """Compare schedulers on identical requests: paired changes against a baseline with 95% CIs, load
+    sweeps with saturation marks, plots; or rebuild the tables from saved results directories."""
+    from rich.console import Console
+
+    from lapsbench.compare import load_results, parse_rates, run_comparison, select_schedulers, write_comparison
+    from lapsbench.report import command_line
+    from lapsbench.report_compare import rich_tables
+    from lapsbench.scenario import load_scenario
+
+    wanted = [w.strip() for w in schedulers.split(",") if w.strip()] if schedulers is not None else None
+    if wanted is not None and not wanted:
+        raise LapsbenchError(f"--schedulers: {schedulers!r} — expected comma-separated scheduler labels")
+    console = Console(stderr=True)
+    if len(sources) == 1 and sources[0].suffix == ".toml":
+        spec = select_schedulers(load_scenario(sources[0]), wanted)
+        if seed is not None:
+            if seed < 0:
+                raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
+            spec = dataclasses.replace(spec, seed=seed)
+        if replications is not None:
+            if replications < 1:
+                raise LapsbenchError(f"--replications: {replications} — expected an integer >= 1")
+            spec = dataclasses.replace(spec, replications=replications)
+        loads = parse_rates(rates) if rates is not None else None
+        show = not quiet and console.is_terminal
+        comp = run_comparison(spec, loads, baseline, _compare_progress(console) if show else None)
+        target: Path | None = out or Path(f"{spec.out_dir}-compare")
+    else:
+        if any(src.suffix == ".toml" for src in sources):
+            raise LapsbenchError("compare: give one scenario .toml, or results directories — not both")
+        for flag, value in (("--rates", rates), ("--seed", seed), ("--replications", replications)):
+            if value is not None:
+                raise LapsbenchError(f"{flag}: only with a scenario .toml — results directories are not re-simulated")
+        comp = load_results(sources, baseline, wanted)
+        target = out
+    screen = Console()
+    if not screen.is_terminal:
+        screen = Console(width=160)   # a pipe or a log: keep rows on one line rather than wrap at 80
+    for table in rich_tables(comp):
+        screen.print(table)
+    if target is not None:
+        write_comparison(target, comp, command_line(), plots=plots)
+        if not quiet:
+            console.print(f"results in {target}/")
+
+
+def _compare_progress(console: Console) -> Callable[[float], Callable[[str, int, int, int], None]]:
+    """A factory of runner progress callbacks, one per load point, printing a line per finished
+    (scheduler, replication): a sweep has many short runs, for which one line each reads better than
+    a stack of bars."""
+    def factory(scale: float) -> Callable[[str, int, int, int], None]:
+        def progress(label: str, replication: int, done: int, total: int) -> None:
+            if done == total:
+                console.print(f"  load ×{scale:g}: {label} (rep {replication}) done", highlight=False)
+        return progress
+    return factory
+
+
 def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -81,7 +156,7 @@ def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
 def main() -> None:
     """Console entry point: LapsbenchError becomes `lapsbench: <message>` on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except LapsbenchError as exc:
         print(f"lapsbench: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -99,3 +174,26 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+    if isinstance(code, int) and code:  # typer returns exit codes here instead of raising (Ctrl-C: 130)
+        if code == 130:
+            print("lapsbench: interrupted", file=sys.stderr)
+        sys.exit(code)
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="sweep TOML (base scenario + axes; see docs/sweeps.md)"),
+    backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
+    workers: int | None = typer.Option(None, "--workers", help="parallel points (default: CPU count)"),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)"),
+    out: Path | None = typer.Option(None, "--out", help="sweep directory (default: out in the sweep file)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Run a scenario over a grid of overrides (resumable); merge results; optionally search capacity."""
+    from lapsbench.sweep import load_sweep, print_sweep, run_sweep_with_progress
+
+    spec = load_sweep(sweep_file, out)
+    result = run_sweep_with_progress(spec, backend, workers, address, quiet)
+    print_sweep(result)
+    if result.failed:
+        sys.exit(1)  # the other points' results are written; re-running retries the failed ones

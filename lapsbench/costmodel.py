@@ -37,11 +37,14 @@ PHASES = ("decode", "prefill")
 @dataclass(frozen=True)
 class PhaseModel:
     """t_ms = Σ coef[f]·feature[f] (form "linear"), or, for form "max", the larger of two linear parts:
-    a memory-bound part (`coef`) and a compute-bound part (`coef_compute`) — the roofline knee."""
+    a memory-bound part (`coef`) and a compute-bound part (`coef_compute`) — the roofline knee. Form
+    "pnorm" is the smooth roofline (M^p + C^p)^(1/p) of the same two parts: a forward is many kernels,
+    each with its own knee, so the measured transition is gradual; p → ∞ gives "max"."""
 
     coef: dict[str, float]
     coef_compute: dict[str, float] = field(default_factory=dict)
     form: str = "linear"
+    p: float = 0.0
 
     def time_s(self, **features: np.ndarray | float) -> np.ndarray:
         def linear(coefs: dict[str, float]) -> np.ndarray:
@@ -53,6 +56,11 @@ class PhaseModel:
         ms = linear(self.coef)
         if self.form == "max":
             ms = np.maximum(ms, linear(self.coef_compute))
+        elif self.form == "pnorm":
+            mem = np.maximum(ms, 0.0)
+            comp = np.maximum(linear(self.coef_compute), 0.0)
+            top = np.maximum(np.maximum(mem, comp), 1e-300)  # scale out before the power: no overflow
+            ms = top * ((mem / top) ** self.p + (comp / top) ** self.p) ** (1.0 / self.p)
         return ms / 1000.0
 
 
@@ -122,9 +130,19 @@ def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.
     """Time of engine steps (vectorised over steps): k draft forwards + one verify of k+1 tokens per
     decoding request, plus prefill of the requests being prefilled in the same step.
 
-    A step that mixes prefill and decode is priced as the sum of the two forwards (an upper bound of a
-    fused chunked-prefill forward; exact at batch size 1, where a step is one or the other)."""
+    With a fitted profile, a step that mixes prefill and decode is priced as the sum of the two forwards (an
+    upper bound of a fused chunked-prefill forward; exact at batch size 1, where a step is one or the
+    other). The fixed profile prices any step as one forward: step_s (+ k draft forwards if it decodes) +
+    prefill_s_per_token per prompt token prefilled."""
     n_decode = np.asarray(n_decode)
+    if cost.is_fixed:  # one fused forward per step, whatever it mixes
+        busy = n_decode > 0
+        tokens = 0.0
+        if n_prefill is not None:
+            busy = busy | (np.asarray(n_prefill) > 0)
+            tokens = cost.fixed_prefill_s_per_token * np.asarray(prefill_tokens)
+        draft = k * cost.fixed_draft_step_s if k > 0 else 0.0
+        return np.where(busy, cost.fixed_step_s, 0.0) + np.where(n_decode > 0, draft, 0.0) + tokens
     t = cost.verify_s(n_decode, n_decode * (k + 1), context_decode)
     if k > 0:
         # Draft forward j sees the context plus the j draft tokens proposed so far.
@@ -151,9 +169,14 @@ def _phase(raw: object, where: str) -> PhaseModel:
         raise LapsbenchError(f"{where}: expected a table of coefficients, got {raw!r}")
     raw = dict(raw)
     form = raw.pop("form", "linear")
-    if form not in ("linear", "max"):
-        raise LapsbenchError(f"{where}.form: {form!r} is not a model form; expected 'linear' or 'max'")
-    compute = raw.pop("compute", {}) if form == "max" else {}
+    if form not in ("linear", "max", "pnorm"):
+        raise LapsbenchError(f"{where}.form: {form!r} is not a model form; expected 'linear', 'max' or 'pnorm'")
+    compute = raw.pop("compute", {}) if form in ("max", "pnorm") else {}
+    p = 0.0
+    if form == "pnorm":
+        p = raw.pop("p", None)
+        if not isinstance(p, (int, float)) or not math.isfinite(p) or p < 1:
+            raise LapsbenchError(f"{where}.p: {p!r} is not a valid exponent; expected a number >= 1 for form 'pnorm'")
     for key in ("fit",):
         raw.pop(key, None)
     for table, label in ((raw, where), (compute, f"{where}.compute")):
@@ -163,7 +186,7 @@ def _phase(raw: object, where: str) -> PhaseModel:
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise LapsbenchError(f"{label}.{name}: {value!r} is not a finite number")
     return PhaseModel(coef={k: float(v) for k, v in raw.items()},
-                      coef_compute={k: float(v) for k, v in compute.items()}, form=form)
+                      coef_compute={k: float(v) for k, v in compute.items()}, form=form, p=float(p))
 
 
 def load_profile_file(path: Path, draft: str | None = None) -> CostModel:

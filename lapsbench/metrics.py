@@ -9,7 +9,7 @@ import polars as pl
 
 from lapsbench.scenario import SloSpec
 
-LATENCIES = ("jct_s", "ttft_s", "tpot_s")
+LATENCIES = ("jct_s", "ttft_s", "tpot_s", "itl_s")
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (df above the last key uses the normal 1.96).
@@ -50,7 +50,8 @@ def _slo_met(df: pl.DataFrame, slo: SloSpec) -> pl.Expr | None:
     return expr
 
 
-def summarize_replications(requests: pl.DataFrame, slo: SloSpec | None = None) -> pl.DataFrame:
+def summarize_replications(requests: pl.DataFrame, slo: SloSpec | None = None,
+                           engine_stats: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (scheduler, replication): counts, latency means and percentiles, throughput, goodput."""
     slo = slo or SloSpec()
     aggs: list[pl.Expr] = [pl.len().alias("requests")]
@@ -64,13 +65,17 @@ def summarize_replications(requests: pl.DataFrame, slo: SloSpec | None = None) -
         (pl.len() / makespan).alias("throughput_rps"),
         (pl.col("output_tokens").sum() / makespan).alias("throughput_tok_s"),
         pl.col("preemptions").mean().alias("preemptions_mean"),
+        pl.col("preempted_s").sum().alias("preempted_s_total"),
         (pl.col("jct_s") / pl.col("output_tokens")).mean().alias("per_token_latency_mean_s"),
     ]
     met = _slo_met(requests, slo)
     if met is not None:
         aggs += [met.mean().alias("slo_attainment"), (met.sum() / makespan).alias("goodput_rps")]
-    return (requests.group_by(["scheduler", "replication"], maintain_order=True).agg(aggs)
-            .sort(["replication"], maintain_order=True))
+    out = (requests.group_by(["scheduler", "replication"], maintain_order=True).agg(aggs)
+           .sort(["replication"], maintain_order=True))
+    if engine_stats is not None:
+        out = out.join(engine_stats, on=["scheduler", "replication"], how="left", maintain_order="left")
+    return out
 
 
 def summarize(per_replication: pl.DataFrame) -> pl.DataFrame:

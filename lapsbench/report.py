@@ -30,7 +30,7 @@ def _json_safe(value: object) -> object:
 def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command: str) -> tuple[pl.DataFrame,
                                                                                              pl.DataFrame]:
     """Write every result file into a temporary directory that replaces `out_dir` only when complete."""
-    per_rep = summarize_replications(result.requests, scenario.slo)
+    per_rep = summarize_replications(result.requests, scenario.slo, result.engine_stats)
     summary = summarize(per_rep)
     meta = {
         "lapsbench_version": __version__,
@@ -68,28 +68,31 @@ def _fmt(value: object, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def summary_table(summary: pl.DataFrame, title: str) -> Table:
-    """Per scheduler: JCT mean (± CI) / p50 / p99, TTFT mean / p99, TPOT mean, throughput."""
+    """Per scheduler: JCT mean (± 95% CI over replications) / p50 / p99, TTFT mean / p99, TPOT mean,
+    throughput. The lowest mean JCT is highlighted."""
     table = Table(title=title, header_style="bold")
-    table.add_column("scheduler")
-    for name in ("JCT mean s", "JCT p50 s", "JCT p99 s", "TTFT mean s", "TTFT p99 s", "TPOT mean ms",
+    table.add_column("scheduler", no_wrap=True)
+    for name in ("JCT mean s", "± 95%", "JCT p50 s", "JCT p99 s", "TTFT mean s", "TTFT p99 s", "TPOT mean ms",
                  "req/s", "tok/s"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     best = float(summary["jct_mean_s"].min())
     for row in summary.iter_rows(named=True):
         mean = _fmt(row["jct_mean_s"])
-        ci = row.get("jct_mean_ci95_s")
-        if ci is not None and math.isfinite(ci):
-            mean += f" ± {ci:.3f}"
         if row["jct_mean_s"] == best:
             mean = f"[bold green]{mean}[/]"
-        table.add_row(row["scheduler"], mean, _fmt(row["jct_p50_s"]), _fmt(row["jct_p99_s"]),
-                      _fmt(row["ttft_mean_s"]), _fmt(row["ttft_p99_s"]), _fmt(row["tpot_mean_s"], 1000, 2),
-                      _fmt(row["throughput_rps"], 1, 2), _fmt(row["throughput_tok_s"], 1, 0))
+        table.add_row(row["scheduler"], mean, _fmt(row.get("jct_mean_ci95_s")), _fmt(row["jct_p50_s"]),
+                      _fmt(row["jct_p99_s"]), _fmt(row["ttft_mean_s"]), _fmt(row["ttft_p99_s"]),
+                      _fmt(row["tpot_mean_s"], 1000, 2), _fmt(row["throughput_rps"], 1, 2),
+                      _fmt(row["throughput_tok_s"], 1, 0))
     return table
 
 
 def print_summary(summary: pl.DataFrame, title: str, console: Console | None = None) -> None:
-    (console or Console()).print(summary_table(summary, title))
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+            console = Console(width=160)
+    console.print(summary_table(summary, title))
 
 
 def command_line() -> str:

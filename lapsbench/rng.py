@@ -28,8 +28,8 @@ def stream_key(seed: int, replication: int, stream: int) -> np.uint64:
 def uniform(key: np.uint64, request_id: np.ndarray, counter: np.ndarray) -> np.ndarray:
     """Uniform draws in the open interval (0, 1), one per (request_id, counter) pair."""
     with np.errstate(over="ignore"):
-        rid = np.asarray(request_id).astype(np.uint64)
-        ctr = np.asarray(counter).astype(np.uint64)
+        rid = np.asarray(request_id, dtype=np.int64).view(np.uint64)  # views: no copies
+        ctr = np.asarray(counter, dtype=np.int64).view(np.uint64)
         x = _splitmix64(_splitmix64(key ^ rid) ^ (ctr * _M2))
     return ((x >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
 

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from lapsbench.batching import BatchedEngine
 from lapsbench.engine import simulate
 from lapsbench.policies import make_policy
 from lapsbench.scenario import Scenario
 from lapsbench.state import EngineState
-from lapsbench.workload import Workload, build_acceptance, build_cost, load_workload
+from lapsbench.steptable import build_step_table
+from lapsbench.workload import Workload, build_acceptance, build_batch_config, build_cost, load_workload
 
 # progress(label, replication, finished, total)
 Progress = Callable[[str, int, int, int], None]
@@ -24,6 +26,7 @@ class RunResult:
     requests: pl.DataFrame
     workload: Workload
     wall_s: float
+    engine_stats: pl.DataFrame | None = None  # per (scheduler, replication): batch size, KV utilisation
 
 
 def records(state: EngineState, label: str, policy: str, replication: int) -> pl.DataFrame:
@@ -47,18 +50,27 @@ def records(state: EngineState, label: str, policy: str, replication: int) -> pl
         "jct_s": state.finish_s - state.arrival_s,
         "ttft_s": state.first_token_s - state.arrival_s,
         "tpot_s": tpot,
-    }).with_columns(pl.col("tpot_s").fill_nan(None))
+        "itl_s": np.where(state.decode_steps > 0,
+                          (state.finish_s - state.first_token_s) / np.maximum(state.decode_steps, 1), np.nan),
+        "decode_steps": state.decode_steps,
+        "preempted_s": state.preempted_s,
+    }).with_columns(pl.col("tpot_s").fill_nan(None), pl.col("itl_s").fill_nan(None))
 
 
 def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
     start = time.perf_counter()
     workload = first = load_workload(s)
     cost = build_cost(s)
+    batching = build_batch_config(s, cost)
     frames = []
+    stats = []
     for replication in range(s.replications):
         if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
             workload = load_workload(s, replication)
         acceptance = build_acceptance(s, workload, replication)
+        # At batch size 1 every request's steps are schedule-independent: draw them once for all schedulers.
+        table = None if batching is not None else build_step_table(
+            workload.request_id, workload.prompt_tokens, workload.output_tokens, s.speculation.k, cost, acceptance)
         for spec in s.scheduler:
             policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
@@ -69,10 +81,21 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
                 def callback(done: int, _label: str = spec.label, _rep: int = replication,
                              _n: int = workload.n) -> None:
                     progress(_label, _rep, done, _n)
-            simulate(state, policy, acceptance, callback)
+            if batching is None:
+                simulate(state, policy, acceptance, callback, table=table)
+                busy = float(state.attained_s.sum())
+                row = {"batch_size_mean": 1.0, "batch_size_max": 1.0, "kv_util_mean": float("nan"),
+                       "kv_util_max": float("nan"), "busy_s": busy}
+            else:
+                engine = BatchedEngine(state, policy, acceptance, batching)
+                engine.run(callback)
+                row = engine.stats()
+            stats.append({"scheduler": spec.label, "replication": replication, **row})
             frames.append(records(state, spec.label, spec.name, replication))
     requests = pl.concat(frames)
     workload = first
     if workload.passthrough.width > 1 and not s.trace.synth:
         requests = requests.join(workload.passthrough, on="request_id", how="left", maintain_order="left")
-    return RunResult(requests=requests, workload=workload, wall_s=time.perf_counter() - start)
+    engine_stats = pl.DataFrame(stats).with_columns(pl.col("replication").cast(pl.Int32))
+    return RunResult(requests=requests, workload=workload, wall_s=time.perf_counter() - start,
+                     engine_stats=engine_stats)

@@ -70,7 +70,7 @@ class FixedProfileSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    profile: str | FixedProfileSpec = _f("h100-like-llama2-7b", "profile name, TOML path, or a fixed-profile table")
+    profile: str | FixedProfileSpec = _f("h100-llama2-7b", "profile name, TOML path, or a fixed-profile table")
     draft: str = _f("", "draft model in the profile (default: the profile's own)")
 
 
@@ -123,8 +123,16 @@ class SpeculationSpec:
 
 @dataclass(frozen=True)
 class EngineSpec:
-    batching: str = _f("none", "batching mode", choices=("none",))
-    max_batch: int = _f(1, "largest batch (requests)", _at_least_one)
+    batching: str = _f("none", "none (batch size 1) | static | dynamic | continuous (see docs/batching.md)",
+                       choices=("none", "static", "dynamic", "continuous"))
+    max_batch: int = _f(64, "largest batch, in requests (batching = none uses 1)", _at_least_one)
+    max_batch_tokens: int = _f(8192, "continuous batching: tokens per step (decode k+1 each, prefill chunks)",
+                               _at_least_one)
+    kv_capacity_tokens: int = _f(0, "KV-cache capacity in tokens; 0 = the profile's (unlimited if it has none)",
+                                 _non_negative)
+    preemption: str = _f("swap", "what a memory preemption costs: swap (KV to host and back) or recompute",
+                         choices=("swap", "recompute"))
+    block_size: int = _f(16, "KV-cache block size in tokens", _at_least_one)
 
 
 @dataclass(frozen=True)

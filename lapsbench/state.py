@@ -21,7 +21,8 @@ class EngineState:
     k: int
     cost: CostModel
     generated: np.ndarray = field(init=False)       # output tokens produced so far
-    steps: np.ndarray = field(init=False)           # forward steps taken part in (prefill step included)
+    steps: np.ndarray = field(init=False)           # forward steps taken part in (prefill steps included)
+    decode_steps: np.ndarray = field(init=False)    # speculative (decode) steps taken: the acceptance counter
     attained_s: np.ndarray = field(init=False)      # GPU time of the steps taken part in
     last_service_s: np.ndarray = field(init=False)  # end of the last step served, or arrival if none
     first_token_s: np.ndarray = field(init=False)
@@ -39,6 +40,7 @@ class EngineState:
         n = len(self.arrival_s)
         self.generated = np.zeros(n, np.int64)
         self.steps = np.zeros(n, np.int64)
+        self.decode_steps = np.zeros(n, np.int64)
         self.attained_s = np.zeros(n, np.float64)
         self.last_service_s = self.arrival_s.astype(np.float64).copy()
         self.first_token_s = np.full(n, np.nan)
@@ -50,12 +52,3 @@ class EngineState:
     @property
     def n(self) -> int:
         return len(self.arrival_s)
-
-    @property
-    def decode_steps(self) -> np.ndarray:
-        """Speculative steps taken (the first step of a request is its prefill)."""
-        return np.maximum(self.steps - 1, 0)
-
-    @property
-    def remaining_tokens(self) -> np.ndarray:
-        return self.output_tokens - self.generated

@@ -11,6 +11,7 @@ import polars as pl
 
 from lapsbench import rng
 from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance, acceptance_records
+from lapsbench.batching import BatchConfig
 from lapsbench.costmodel import CostModel, find_profile, fixed_profile, load_profile_file
 from lapsbench.errors import LapsbenchError
 from lapsbench.scenario import (
@@ -147,3 +148,17 @@ def build_acceptance(s: Scenario, w: Workload, replication: int) -> Any:
                                      f"at most {top} tokens per step; expected k <= {top - 1}")
         return EmpiricalAcceptance.build(lists, w.request_id, w.output_tokens, k, key)
     raise NotImplementedError(type(spec))
+
+
+def build_batch_config(s: Scenario, cost: CostModel) -> BatchConfig | None:
+    """The batched engine's configuration, or None for batch size 1 (`batching = "none"`)."""
+    e = s.engine
+    if e.batching == "none":
+        return None
+    capacity = e.kv_capacity_tokens or cost.kv_capacity_tokens or np.inf
+    step = e.max_batch * (s.speculation.k + 1)
+    if e.batching == "continuous" and e.max_batch_tokens < step:
+        raise LapsbenchError(f"engine.max_batch_tokens: {e.max_batch_tokens} is smaller than one decode step of a "
+                             f"full batch (max_batch {e.max_batch} × (k + 1) = {step} tokens); expected >= {step}")
+    return BatchConfig(mode=e.batching, max_batch=e.max_batch, max_batch_tokens=e.max_batch_tokens,
+                       kv_capacity_tokens=float(capacity), preemption=e.preemption, block_size=e.block_size)

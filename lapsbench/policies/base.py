@@ -47,6 +47,12 @@ class Policy:
         ranking changes as service accrues override this to say how long the ranking holds."""
         return Plan(order[:1], INF_STEPS)
 
+    def batch_horizon(self, state: EngineState, batch: np.ndarray, now: float) -> int:
+        """Continuous batching: steps for which the chosen batch stays the best (absent arrivals and
+        completions, which the engine handles). Non-preemptive policies keep their batch; a preemptive
+        policy re-ranks every step unless it knows better."""
+        return INF_STEPS if not self.preemptive else 1
+
     def observe(self, state: EngineState, served: np.ndarray, emitted: np.ndarray, end_s: np.ndarray) -> None:
         """Called after steps run: request served by each step, tokens it emitted, step end times."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lapsbench.policies.base import Policy, register
+from lapsbench.policies.base import INF_STEPS, Policy, register
 from lapsbench.state import EngineState
 
 
@@ -19,4 +19,7 @@ class SRPT(Policy):
     summary = "oracle shortest remaining tokens first; preemptive at step boundaries"
 
     def rank(self, state: EngineState, active: np.ndarray, now: float) -> np.ndarray:
-        return state.remaining_tokens[active]
+        return state.output_tokens[active] - state.generated[active]
+
+    def batch_horizon(self, state: EngineState, batch: np.ndarray, now: float) -> int:
+        return INF_STEPS  # members' remaining work only shrinks; everyone else's is unchanged

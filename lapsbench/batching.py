@@ -1,0 +1,407 @@
+"""The batched engine: static, dynamic and continuous (iteration-level) batching with KV-cache memory.
+
+One engine step serves a batch: every decoding member takes one speculative step (k draft forwards and
+one verify forward over all members' k + 1 tokens), and in continuous mode requests being prefilled get
+a chunk of their prompt within the step's token budget (chunked prefill). Finishing a prefill emits the
+request's first token. A request that finishes mid-step leaves at the step's end.
+
+Memory: a resident request holds KV slots for its cached tokens plus the k + 1 slots of its next step,
+rounded up to blocks. When a higher-ranked request needs memory, the policy's lowest-ranked resident that
+is not in the step is preempted: `swap` copies its KV to host memory (bytes / host-link bandwidth, and the
+same again to bring it back; the engine stalls for the copy), `recompute` drops it and the request later
+re-prefills its prompt and everything it had generated.
+
+Modes (SSJF's semantics for static and dynamic):
+- static: a batch of up to `max_batch` requests in policy order runs until all its members finish; a
+  finished member stays in the batch as padding (priced) and every member completes at the batch's end.
+- dynamic: the batch runs until its first member finishes; finished members leave, the rest go back to
+  the queue and a new batch is formed in policy order.
+- continuous: every step re-forms the batch in policy order (non-preemptive policies keep their running
+  requests) up to `max_batch` requests, `max_batch_tokens` tokens and the free KV memory.
+
+Between decisions the batch is fixed, so runs of pure-decode steps are computed at once with NumPy and cut
+at the first arrival, completion, memory shortfall or policy horizon (event skipping), exactly as
+tests/reference_engine.py's step-by-step batched engine would do them one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lapsbench.costmodel import sd_step_s
+from lapsbench.engine import Acceptance, rank_order
+from lapsbench.errors import LapsbenchError
+from lapsbench.policies.base import Policy
+from lapsbench.state import EngineState
+
+MODES = ("none", "static", "dynamic", "continuous")
+PREEMPTION = ("swap", "recompute")
+MAX_SEGMENT_STEPS = 4096
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    mode: str = "continuous"
+    max_batch: int = 64
+    max_batch_tokens: int = 8192
+    kv_capacity_tokens: float = np.inf   # inf = unlimited
+    preemption: str = "swap"
+    block_size: int = 16
+
+
+def _roundup(tokens: np.ndarray, block: int) -> np.ndarray:
+    return -(-tokens // block) * block
+
+
+class BatchedEngine:
+    """State of one batched run beyond EngineState: prefill progress and KV residency."""
+
+    def __init__(self, state: EngineState, policy: Policy, acceptance: Acceptance, config: BatchConfig,
+                 check_invariants: bool = False) -> None:
+        self.s, self.policy, self.acc, self.cfg = state, policy, acceptance, config
+        self.check = check_invariants
+        n = state.n
+        self.prefilled = np.zeros(n, np.int64)          # tokens of the current prefill target done
+        self.target = state.prompt_tokens.copy()        # prefill target (prompt; prompt + generated after recompute)
+        self.resident = np.zeros(n, bool)
+        self.swapped = np.zeros(n, bool)
+        self.swapped_tokens = np.zeros(n, np.int64)     # KV slots parked in host memory
+        self.footprint = np.zeros(n, np.int64)          # KV slots held by residents
+        self.used = 0
+        self.in_batch = np.zeros(n, bool)               # member of the previous step
+        self.static_batch = np.empty(0, np.int64)       # static/dynamic: the batch being run
+        self.prev_members = np.empty(0, np.int64)
+        self.kv_bytes = state.cost.kv_bytes_per_token
+        self.link_bytes_s = state.cost.host_link_gb_s * 1e9
+        self.max_used = 0
+        self.busy_s = 0.0            # time-weighted sums for batch-size and KV-utilisation statistics
+        self.batch_time = 0.0
+        self.kv_time = 0.0
+        self.max_batch_seen = 0
+        worst = _roundup(state.prompt_tokens + state.output_tokens + state.k + 1, config.block_size)
+        if worst.size and worst.max() > config.kv_capacity_tokens:
+            i = int(np.argmax(worst))
+            raise LapsbenchError(
+                f"engine.kv_capacity_tokens: {int(config.kv_capacity_tokens)} is smaller than request "
+                f"{int(state.request_id[i])} needs ({int(worst[i])} tokens: prompt {int(state.prompt_tokens[i])} + "
+                f"output {int(state.output_tokens[i])} + k + 1, in blocks of {config.block_size})")
+
+    # ------------------------------------------------------------------ helpers
+    def decoding(self, idx: np.ndarray) -> np.ndarray:
+        return self.prefilled[idx] >= self.target[idx]
+
+    def need(self, idx: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+        """KV slots request `idx` holds during a step in which it prefills `chunk` tokens (0 = decodes)."""
+        s = self.s
+        cached = np.where(self.decoding(idx), s.prompt_tokens[idx] + s.generated[idx], self.prefilled[idx] + chunk)
+        return _roundup(cached + s.k + 1, self.cfg.block_size)
+
+    def evict(self, victim: int) -> float:
+        """Preempt a resident under memory pressure; returns the engine stall it costs (swap-out)."""
+        s = self.s
+        self.used -= int(self.footprint[victim])
+        self.resident[victim] = False
+        s.preemptions[victim] += 1
+        stall = 0.0
+        if self.cfg.preemption == "swap":
+            stall = float(self.footprint[victim]) * self.kv_bytes / self.link_bytes_s
+            self.swapped[victim] = True
+            self.swapped_tokens[victim] = self.footprint[victim]
+        else:  # recompute: everything cached is lost; prefill prompt + generated again
+            self.target[victim] = s.prompt_tokens[victim] + s.generated[victim]
+            self.prefilled[victim] = 0
+        s.preempted_s[victim] += stall
+        self.footprint[victim] = 0
+        return stall
+
+    # ------------------------------------------------------------------ selection
+    def select(self, active: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Members of the next step, their prefill chunks (0 = decode), and the swap stall it costs."""
+        cfg, s = self.cfg, self.s
+        order = rank_order(self.policy, s, active, now)
+        if cfg.mode == "continuous":
+            if not self.policy.preemptive:
+                running = self.in_batch[order] | (self.resident[order] & (s.steps[order] > 0))
+                order = np.concatenate((order[running], order[~running]))
+            return self._fill(order, cfg.max_batch, cfg.max_batch_tokens)
+        # static / dynamic: keep the current batch while it lasts, else form one from the queue
+        if self.static_batch.size:
+            batch = self.static_batch if cfg.mode == "static" else self.static_batch[~s.done[self.static_batch]]
+            return batch, np.zeros(batch.size, np.int64), 0.0
+        members, chunks, stall = self._fill(order, cfg.max_batch, np.iinfo(np.int64).max, whole_prefill=True)
+        self.static_batch = members
+        return members, chunks, stall
+
+    def _fill(self, order: np.ndarray, max_batch: int, budget: int,
+              whole_prefill: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+        """Walk the ranking, admitting requests while the batch, token budget and KV memory allow.
+        A request that does not fit stops admission (no overtaking), after evicting lower-ranked
+        residents that are not in the step if that makes room."""
+        s, k, block = self.s, self.s.k, self.cfg.block_size
+        free = self.cfg.kv_capacity_tokens - self.used
+        # Admission stops at the first request that does not fit, so at most max_batch + 1 are examined:
+        # gather their numbers once (vectorised) and walk them as plain ints.
+        cand = order[: max_batch + 1]
+        if whole_prefill:  # static / dynamic batches reserve their whole length up front
+            decode_need = _roundup(s.prompt_tokens[cand] + s.output_tokens[cand] + k + 1, block).tolist()
+        else:
+            decode_need = _roundup(s.prompt_tokens[cand] + s.generated[cand] + k + 1, block).tolist()
+        cand_l = cand.tolist()
+        victims: list[int] | None = None  # residents, lowest ranked first, built on first need
+        position: dict[int, int] = {}
+        chosen: list[int] = []
+        chunks: list[int] = []
+        stall = 0.0
+        tokens = 0
+        for pos, i in enumerate(cand_l):
+            if len(chosen) == max_batch:
+                break
+            done_prefill = int(self.prefilled[i])  # live: a recompute eviction in this walk resets it
+            left = int(self.target[i]) - done_prefill
+            if left <= 0:
+                chunk, step_tokens = 0, k + 1
+                if tokens + step_tokens > budget:
+                    break
+                need = decode_need[pos]
+            else:
+                chunk = left if whole_prefill else min(left, budget - tokens)
+                if chunk <= 0:
+                    break
+                step_tokens = chunk
+                need = decode_need[pos] if whole_prefill else -(-(done_prefill + chunk + k + 1) // block) * block
+            # residency can change during this walk (evictions), so read it live
+            extra = need - int(self.footprint[i]) if self.resident[i] else need
+            if extra > free:
+                if victims is None:
+                    ranked = order.tolist()
+                    position = {idx: p for p, idx in enumerate(ranked)}
+                    taken = set(chosen)
+                    victims = [v for v in reversed(ranked) if self.resident[v] and v not in taken]
+                while extra > free and victims and position[victims[0]] > pos:
+                    v = victims.pop(0)
+                    free += int(self.footprint[v])
+                    stall += self.evict(v)
+                if extra > free:
+                    break
+            if self.swapped[i]:  # bring its KV back from host memory
+                back = float(self.swapped_tokens[i]) * self.kv_bytes / self.link_bytes_s
+                stall += back
+                s.preempted_s[i] += back
+                self.swapped[i] = False
+            free -= extra
+            self.used += extra
+            self.footprint[i] = need
+            self.resident[i] = True
+            chosen.append(i)
+            chunks.append(chunk)
+            tokens += step_tokens
+            if victims and i in victims:
+                victims.remove(i)
+        return np.array(chosen, np.int64), np.array(chunks, np.int64), stall
+
+    # ------------------------------------------------------------------ stepping
+    def _release(self, idx: np.ndarray) -> None:
+        self.used -= int(self.footprint[idx].sum())
+        self.footprint[idx] = 0
+        self.resident[idx] = False
+
+    def one_step(self, members: np.ndarray, chunks: np.ndarray, stall: float, now: float) -> tuple[float, np.ndarray]:
+        """Run one engine step of `members`; returns the new time and the requests that finished."""
+        s, k = self.s, self.s.k
+        is_dec = chunks == 0
+        dec, pf, c = members[is_dec], members[~is_dec], chunks[~is_dec]
+        live_dec = dec[~s.done[dec]]
+        emitted = np.zeros(0, np.int64)
+        if live_dec.size:
+            emitted = self.acc.emitted(live_dec, s.decode_steps[live_dec], s.generated[live_dec])
+            emitted = np.minimum(emitted, s.output_tokens[live_dec] - s.generated[live_dec])
+        ctx = s.prompt_tokens[dec] + s.generated[dec]
+        before = self.prefilled[pf]
+        dt = float(sd_step_s(s.cost, k, np.array([dec.size]), np.array([ctx.sum()]),
+                             np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
+                             np.array([(c * before).sum()]), np.array([before.sum()]))[0])
+        now = now + (dt + stall)
+        self._record(dt + stall, members.size)
+        s.generated[live_dec] += emitted
+        s.decode_steps[live_dec] += 1
+        self.prefilled[pf] += c
+        complete = pf[self.prefilled[pf] >= self.target[pf]]
+        s.generated[complete] = np.minimum(s.generated[complete] + 1, s.output_tokens[complete])
+        first = complete[np.isnan(s.first_token_s[complete])]
+        s.first_token_s[first] = now
+        served = np.concatenate((live_dec, pf))
+        tokens = np.concatenate((emitted, np.where(self.prefilled[pf] >= self.target[pf], 1, 0)))
+        self._account(served, dt + stall, now)
+        self.policy.observe(s, served, tokens, np.full(served.size, now))
+        return now, self._finish(served, now)
+
+    def _record(self, duration: float, batch_size: int) -> None:
+        self.busy_s += duration
+        self.batch_time += duration * batch_size
+        self.kv_time += duration * self.used
+        self.max_batch_seen = max(self.max_batch_seen, batch_size)
+
+    def stats(self) -> dict[str, float]:
+        """Time-weighted over busy time: mean batch size and KV-cache utilisation; their maxima."""
+        cap = self.cfg.kv_capacity_tokens
+        busy = max(self.busy_s, 1e-300)
+        return {
+            "batch_size_mean": self.batch_time / busy,
+            "batch_size_max": float(self.max_batch_seen),
+            "kv_util_mean": self.kv_time / busy / cap if np.isfinite(cap) else float("nan"),
+            "kv_util_max": self.max_used / cap if np.isfinite(cap) else float("nan"),
+            "busy_s": self.busy_s,
+        }
+
+    def _account(self, served: np.ndarray, dt: float, now: float) -> None:
+        s = self.s
+        s.steps[served] += 1
+        s.attained_s[served] += dt
+        s.last_service_s[served] = now
+
+    def _finish(self, served: np.ndarray, now: float) -> np.ndarray:
+        s = self.s
+        done = served[(s.generated[served] >= s.output_tokens[served]) & ~s.done[served]]
+        s.done[done] = True
+        if self.cfg.mode != "static":
+            s.finish_s[done] = now
+            self._release(done)
+        return done
+
+    def decode_segment(self, members: np.ndarray, max_rounds: int, now: float, next_arrival_s: float,
+                       stop_at_completion: bool, stop_at_arrival: bool) -> tuple[float, np.ndarray]:
+        """Several pure-decode steps of a fixed batch at once; cut after the first step that completes a
+        request (if asked), ends at or after the next arrival (if asked), or before a step that would
+        overflow KV memory. Identical to calling one_step repeatedly."""
+        s, k, block = self.s, self.s.k, self.cfg.block_size
+        live = members[~s.done[members]]
+        gen0 = s.generated[live]
+        out = s.output_tokens[live]
+        rounds = min(max_rounds, MAX_SEGMENT_STEPS, int((out - gen0).min() if stop_at_completion else
+                                                         (out - gen0).max()))
+        rounds = max(rounds, 1)
+        steps = s.decode_steps[live][None, :] + np.arange(rounds)[:, None]
+        if getattr(self.acc, "position_dependent", False):
+            drawn = np.empty((rounds, live.size), np.int64)
+            pos = gen0.copy()
+            for r in range(rounds):
+                drawn[r] = self.acc.emitted(live, steps[r], pos)
+                pos = np.minimum(pos + drawn[r], out)
+        else:
+            drawn = self.acc.emitted(np.broadcast_to(live, steps.shape), steps, steps)
+        gen_after = np.minimum(gen0[None, :] + np.cumsum(drawn, axis=0), out[None, :])
+        gen_before = np.vstack([gen0[None, :], gen_after[:-1]])
+        padding = members[s.done[members]]
+        ctx = (s.prompt_tokens[live][None, :] + gen_before).sum(axis=1) + \
+            (s.prompt_tokens[padding] + s.generated[padding]).sum()
+        dt = sd_step_s(s.cost, k, np.full(rounds, members.size), ctx)
+        end = np.add.accumulate(np.concatenate(([now], dt)))[1:]
+        stop = rounds - 1
+        finishes = gen_after >= out[None, :]
+        if stop_at_completion:
+            done_rows = np.flatnonzero(finishes.any(axis=1))
+            if done_rows.size:
+                stop = min(stop, int(done_rows[0]))
+        else:  # static: the batch ends when its last member finishes
+            all_rows = np.flatnonzero(finishes.all(axis=1))
+            if all_rows.size:
+                stop = min(stop, int(all_rows[0]))
+        if stop_at_arrival and next_arrival_s <= end[stop]:
+            stop = min(stop, int(np.searchsorted(end, next_arrival_s, side="left")))
+        if self.cfg.mode == "continuous" and np.isfinite(self.cfg.kv_capacity_tokens) and rounds > 1:
+            # step j needs roundup(prompt + generated_before_j + k + 1) slots per live member
+            need = _roundup(s.prompt_tokens[live][None, :] + gen_before + k + 1, block).sum(axis=1)
+            others = self.used - int(self.footprint[live].sum())
+            over = np.flatnonzero(need + others > self.cfg.kv_capacity_tokens)
+            if over.size:
+                stop = min(stop, max(int(over[0]) - 1, 0))
+        executed = stop + 1
+        self._record(float(dt[:executed].sum()), members.size)
+        # A member stops stepping once it completes (in static mode it rides along as padding).
+        finished_row = np.where(finishes.any(axis=0), np.argmax(finishes, axis=0), rounds)
+        count = np.minimum(executed, finished_row + 1)
+        stepped = np.arange(executed)[:, None] < count[None, :]
+        emitted = np.where(stepped, gen_after[:executed] - gen_before[:executed], 0)
+        s.generated[live] = gen_after[count - 1, np.arange(live.size)]
+        s.decode_steps[live] += count
+        s.steps[live] += count
+        s.attained_s[live] = np.add.accumulate(
+            np.vstack([s.attained_s[live][None, :], np.where(stepped, dt[:executed, None], 0.0)]), axis=0)[-1]
+        s.last_service_s[live] = end[count - 1]
+        if self.cfg.mode == "continuous":  # static/dynamic batches reserved their whole length
+            grown = _roundup(s.prompt_tokens[live] + gen_before[stop] + k + 1, block)
+            self.used += int(grown.sum() - self.footprint[live].sum())
+            self.footprint[live] = grown
+        served = np.broadcast_to(live, emitted.shape)[stepped]
+        self.policy.observe(s, served, emitted[stepped], np.broadcast_to(end[:executed, None], emitted.shape)[stepped])
+        return float(end[stop]), self._finish(live, float(end[stop]))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, progress: Callable[[int], None] | None = None, max_rounds: int | None = None) -> EngineState:
+        """Serve every request. `max_rounds=1` turns event skipping off (the reference behaviour)."""
+        s, cfg = self.s, self.cfg
+        n, arrival = s.n, s.arrival_s
+        self.policy.prepare(s)
+        now, admitted, finished = 0.0, 0, 0
+        active = np.empty(0, np.int64)
+        report_every = max(1, n // 200)
+        while finished < n:
+            upto = int(np.searchsorted(arrival, now, side="right"))
+            if upto > admitted:
+                active = np.concatenate((active, np.arange(admitted, upto)))
+                admitted = upto
+            if active.size == 0 and not self.static_batch.size:
+                now = float(arrival[admitted])
+                continue
+            members, chunks, stall = self.select(active, now)
+            assert members.size, "no request fits an empty engine: capacity checks are wrong"
+            self._count_deselected(members)
+            next_arrival_s = float(arrival[admitted]) if admitted < n else np.inf
+            if max_rounds == 1 or (chunks > 0).any() or stall > 0:
+                now, done = self.one_step(members, chunks, stall, now)
+            else:
+                horizon = self.policy.batch_horizon(s, members, now) if cfg.mode == "continuous" else 1 << 40
+                now, done = self.decode_segment(members, horizon, now, next_arrival_s,
+                                                stop_at_completion=cfg.mode != "static",
+                                                stop_at_arrival=cfg.mode == "continuous")
+            self.max_used = max(self.max_used, self.used)
+            if self.check:
+                self.assert_invariants()
+            if cfg.mode == "static" and s.done[self.static_batch].all():
+                s.finish_s[self.static_batch] = now  # the batch's results return together
+                self._release(self.static_batch)
+                self.static_batch = np.empty(0, np.int64)
+            elif cfg.mode == "dynamic" and done.size:
+                self.static_batch = np.empty(0, np.int64)  # re-form around the survivors
+            if done.size:
+                active = active[~np.isin(active, done)]
+                before = finished
+                finished += done.size
+                if progress is not None and finished // report_every != before // report_every:
+                    progress(finished)
+        if progress is not None:
+            progress(finished)
+        return s
+
+    def _count_deselected(self, members: np.ndarray) -> None:
+        """A request in the previous step but not this one, unfinished and still resident, was preempted
+        by the policy (no memory cost; evictions are counted where they happen)."""
+        s, prev = self.s, self.prev_members
+        dropped = prev[~np.isin(prev, members) & ~s.done[prev] & self.resident[prev]]
+        s.preemptions[dropped] += 1
+        self.in_batch[prev] = False
+        self.in_batch[members] = True
+        self.prev_members = members
+
+    def assert_invariants(self) -> None:
+        assert self.used <= self.cfg.kv_capacity_tokens, (self.used, self.cfg.kv_capacity_tokens)
+        assert self.used == int(self.footprint[self.resident].sum())
+        assert not (self.resident & self.swapped).any()
+
+
+def simulate_batched(state: EngineState, policy: Policy, acceptance: Acceptance, config: BatchConfig,
+                     progress: Callable[[int], None] | None = None) -> EngineState:
+    return BatchedEngine(state, policy, acceptance, config).run(progress)

@@ -1,0 +1,188 @@
+"""Every step each request will take at batch size 1, computed once per replication.
+
+At batch size 1 a step's cost depends only on the request's own context, and its acceptance draw only on
+(seed, replication, request id, step). So a request's whole sequence of steps — tokens emitted and time
+taken — is the same under every scheduler; only *when* the steps run differs. The table stores, per
+request, cumulative tokens and cumulative service time after each of its steps, so the engine can
+advance a request any number of steps with a lookup, and all schedulers of a replication share one table.
+
+Time is integer nanoseconds (each step's cost rounded once), so sums are exact in any order: the fast
+engine and the step-by-step reference agree bit for bit however they group steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lapsbench.costmodel import CostModel, sd_step_s
+
+NS = 1_000_000_000
+CHUNK_STEPS = 1 << 22  # flat steps per construction chunk (bounds temporary memory)
+
+
+def to_ns(seconds: np.ndarray | float) -> np.ndarray:
+    return np.rint(np.asarray(seconds, np.float64) * NS).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class StepTable:
+    offset: np.ndarray      # int64 (n + 1): request i's steps are rows offset[i] .. offset[i+1]-1
+    cum_tokens: np.ndarray  # tokens generated after each step (int32)
+    cum_ns: np.ndarray      # service time after each step, ns from the request's first step (int64)
+
+    @property
+    def n_steps(self) -> np.ndarray:
+        return np.diff(self.offset)
+
+    def service_ns(self) -> np.ndarray:
+        """Total service time of each request."""
+        return self.cum_ns[self.offset[1:] - 1]
+
+    def step(self, i: int, j: int) -> tuple[int, int]:
+        """Tokens emitted and ns taken by request i's step j (for the reference engine)."""
+        row = int(self.offset[i]) + j
+        first = j == 0
+        tokens = int(self.cum_tokens[row]) - (0 if first else int(self.cum_tokens[row - 1]))
+        ns = int(self.cum_ns[row]) - (0 if first else int(self.cum_ns[row - 1]))
+        return tokens, ns
+
+
+def _segment_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Cumulative sums restarting at each segment start (starts are flat indices, ascending, first 0)."""
+    total = np.cumsum(values)
+    base = np.zeros_like(total)
+    base[starts[1:]] = total[starts[1:] - 1]
+    return total - np.maximum.accumulate(base)
+
+
+def build_step_table(request_id: np.ndarray, prompt: np.ndarray, output: np.ndarray, k: int, cost: CostModel,
+                     acceptance) -> StepTable:
+    """Draw every step of every request: step 0 is the prefill (1 token), then SD steps emitting
+    min(drawn, remaining) tokens each until the output length is reached."""
+    n = len(output)
+    tokens_parts, ns_parts, counts = [], [], np.zeros(n, np.int64)
+    # Expected tokens per step sizes the pre-drawing only; exactness does not depend on it.
+    if hasattr(acceptance, "mean_tokens"):
+        expected = np.maximum(np.asarray(acceptance.mean_tokens(np.arange(n)), np.float64), 1.0)
+    else:
+        expected = np.ones(n)
+    step_ns = _StepCostTable(cost, k, prompt, output)
+    est_all = np.ceil((output - 1) / expected).astype(np.int64) + 2
+    start = 0
+    while start < n:
+        stop = start + max(1, int(np.searchsorted(np.cumsum(est_all[start:]), CHUNK_STEPS)))
+        stop = min(stop, n)
+        toks, ns, cnt = _build_chunk(np.arange(start, stop), request_id, prompt, output, k, step_ns, acceptance,
+                                     expected[start:stop])
+        tokens_parts.append(toks)
+        ns_parts.append(ns)
+        counts[start:stop] = cnt
+        start = stop
+    offset = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=offset[1:])
+    tok_dtype = np.int16 if output.max(initial=0) < np.iinfo(np.int16).max else np.int32
+    return StepTable(offset, np.concatenate(tokens_parts).astype(tok_dtype), np.concatenate(ns_parts))
+
+
+class _StepCostTable:
+    """Batch-1 step cost in ns by context length: a decode step's cost depends only on the context, so
+    it is computed once per distinct context and gathered, instead of evaluated per step."""
+
+    def __init__(self, cost: CostModel, k: int, prompt: np.ndarray, output: np.ndarray) -> None:
+        self.lo = int(prompt.min(initial=0))
+        hi = int((prompt + output).max(initial=0)) + 1
+        context = np.arange(self.lo, hi, dtype=np.int64)
+        self.decode = to_ns(sd_step_s(cost, k, np.ones(context.size, np.int64), context))
+        self.cost, self.k = cost, k
+
+    def decode_ns(self, context: np.ndarray) -> np.ndarray:
+        return self.decode[context - self.lo]
+
+    def prefill_ns(self, prompt: np.ndarray) -> np.ndarray:
+        z = np.zeros(prompt.size, np.int64)
+        return to_ns(self.cost.prefill_s(np.ones(prompt.size, np.int64), prompt, prompt * prompt, z, z,
+                                         with_draft=self.k > 0))
+
+
+def _build_chunk(idx: np.ndarray, request_id, prompt, output, k, step_ns: _StepCostTable, acceptance, expected):
+    out = output[idx]
+    if getattr(acceptance, "position_dependent", False):
+        per_step = _draw_sequential(idx, out, k, acceptance)
+    else:
+        per_step = _draw_independent(idx, out, k, acceptance, expected)
+    emitted, counts = per_step  # flat tokens per step (prefill first), steps per request
+    starts = np.zeros(idx.size, np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    cum_tokens = _segment_cumsum(emitted, starts)
+    owner = np.repeat(idx, counts)
+    ns = step_ns.decode_ns(prompt[owner] + (cum_tokens - emitted))
+    ns[starts] = step_ns.prefill_ns(prompt[idx])
+    cum_ns = _segment_cumsum(ns, starts)
+    return cum_tokens, cum_ns, counts
+
+
+def _draw_independent(idx, out, k, acceptance, expected):
+    """Draw a generous estimate of steps per request; draw again for the few that need more."""
+    n = idx.size
+    need = np.ceil((out - 1) / expected * 1.2).astype(np.int64) + 4
+    drawn = np.zeros(n, np.int64)       # steps kept so far per request
+    generated = np.zeros(n, np.int64)   # tokens after those steps
+    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    pending = np.arange(n)
+    while pending.size:
+        cnt = need[pending]
+        owner = np.repeat(pending, cnt)
+        first = np.zeros(pending.size, np.int64)
+        np.cumsum(cnt[:-1], out=first[1:])
+        step_no = np.arange(owner.size) - np.repeat(first, cnt) + np.repeat(drawn[pending], cnt)
+        tokens = np.where(step_no == 0, 1, acceptance.emitted(idx[owner], np.maximum(step_no - 1, 0), step_no))
+        cum = _segment_cumsum(tokens, first)
+        if pieces:  # later rounds continue from the tokens already generated
+            cum += np.repeat(generated[pending], cnt)
+        limit = np.repeat(out[pending], cnt)
+        reached = cum >= limit
+        prev_reached = np.concatenate(([False], reached[:-1]))
+        prev_reached[first] = False
+        keep = ~prev_reached  # every step up to and including the one that reaches the output length
+        capped = np.minimum(cum, limit)
+        previous = np.concatenate(([0], capped[:-1]))
+        previous[first] = generated[pending]
+        pieces.append((owner[keep], step_no[keep], (capped - previous)[keep]))
+        drawn[pending] += np.add.reduceat(keep.astype(np.int64), first)
+        finished = np.add.reduceat(reached.astype(np.int64), first) > 0
+        generated[pending] = capped[first + cnt - 1]
+        pending = pending[~finished]
+        need[pending] = np.maximum(need[pending] // 2, 8)
+    if len(pieces) == 1:  # the common case: one draw was enough for everyone, already in order
+        return pieces[0][2], drawn
+    owner = np.concatenate([p[0] for p in pieces])
+    tokens = np.concatenate([p[2] for p in pieces])
+    # Each piece is sorted by owner and later pieces continue earlier ones: a stable sort by owner
+    # (timsort merges the sorted runs) puts every request's steps in order.
+    return tokens[np.argsort(owner, kind="stable")], drawn
+
+
+def _draw_sequential(idx, out, k, acceptance):
+    """Position-dependent acceptance: advance all requests of the chunk one step at a time."""
+    n = idx.size
+    generated = np.ones(n, np.int64)  # after the prefill step
+    columns = [np.ones(n, np.int64)]
+    counts = np.ones(n, np.int64)
+    alive = generated < out
+    step = 0
+    while alive.any():
+        live = np.flatnonzero(alive)
+        e = np.minimum(acceptance.emitted(idx[live], np.full(live.size, step), generated[live]),
+                       out[live] - generated[live])
+        col = np.zeros(n, np.int64)
+        col[live] = e
+        columns.append(col)
+        generated[live] += e
+        counts[live] += 1
+        alive = generated < out
+        step += 1
+    matrix = np.stack(columns, axis=1)  # (n, steps)
+    mask = np.arange(matrix.shape[1])[None, :] < counts[:, None]
+    return matrix[mask], counts

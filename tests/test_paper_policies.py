@@ -71,6 +71,7 @@ def test_laps_sd_orders_perceptible_by_estimated_remaining_time():
     # 219 left); 2: 20 steps, 41 tokens (A = 0.25, 259 left); 3: 40 steps, 81 tokens (A = 0.25, 219 left)
     state.steps[:] = [21, 21, 21, 41]
     state.generated[:] = [81, 81, 41, 81]
+    state.decode_steps[:] = state.steps - 1
     policy.perceptible[1:] = True
     active = np.arange(4)
     t = policy.estimated_remaining_s(state, active[1:])
@@ -90,13 +91,14 @@ def test_laps_sd_global_srpt_lets_perceptible_requests_leave_the_ladder():
     policy.prepare(state)
     state.steps[:] = [30, 2, 30]      # 0 and 2 deep in the ladder (queue 2), 1 fresh (queue 0)
     state.generated[:] = [100, 3, 100]
+    state.decode_steps[:] = state.steps - 1
     policy.perceptible[0] = True      # 0 perceptible: ahead of the non-perceptible 2 of its old queue
     from lapsbench.engine import rank_order
     assert rank_order(policy, state, np.arange(3), 0.0).tolist() == [1, 0, 2]
 
 
 def test_skip_join_places_a_long_prompt_request_in_a_lower_queue():
-    cost = load_profile_file(REPO / "profiles" / "h100-like-llama2-7b.toml")
+    cost = load_profile_file(REPO / "profiles" / "h100-llama3-8b.toml")
     state = create_state([0.0, 0.0, 0.0], [10, 10, 10], prompt_tokens=[50, 1000, 8000], k=4, cost=cost)
     policy = make_policy("skip-join-mlfq")
     policy.prepare(state)

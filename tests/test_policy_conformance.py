@@ -39,7 +39,7 @@ VARIANTS = [(name, {}) for name in sorted(registry())] + [
     ("las", {"unit": "seconds"}),
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(VARIANTS)]
-H100 = load_profile_file(REPO / "profiles" / "h100-like-llama2-7b.toml")
+H100 = load_profile_file(REPO / "profiles" / "h100-llama3-8b.toml")
 
 
 def random_case(seed: int):

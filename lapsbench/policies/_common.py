@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.costmodel import sd_step_s
 from lapsbench.errors import LapsbenchError
 from lapsbench.predictors import DEFAULT_CUTS, Prediction, check_length_params, predict_lengths
 from lapsbench.state import EngineState
@@ -15,11 +16,17 @@ UNITS = ("seconds", "steps", "tokens")
 MARGIN = 1e-9
 
 
-def step_costs(state: EngineState, req: np.ndarray, steps_done: np.ndarray, gen_before: np.ndarray) -> np.ndarray:
-    """engine.step_costs, imported lazily (the engine imports the policy package)."""
-    from lapsbench.engine import step_costs as costs
+def prefill_step_s(state: EngineState, idx: np.ndarray) -> np.ndarray:
+    """Batch-1 first (prefill) step time of requests `idx`, from the cost profile."""
+    prompt = state.prompt_tokens[idx]
+    z = np.zeros_like(prompt)
+    return state.cost.prefill_s(np.ones_like(prompt), prompt, prompt * prompt, z, z, with_draft=state.k > 0)
 
-    return costs(state, req, steps_done, gen_before)
+
+def decode_step_s(state: EngineState, context: np.ndarray) -> np.ndarray:
+    """Batch-1 speculative step time (k drafts + one verify) at the given contexts."""
+    context = np.asarray(context, np.int64)
+    return sd_step_s(state.cost, state.k, np.ones_like(context), context)
 
 
 def attained(state: EngineState, unit: str) -> np.ndarray:
@@ -31,12 +38,13 @@ def attained(state: EngineState, unit: str) -> np.ndarray:
 
 
 def max_step_s(state: EngineState, r: int) -> float:
-    """An upper bound of request r's batch-1 step time from now on (decode cost grows with the context,
-    so the step at the full context — prompt + output — bounds it; a first step is its prefill)."""
-    req = np.array([r, r])
-    steps = np.array([state.steps[r], max(int(state.steps[r]), 1)])
-    gen = np.array([state.generated[r], state.output_tokens[r]])
-    return float(step_costs(state, req, steps, gen).max())
+    """An upper bound of request r's batch-1 step time from now on: decode cost grows with the context, so
+    the step at the full context (prompt + output) bounds it; a first step is its prefill. Plus 1 ns: the
+    engine rounds each step to whole nanoseconds."""
+    c = float(decode_step_s(state, np.array([state.prompt_tokens[r] + state.output_tokens[r]]))[0])
+    if state.steps[r] == 0:
+        c = max(c, float(prefill_step_s(state, np.array([r]))[0]))
+    return c + 1e-9
 
 
 def steps_before_crossing(state: EngineState, r: int, unit: str, budget: float) -> int:
@@ -99,66 +107,27 @@ def need_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 class TrueFuture:
-    """Each request's true step sequence at batch size 1, read from the acceptance process's draws:
-    total steps (prefill included) and cumulative step times, so the true remaining time of a request
-    that has taken s steps is total_s − cum_s[s]. Exact at batch size 1 for any acceptance process that is
-    not position dependent (every process in lapsbench)."""
+    """Each request's true steps at batch size 1 — the engine's own step table (lapsbench.steptable), drawn
+    from the acceptance process's future draws and priced by the cost profile — so the true remaining
+    time of a request that has taken s steps is its total service minus the service of its first s steps
+    (integer nanoseconds, exact)."""
 
-    def __init__(self, state: EngineState, chunk_tokens: int = 1 << 22) -> None:
-        acc = state.acceptance
-        if acc is None:
+    def __init__(self, state: EngineState) -> None:
+        from lapsbench.steptable import build_step_table
+
+        if state.acceptance is None:
             raise LapsbenchError("scheduler: this oracle needs the acceptance process (EngineState.acceptance); "
                                  "the runner sets it")
-        if getattr(acc, "position_dependent", False):
-            raise LapsbenchError("scheduler: the oracle needs an acceptance process that is not position dependent")
-        n = state.n
-        out = state.output_tokens
-        self.total_steps = np.zeros(n, np.int64)
-        self.offset = np.zeros(n, np.int64)
-        cums: list[np.ndarray] = []
-        start = 0
-        while start < n:
-            stop = start
-            budget = 0
-            while stop < n and (budget == 0 or budget + out[stop] <= chunk_tokens):
-                budget += int(out[stop])
-                stop += 1
-            idx = np.arange(start, stop)
-            length = out[idx]  # at most `out` steps: the prefill plus out − 1 decode steps
-            seg = np.concatenate(([0], np.cumsum(length)[:-1]))
-            req = np.repeat(idx, length)
-            step = np.arange(int(length.sum())) - np.repeat(seg, length)
-            drawn = acc.emitted(req, np.maximum(step - 1, 0), step)
-            emitted = np.where(step == 0, 1, drawn)
-            cum_tok = np.cumsum(emitted)
-            base = np.repeat(cum_tok[seg] - emitted[seg], length)
-            gen_after = np.minimum(cum_tok - base, np.repeat(out[idx], length))
-            gen_before = np.concatenate(([0], gen_after[:-1]))
-            gen_before[seg] = 0
-            done_at = np.flatnonzero(gen_after >= np.repeat(out[idx], length))
-            first_done = np.full(idx.size, -1)
-            owner = np.searchsorted(seg, done_at, side="right") - 1
-            first_done[owner[::-1]] = done_at[::-1]  # earliest completing step per request
-            steps_total = first_done - seg + 1
-            keep = step < np.repeat(steps_total, length)
-            cost = step_costs(state, req[keep], step[keep], gen_before[keep])
-            # cumulative cost per request, starting at 0 before the first step
-            for_each = np.add.accumulate(cost)
-            seg_k = np.concatenate(([0], np.cumsum(steps_total)[:-1]))
-            prior = np.where(seg_k > 0, for_each[np.maximum(seg_k - 1, 0)], 0.0)
-            local = for_each - np.repeat(prior, steps_total)
-            self.total_steps[idx] = steps_total
-            cums.append(np.concatenate([np.concatenate(([0.0], local[s:s + t]))
-                                        for s, t in zip(seg_k, steps_total, strict=True)]))
-            start = stop
-        self.cum = np.concatenate(cums) if cums else np.zeros(0)
-        ends = np.cumsum(self.total_steps + 1)
-        self.offset = ends - (self.total_steps + 1)
-        self.total_s = self.cum[self.offset + self.total_steps]
+        self.table = build_step_table(state.request_id, state.prompt_tokens, state.output_tokens, state.k,
+                                      state.cost, state.acceptance)
+        self.total_ns = self.table.service_ns()
 
-    def remaining_s(self, state: EngineState, idx: np.ndarray) -> np.ndarray:
-        s = np.minimum(state.steps[idx], self.total_steps[idx])
-        return self.total_s[idx] - self.cum[self.offset[idx] + s]
+    def remaining_ns(self, state: EngineState, idx: np.ndarray) -> np.ndarray:
+        s = np.minimum(state.steps[idx], self.table.n_steps[idx])
+        done_ns = np.where(s > 0, self.table.cum_ns[self.table.offset[idx] + s - 1], 0)
+        return self.total_ns[idx] - done_ns
 
     def service_s(self, idx: np.ndarray) -> np.ndarray:
-        return self.total_s[idx]
+        from lapsbench.steptable import NS
+
+        return self.total_ns[idx] / NS

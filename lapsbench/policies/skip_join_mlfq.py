@@ -19,9 +19,10 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.policies._common import (
     UNITS,
     attained,
+    decode_step_s,
     need_choice,
     need_non_negative,
-    step_costs,
+    prefill_step_s,
     steps_before_crossing,
 )
 from lapsbench.policies.base import INF_STEPS, Plan, Policy, register
@@ -53,13 +54,12 @@ class SkipJoinMLFQ(Policy):
     def prepare(self, state: EngineState) -> None:
         n = state.n
         idx = np.arange(n)
-        zeros = np.zeros(n, np.int64)
         base = self.base_quantum_s
         if base == 0:  # one decode step of the median-prompt request (one step of service in other units)
             median = np.array([int(np.median(state.prompt_tokens)) if n else 1])
             base = float(sd_step_s(state.cost, state.k, np.ones(1), median)[0]) if self.unit == "seconds" else 1.0
         self.q = base * self.ratio ** np.arange(self.levels, dtype=np.float64)
-        first = step_costs(state, idx, zeros, zeros) if self.unit == "seconds" else np.ones(n)
+        first = prefill_step_s(state, idx) if self.unit == "seconds" else np.ones(n)
         self.level = np.minimum(np.searchsorted(self.q, first, side="left"), self.levels - 1).astype(np.int64)
         self.entry_attained = np.zeros(n)
         self.entry_s = state.arrival_s.copy()
@@ -85,8 +85,7 @@ class SkipJoinMLFQ(Policy):
             if lv < self.levels - 1 and service[r] - self.entry_attained[r] >= self.q[lv]:
                 nxt = lv + 1
                 if self.unit == "seconds" and not state.done[r]:
-                    step = float(step_costs(state, np.array([r]), np.array([max(int(state.steps[r]), 1)]),
-                                            np.array([state.generated[r]]))[0])
+                    step = float(decode_step_s(state, np.array([state.prompt_tokens[r] + state.generated[r]]))[0])
                     nxt = max(nxt, int(np.searchsorted(self.q, step, side="left")))
                 self._enter(int(r), min(nxt, self.levels - 1), float(service[r]),
                             float(end_s[np.flatnonzero(served == r)[-1]]))

@@ -26,4 +26,4 @@ class SRPTSD(Policy):
         self.future = TrueFuture(state)
 
     def rank(self, state: EngineState, active: np.ndarray, now: float) -> np.ndarray:
-        return self.future.remaining_s(state, active)
+        return self.future.remaining_ns(state, active)

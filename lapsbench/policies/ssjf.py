@@ -6,13 +6,13 @@ classifier with SSJF's measured 60% exact / 93% within-one accuracy); ties by ar
 `starvation_s` (100 s) or more than `starvation_factor` (10) × its own *true* service time, the whole
 queue is ordered by waiting time (longest first) for that decision. `starvation_guard = false` turns it
 off (the Cobham check). The true service time is read from the acceptance process (as SSJF's simulator
-uses the true size); without it (bare engine tests) it is output_tokens × the request's current step time."""
+uses the true size); without it (bare engine tests) it is output_tokens × the decode step time."""
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from lapsbench.policies._common import PredictorParams, TrueFuture, need_non_negative, step_costs
+from lapsbench.policies._common import PredictorParams, TrueFuture, decode_step_s, need_non_negative
 from lapsbench.policies.base import Policy, register
 from lapsbench.state import EngineState
 
@@ -38,12 +38,10 @@ class SSJF(PredictorParams, Policy):
         self._key = self.predict(state).key
         self._service = None
         if self.starvation_guard and self.starvation_factor > 0:
-            if state.acceptance is not None and not getattr(state.acceptance, "position_dependent", False):
+            if state.acceptance is not None:
                 self._service = TrueFuture(state).service_s(np.arange(state.n))
-            else:
-                idx = np.arange(state.n)
-                self._service = state.output_tokens * step_costs(state, idx, np.ones(state.n, np.int64),
-                                                                 np.zeros(state.n, np.int64))
+            else:  # bare engine tests: every step at the request's prompt context
+                self._service = state.output_tokens * decode_step_s(state, state.prompt_tokens)
 
     def rank(self, state: EngineState, active: np.ndarray, now: float) -> np.ndarray:
         if self.starvation_guard and active.size > 1:

@@ -40,7 +40,9 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
         "schedulers": [s.label for s in scenario.scheduler],
         "requests": result.workload.n,
         "trace_path": str(result.workload.trace_path),
-        "trace_sha256": trace_hash(result.workload.trace_path),
+        # a `[trace] synth` workload has no file (it is redrawn per replication from the scenario's seed)
+        "trace_sha256": trace_hash(result.workload.trace_path) if Path(result.workload.trace_path).is_file()
+        else None,
         "wall_s": round(result.wall_s, 3),
         "command": command,
         "python": platform.python_version(),

@@ -63,3 +63,17 @@ def test_small_laps_sd_like_run_completes(monkeypatch):
     per = req.group_by("scheduler").agg(n=pl.len())
     assert per["n"].n_unique() == 1
     assert req["finish_s"].is_not_null().all()
+
+
+def test_cli_runs_a_synth_scenario(tmp_path):
+    """`lapsbench run` on a `[trace] synth` scenario writes results (no trace file to hash)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "lapsbench", "run", "scenarios/papers/ssjf_no_batching.toml",
+                           "--quiet", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["trace_sha256"] is None and meta["replications"] == 20

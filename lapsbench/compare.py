@@ -75,6 +75,7 @@ class Comparison:
     slo: SloSpec
     meta: dict[str, Any] = field(default_factory=dict)
     scenario_toml: str = ""
+    engine_stats: pl.DataFrame | None = None  # per (rate_scale, scheduler, replication): batch size, KV use
 
     @property
     def rate_scales(self) -> list[float]:
@@ -167,13 +168,15 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
         scales = [x.rate_scale(native) for x in loads]
         if len(set(scales)) != len(scales):
             raise LapsbenchError("--rates: two items give the same rate_scale — expected distinct load points")
-    frames, wall, workload = [], 0.0, None
+    frames, stats, wall, workload = [], [], 0.0, None
     for scale in scales:
         point = dataclasses.replace(s, trace=dataclasses.replace(s.trace, rate_scale=scale))
         result = run_scenario(point, progress(scale) if progress else None)
         wall += result.wall_s
         workload = result.workload
         frames.append(result.requests.with_columns(pl.lit(scale, pl.Float64).alias("rate_scale")))
+        if result.engine_stats is not None:
+            stats.append(result.engine_stats.with_columns(pl.lit(scale, pl.Float64).alias("rate_scale")))
     assert workload is not None
     requests = pl.concat(frames, how="vertical")
     meta = {
@@ -182,7 +185,8 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
         "wall_s": round(wall, 3),
     }
     return build_comparison(requests, name=s.name, seed=s.seed, slo=s.slo, baseline=base, meta=meta,
-                            scenario_toml=scenario_to_toml(s), resamples=resamples)
+                            scenario_toml=scenario_to_toml(s), resamples=resamples,
+                            engine_stats=pl.concat(stats) if stats else None)
 
 
 def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequence[str] | None = None,
@@ -233,8 +237,23 @@ def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequenc
             "wall_s": 0.0, "sources": [str(d) for d in dirs]}
     if first_meta.get("lapsbench_version") != __version__:
         meta["source_lapsbench_version"] = first_meta.get("lapsbench_version")
+    stats = [x for x in (_read_engine_stats(d, raw) for d, _m, raw, _r in loaded) if x is not None]
+    engine_stats = pl.concat(stats, how="diagonal_relaxed") if len(stats) == len(loaded) else None
     return build_comparison(requests, name=scenario.name, seed=scenario.seed, slo=scenario.slo, baseline=base,
-                            meta=meta, scenario_toml=(first_dir / "scenario.toml").read_text(), resamples=resamples)
+                            meta=meta, scenario_toml=(first_dir / "scenario.toml").read_text(), resamples=resamples,
+                            engine_stats=engine_stats)
+
+
+def _read_engine_stats(d: Path, raw: dict[str, Any]) -> pl.DataFrame | None:
+    """engine_stats.parquet of a results directory (absent in results from before it existed)."""
+    path = d / "engine_stats.parquet"
+    if not path.is_file():
+        return None
+    stats = pl.read_parquet(path)
+    if "rate_scale" not in stats.columns:
+        stats = stats.with_columns(pl.lit(float(raw.get("trace", {}).get("rate_scale", 1.0)), pl.Float64)
+                                   .alias("rate_scale"))
+    return stats
 
 
 def _read_dir(d: Path) -> tuple[Path, dict[str, Any], dict[str, Any], pl.DataFrame]:
@@ -292,7 +311,7 @@ def _matrix(part: pl.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
 
 def build_comparison(requests: pl.DataFrame, *, name: str, seed: int, slo: SloSpec, baseline: str,
                      meta: dict[str, Any] | None = None, scenario_toml: str = "",
-                     resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison:
+                     resamples: int = BOOTSTRAP_RESAMPLES, engine_stats: pl.DataFrame | None = None) -> Comparison:
     """Summaries per (load point, scheduler), the papers' named metrics, saturation, and the paired change
     of mean JCT / TTFT / TPOT against `baseline` with 95% CIs (t over replications when there are at
     least two, else the paired bootstrap over requests; both are kept in the table)."""
@@ -307,7 +326,10 @@ def build_comparison(requests: pl.DataFrame, *, name: str, seed: int, slo: SloSp
         if baseline not in set(point["scheduler"].to_list()):
             raise LapsbenchError(f"--baseline: {baseline!r} has no results at rate_scale {scale:g} — expected "
                                  f"the baseline at every load point")
-        per_rep = summarize_replications(point.drop("rate_scale"), slo)
+        point_stats = None  # batch size / KV utilisation, when simulated here (not kept in results dirs)
+        if engine_stats is not None:
+            point_stats = engine_stats.filter(pl.col("rate_scale") == scale).drop("rate_scale")
+        per_rep = summarize_replications(point.drop("rate_scale"), slo, point_stats)
         per_rep = per_rep.join(_named_metrics(point), on=["scheduler", "replication"], how="left",
                                maintain_order="left")
         summary = summarize(per_rep)
@@ -327,7 +349,8 @@ def build_comparison(requests: pl.DataFrame, *, name: str, seed: int, slo: SloSp
     ci_method = " / ".join(sorted(methods))
     return Comparison(requests=requests, per_replication=pl.concat(per_reps, how="diagonal_relaxed"),
                       summary=pl.concat(summaries, how="diagonal_relaxed"), baseline=baseline, ci_method=ci_method,
-                      name=name, seed=seed, slo=slo, meta=dict(meta or {}), scenario_toml=scenario_toml)
+                      name=name, seed=seed, slo=slo, meta=dict(meta or {}), scenario_toml=scenario_toml,
+                      engine_stats=engine_stats)
 
 
 def _named_metrics(point: pl.DataFrame) -> pl.DataFrame:
@@ -413,6 +436,8 @@ def write_comparison(out_dir: Path, comp: Comparison, command: str, plots: bool 
     }
     with atomic_dir(out_dir) as tmp:
         comp.requests.write_parquet(tmp / "requests.parquet", compression="zstd")
+        if comp.engine_stats is not None:
+            comp.engine_stats.write_parquet(tmp / "engine_stats.parquet")
         comp.summary.write_csv(tmp / "summary.csv")
         comp.per_replication.write_csv(tmp / "summary_by_replication.csv")
         payload = {

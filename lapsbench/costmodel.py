@@ -145,11 +145,10 @@ def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.
         return np.where(busy, cost.fixed_step_s, 0.0) + np.where(n_decode > 0, draft, 0.0) + tokens
     t = cost.verify_s(n_decode, n_decode * (k + 1), context_decode)
     if k > 0:
-        # Draft forward j sees the context plus the j draft tokens proposed so far.
-        draft = np.zeros_like(t)
-        for j in range(k):
-            draft = draft + cost.draft_s(n_decode, np.asarray(context_decode) + j * n_decode)
-        t = t + draft
+        # Draft forward j sees the context plus the j draft tokens proposed so far: all k at once.
+        offsets = np.arange(k).reshape((k,) + (1,) * np.ndim(n_decode))
+        contexts = np.asarray(context_decode) + offsets * n_decode
+        t = t + cost.draft_s(np.broadcast_to(n_decode, contexts.shape), contexts).sum(axis=0)
     if n_prefill is not None:
         t = t + cost.prefill_s(n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
                                prefill_context, with_draft=k > 0)

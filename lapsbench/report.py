@@ -51,6 +51,8 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
     }
     with atomic_dir(out_dir) as tmp:
         result.requests.write_parquet(tmp / "requests.parquet", compression="zstd")
+        if result.engine_stats is not None:
+            result.engine_stats.write_parquet(tmp / "engine_stats.parquet")
         summary.write_csv(tmp / "summary.csv")
         per_rep.write_csv(tmp / "summary_by_replication.csv")
         payload = {

@@ -15,6 +15,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.scenario import EngineSpec
 from lapsbench.sweep import grid_overrides, grid_points, load_sweep, run_sweep
 
 from sweep_helpers import REPO, cli, read_dataset, read_summary, write_sweep
@@ -39,9 +40,11 @@ def test_grid_zip_random_expand_in_file_order(tmp_path: Path) -> None:
 
 def test_point_identity_is_the_resolved_scenario(tmp_path: Path) -> None:
     """Spelling out a default gives the same point; a real change gives another; duplicates collapse."""
-    sweep = load_sweep(write_sweep(tmp_path, '[axes]\n"engine.max_batch" = [1, 1]\n"speculation.k" = [2, 3]\n'))
+    default = EngineSpec().max_batch
+    sweep = load_sweep(write_sweep(
+        tmp_path, f'[axes]\n"engine.max_batch" = [{default}, {default}]\n"speculation.k" = [2, 3]\n'))
     points = grid_points(sweep)
-    assert len(points) == 2  # max_batch = 1 is the default, listed twice
+    assert len(points) == 2  # the default max_batch, listed twice
     base = load_sweep(write_sweep(tmp_path, '[axes]\n"speculation.k" = [2, 3]\n', name="b"))
     assert [p.id for p in grid_points(base)] == [p.id for p in points]
 

@@ -125,6 +125,10 @@ class BetaAcceptance:
             acc.ar_offset, acc.ar_len = offset, length
         return acc
 
+    def mean_tokens(self, req: np.ndarray) -> np.ndarray:
+        """Expected tokens per step at the request's own α (sizes the step table's pre-drawing only)."""
+        return mean_tokens_per_step(np.minimum(self.alpha[req], self.max_alpha), self.k)
+
     def alpha_at(self, req: np.ndarray, step: np.ndarray) -> np.ndarray:
         a = self.alpha[req]
         if self.warmup_steps > 0:
@@ -231,6 +235,16 @@ class EmpiricalAcceptance:
             pos[live] = p + e
             live = live[pos[live] < out[live]]
         return cls(seq, offset, np.maximum(count, 1), k)
+
+    def mean_tokens(self, req: np.ndarray) -> np.ndarray:
+        """Mean tokens per precomputed step of each request (sizes the step table's pre-drawing only)."""
+        req = np.asarray(req)
+        n = self.length.size
+        owner = np.repeat(np.arange(n), self.length)
+        first = np.concatenate(([0], np.cumsum(self.length)[:-1])) if n else np.zeros(0, np.int64)
+        rows = self.offset[owner] + np.arange(owner.size) - first[owner]
+        sums = np.bincount(owner, weights=self.seq[rows], minlength=n)
+        return sums[req] / self.length[req]
 
     def emitted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
         req = np.asarray(req)

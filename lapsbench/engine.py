@@ -49,14 +49,11 @@ class SingleServer:
         self.s, self.policy, self.t = state, policy, table
         self.arrival_ns = to_ns(state.arrival_s)
         self.n_steps = table.n_steps
-        self.attained_ns = np.zeros(state.n, np.int64)
         self.observes = type(policy).observe is not Policy.observe
 
-    def _set_times(self, idx, attained_ns, last_ns) -> None:
-        s = self.s
-        self.attained_ns[idx] = attained_ns
-        s.attained_s[idx] = np.asarray(attained_ns) / NS
-        s.last_service_s[idx] = np.asarray(last_ns) / NS
+    def _set_times(self, idx: np.ndarray, attained_ns: np.ndarray, last_ns: np.ndarray) -> None:
+        self.s.attained_s[idx] = attained_ns / NS
+        self.s.last_service_s[idx] = last_ns / NS
 
     def run_one(self, r: int, max_steps: int, now: int, next_arrival: int) -> tuple[int, bool]:
         """Serve request r alone for up to `max_steps` steps, stopping after the step that ends at or
@@ -78,7 +75,8 @@ class SingleServer:
         s.steps[r] = j0 + h
         s.decode_steps[r] = j0 + h - 1
         s.generated[r] = t.cum_tokens[last]
-        self._set_times(r, t.cum_ns[last], end)
+        s.attained_s[r] = int(t.cum_ns[last]) / NS  # a request's steps are contiguous in the table
+        s.last_service_s[r] = end / NS
         if j0 == 0:
             s.first_token_s[r] = (now + int(t.cum_ns[base])) / NS
         finished = j0 + h == self.n_steps[r]

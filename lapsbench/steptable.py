@@ -60,30 +60,52 @@ def _segment_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def build_step_table(request_id: np.ndarray, prompt: np.ndarray, output: np.ndarray, k: int, cost: CostModel,
                      acceptance) -> StepTable:
     """Draw every step of every request: step 0 is the prefill (1 token), then SD steps emitting
-    min(drawn, remaining) tokens each until the output length is reached."""
+    min(drawn, remaining) tokens each until the output length is reached.
+
+    Two passes over chunks of requests keep memory near the table's own size: the first draws tokens
+    (stored at once in their final dtype), the second prices steps into one preallocated array."""
     n = len(output)
-    tokens_parts, ns_parts, counts = [], [], np.zeros(n, np.int64)
     # Expected tokens per step sizes the pre-drawing only; exactness does not depend on it.
     if hasattr(acceptance, "mean_tokens"):
         expected = np.maximum(np.asarray(acceptance.mean_tokens(np.arange(n)), np.float64), 1.0)
     else:
         expected = np.ones(n)
-    step_ns = _StepCostTable(cost, k, prompt, output)
+    tok_dtype = np.int16 if output.max(initial=0) < np.iinfo(np.int16).max else np.int32
     est_all = np.ceil((output - 1) / expected).astype(np.int64) + 2
-    start = 0
-    while start < n:
-        stop = start + max(1, int(np.searchsorted(np.cumsum(est_all[start:]), CHUNK_STEPS)))
-        stop = min(stop, n)
-        toks, ns, cnt = _build_chunk(np.arange(start, stop), request_id, prompt, output, k, step_ns, acceptance,
-                                     expected[start:stop])
-        tokens_parts.append(toks)
-        ns_parts.append(ns)
+    bounds = [0]
+    while bounds[-1] < n:
+        start = bounds[-1]
+        bounds.append(min(n, start + max(1, int(np.searchsorted(np.cumsum(est_all[start:]), CHUNK_STEPS)))))
+    counts = np.zeros(n, np.int64)
+    token_parts = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = np.arange(start, stop)
+        if getattr(acceptance, "position_dependent", False):
+            emitted, cnt = _draw_sequential(idx, output[idx], k, acceptance)
+        else:
+            emitted, cnt = _draw_independent(idx, output[idx], k, acceptance, expected[start:stop])
+        starts = np.zeros(idx.size, np.int64)
+        np.cumsum(cnt[:-1], out=starts[1:])
+        token_parts.append(_segment_cumsum(emitted, starts).astype(tok_dtype))
         counts[start:stop] = cnt
-        start = stop
     offset = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=offset[1:])
-    tok_dtype = np.int16 if output.max(initial=0) < np.iinfo(np.int16).max else np.int32
-    return StepTable(offset, np.concatenate(tokens_parts).astype(tok_dtype), np.concatenate(ns_parts))
+    cum_tokens = np.concatenate(token_parts)
+    del token_parts
+    step_ns = _StepCostTable(cost, k, prompt, output)
+    cum_ns = np.empty(int(offset[-1]), np.int64)
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = slice(int(offset[start]), int(offset[stop]))
+        cnt = counts[start:stop]
+        starts = offset[start:stop] - offset[start]
+        tokens = cum_tokens[rows].astype(np.int64)
+        before = np.concatenate(([0], tokens[:-1]))
+        before[starts] = 0
+        owner = np.repeat(np.arange(start, stop), cnt)
+        ns = step_ns.decode_ns(prompt[owner] + before)
+        ns[starts] = step_ns.prefill_ns(prompt[start:stop])
+        cum_ns[rows] = _segment_cumsum(ns, starts)
+    return StepTable(offset, cum_tokens, cum_ns)
 
 
 class _StepCostTable:
@@ -106,60 +128,49 @@ class _StepCostTable:
                                          with_draft=self.k > 0))
 
 
-def _build_chunk(idx: np.ndarray, request_id, prompt, output, k, step_ns: _StepCostTable, acceptance, expected):
-    out = output[idx]
-    if getattr(acceptance, "position_dependent", False):
-        per_step = _draw_sequential(idx, out, k, acceptance)
-    else:
-        per_step = _draw_independent(idx, out, k, acceptance, expected)
-    emitted, counts = per_step  # flat tokens per step (prefill first), steps per request
-    starts = np.zeros(idx.size, np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    cum_tokens = _segment_cumsum(emitted, starts)
-    owner = np.repeat(idx, counts)
-    ns = step_ns.decode_ns(prompt[owner] + (cum_tokens - emitted))
-    ns[starts] = step_ns.prefill_ns(prompt[idx])
-    cum_ns = _segment_cumsum(ns, starts)
-    return cum_tokens, cum_ns, counts
-
-
 def _draw_independent(idx, out, k, acceptance, expected):
     """Draw a generous estimate of steps per request; draw again for the few that need more."""
     n = idx.size
     need = np.ceil((out - 1) / expected * 1.2).astype(np.int64) + 4
     drawn = np.zeros(n, np.int64)       # steps kept so far per request
     generated = np.zeros(n, np.int64)   # tokens after those steps
-    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (requests of the round, tokens of their kept steps)
+    kept_per_round: list[np.ndarray] = []
     pending = np.arange(n)
     while pending.size:
         cnt = need[pending]
-        owner = np.repeat(pending, cnt)
         first = np.zeros(pending.size, np.int64)
         np.cumsum(cnt[:-1], out=first[1:])
-        step_no = np.arange(owner.size) - np.repeat(first, cnt) + np.repeat(drawn[pending], cnt)
-        tokens = np.where(step_no == 0, 1, acceptance.emitted(idx[owner], np.maximum(step_no - 1, 0), step_no))
+        offset_in_request = np.repeat(drawn[pending] - first, cnt)  # step number = flat index + this
+        step_no = np.arange(first[-1] + cnt[-1]) + offset_in_request
+        tokens = acceptance.emitted(np.repeat(idx[pending], cnt), np.maximum(step_no - 1, 0), step_no)
+        if not pieces:
+            tokens[first] = 1  # step 0 of every request is its prefill: one token
         cum = _segment_cumsum(tokens, first)
         if pieces:  # later rounds continue from the tokens already generated
             cum += np.repeat(generated[pending], cnt)
         limit = np.repeat(out[pending], cnt)
         reached = cum >= limit
-        prev_reached = np.concatenate(([False], reached[:-1]))
-        prev_reached[first] = False
-        keep = ~prev_reached  # every step up to and including the one that reaches the output length
-        capped = np.minimum(cum, limit)
-        previous = np.concatenate(([0], capped[:-1]))
+        keep = np.ones(reached.size, bool)  # every step up to and including the one that reaches the end
+        keep[1:] = ~reached[:-1]
+        keep[first] = True
+        np.minimum(cum, limit, out=cum)
+        previous = np.empty_like(cum)
+        previous[1:] = cum[:-1]
         previous[first] = generated[pending]
-        pieces.append((owner[keep], step_no[keep], (capped - previous)[keep]))
-        drawn[pending] += np.add.reduceat(keep.astype(np.int64), first)
+        kept = np.add.reduceat(keep.astype(np.int64), first)
+        pieces.append((pending, (cum - previous)[keep]))
+        kept_per_round.append(kept)
+        drawn[pending] += kept
         finished = np.add.reduceat(reached.astype(np.int64), first) > 0
-        generated[pending] = capped[first + cnt - 1]
+        generated[pending] = cum[first + cnt - 1]
         pending = pending[~finished]
         need[pending] = np.maximum(need[pending] // 2, 8)
     if len(pieces) == 1:  # the common case: one draw was enough for everyone, already in order
-        return pieces[0][2], drawn
-    owner = np.concatenate([p[0] for p in pieces])
-    tokens = np.concatenate([p[2] for p in pieces])
-    # Each piece is sorted by owner and later pieces continue earlier ones: a stable sort by owner
+        return pieces[0][1], drawn
+    owner = np.concatenate([np.repeat(who, kept) for (who, _), kept in zip(pieces, kept_per_round, strict=True)])
+    tokens = np.concatenate([p[1] for p in pieces])
+    # Each round is sorted by request and later rounds continue earlier ones: a stable sort by request
     # (timsort merges the sorted runs) puts every request's steps in order.
     return tokens[np.argsort(owner, kind="stable")], drawn
 

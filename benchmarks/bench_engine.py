@@ -65,7 +65,9 @@ def main() -> None:
     acceptance = FixedAcceptance(np.full(args.requests, args.alpha), ids, args.k,
                                  rng.stream_key(0, 0, rng.Streams.ACCEPTANCE))
     times = []
+    table = None
     for _ in range(args.repeats):
+        table = None  # free the previous table before building the next: peak RSS is one table
         start = time.perf_counter()
         table = build_step_table(ids, prompt, output, args.k, cost, acceptance)
         times.append(time.perf_counter() - start)

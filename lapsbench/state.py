@@ -33,6 +33,7 @@ class EngineState:
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # optional trace columns (alpha, predictions)
     seed: int = 0         # scenario seed and replication: policies derive their random streams from these
     replication: int = 0  # (rng.stream_key(seed, replication, stream)), shared by every scheduler
+    cache: dict[str, np.ndarray] = field(default_factory=dict)  # derived per-request arrays (policy helpers)
     acceptance: Any = None  # the replication's acceptance process (set by the runner); oracle policies
     #                         (srpt-sd) read true future draws from it; None in bare engine tests
 

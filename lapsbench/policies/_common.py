@@ -40,10 +40,14 @@ def attained(state: EngineState, unit: str) -> np.ndarray:
 def max_step_s(state: EngineState, r: int) -> float:
     """An upper bound of request r's batch-1 step time from now on: decode cost grows with the context, so
     the step at the full context (prompt + output) bounds it; a first step is its prefill. Plus 1 ns: the
-    engine rounds each step to whole nanoseconds."""
-    c = float(decode_step_s(state, np.array([state.prompt_tokens[r] + state.output_tokens[r]]))[0])
-    if state.steps[r] == 0:
-        c = max(c, float(prefill_step_s(state, np.array([r]))[0]))
+    engine rounds each step to whole nanoseconds. Computed once for every request (vectorised), then looked up."""
+    bound = state.cache.get("max_decode_s")
+    if bound is None:
+        everyone = np.arange(state.n)
+        bound = decode_step_s(state, state.prompt_tokens + state.output_tokens)
+        state.cache["max_decode_s"] = bound
+        state.cache["max_first_s"] = np.maximum(bound, prefill_step_s(state, everyone))
+    c = float(state.cache["max_first_s"][r] if state.steps[r] == 0 else bound[r])
     return c + 1e-9
 
 

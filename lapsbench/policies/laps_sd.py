@@ -136,11 +136,15 @@ class LAPSSD(PredictorParams, Policy):
                 self._factor[todo] = self.step_factor(state, todo, state.prompt_tokens[todo] + state.generated[todo])
                 self._factor_gen[todo] = state.generated[todo]
             return self._factor[idx]
-        ones = np.ones(idx.size)
-        t = state.cost.verify_s(ones, ones * (k + 1), context)
-        if k > 0:
-            t = t + k * state.cost.draft_s(ones, context)
-        return t
+        table = state.cache.get("laps_sd_factor_by_context")
+        if table is None:  # at batch size 1 the factor depends only on the context: tabulate it once
+            everything = np.arange(int((state.prompt_tokens + state.output_tokens).max(initial=0)) + 1)
+            ones = np.ones(everything.size)
+            table = state.cost.verify_s(ones, ones * (k + 1), everything)
+            if k > 0:
+                table = table + k * state.cost.draft_s(ones, everything)
+            state.cache["laps_sd_factor_by_context"] = table
+        return table[np.asarray(context, np.int64)]
 
     def estimated_remaining_s(self, state: EngineState, idx: np.ndarray) -> np.ndarray:
         L = np.maximum(self.pred_tokens[idx] - state.generated[idx], self.min_remaining_tokens)
@@ -160,8 +164,11 @@ class LAPSSD(PredictorParams, Policy):
         trials = k * (decode + j) + w
         a_min = np.where(trials > 0, (accepted + m * w) / np.maximum(trials, 1e-300), m)
         a_min = np.minimum(a_min, 1.0)
-        c = float(self.step_factor(state, np.array([r]),
-                                   np.array([state.prompt_tokens[r] + state.output_tokens[r]]))[0])
+        full = state.cache.get("laps_sd_full_factor")
+        if full is None:  # the step factor at each request's largest context, once for everyone
+            full = self.step_factor(state, np.arange(state.n), state.prompt_tokens + state.output_tokens)
+            state.cache["laps_sd_full_factor"] = full
+        c = float(full[r])
         ub = L * c * (1 + 1e-9) / (k * a_min + 1)
         bad = np.flatnonzero(ub >= rival_s)
         return int(bad[0]) + 1 if bad.size else cap
@@ -183,10 +190,14 @@ class LAPSSD(PredictorParams, Policy):
     def plan(self, state: EngineState, order: np.ndarray, now: float) -> Plan:
         r = int(order[0])
         h = INF_STEPS
-        if not self.perceptible[r] and state.k >= 0:
-            spec = int(state.decode_steps[r])
-            first_check = max(self.min_steps, self.window + 1)
-            h = max(1, first_check - spec) if state.steps[r] > 0 else 1
+        if not self.perceptible[r]:
+            if self.perceptible_policy != "queue":
+                # global-srpt: turning perceptible moves r to another class, so stop where the rule may fire
+                spec = int(state.decode_steps[r])
+                first_check = max(self.min_steps, self.window + 1)
+                h = max(1, first_check - spec) if state.steps[r] > 0 else 1
+            # queue placement: r is first and not perceptible, so no perceptible request shares its queue;
+            # turning perceptible only moves r ahead within its queue — its own rule cannot change the choice.
         elif order.size > 1:
             others = order[1:]
             contested = self.perceptible[others]

@@ -1,0 +1,69 @@
+"""Continuous batching speed: every registered scheduler on the shipped Azure conv trace (19,366 requests),
+max_batch 64, k = 4, α = 0.7, measured H100 Llama-2-7B profile, one replication. Prints each scheduler's
+wall time (median of --repeats), the total, and simulated requests per second.
+
+    python benchmarks/bench_batching.py [--requests N] [--schedulers a,b] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lapsbench import rng  # noqa: E402
+from lapsbench.acceptance import FixedAcceptance  # noqa: E402
+from lapsbench.batching import BatchConfig, BatchedEngine  # noqa: E402
+from lapsbench.costmodel import load_profile_file  # noqa: E402
+from lapsbench.policies import make_policy, registry  # noqa: E402
+from lapsbench.state import EngineState  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=0, help="first N requests (0 = all 19,366)")
+    parser.add_argument("--schedulers", default="", help="comma-separated (default: every registered one)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-batch", type=int, default=64)
+    args = parser.parse_args()
+    trace = pl.read_parquet(REPO / "traces" / "azure_conv_2023.parquet")
+    if args.requests:
+        trace = trace.head(args.requests)
+    ids = trace["request_id"].to_numpy()
+    arrival = trace["arrival_s"].to_numpy()
+    prompt = trace["prompt_tokens"].to_numpy().astype(np.int64)
+    output = trace["output_tokens"].to_numpy().astype(np.int64)
+    cost = load_profile_file(REPO / "profiles" / "h100-llama2-7b.toml")
+    k = 4
+    acceptance = FixedAcceptance(np.full(ids.size, 0.7), ids, k, rng.stream_key(0, 0, rng.Streams.ACCEPTANCE))
+    config = BatchConfig(mode="continuous", max_batch=args.max_batch, max_batch_tokens=8192,
+                         kv_capacity_tokens=float(cost.kv_capacity_tokens))
+    names = args.schedulers.split(",") if args.schedulers else sorted(registry())
+    print(f"{ids.size} requests (Azure conv 2023), continuous batching max_batch {args.max_batch}, k = {k}, "
+          f"alpha 0.7, h100-llama2-7b")
+    total = 0.0
+    for name in names:
+        times = []
+        for _ in range(args.repeats):
+            state = EngineState(ids, arrival, prompt, output, k, cost, acceptance=acceptance)
+            start = time.perf_counter()
+            BatchedEngine(state, make_policy(name), acceptance, config).run()
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        total += median
+        jct = np.mean(state.finish_s - state.arrival_s)
+        print(f"{name:>15}: median {median:6.2f} s ({', '.join(f'{t:.2f}' for t in times)}), "
+              f"{ids.size / median:,.0f} req/s, mean JCT {jct:.3f} s")
+    print(f"all {len(names)} schedulers: {total:.2f} s (sum of medians)")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import numpy as np
 
 from lapsbench.costmodel import sd_step_s
 from lapsbench.errors import LapsbenchError
+from lapsbench.policies.las import attained  # noqa: F401  (service measured in steps, tokens or seconds)
 from lapsbench.predictors import DEFAULT_CUTS, Prediction, check_length_params, predict_lengths
 from lapsbench.state import EngineState
 
@@ -27,14 +28,6 @@ def decode_step_s(state: EngineState, context: np.ndarray) -> np.ndarray:
     """Batch-1 speculative step time (k drafts + one verify) at the given contexts."""
     context = np.asarray(context, np.int64)
     return sd_step_s(state.cost, state.k, np.ones_like(context), context)
-
-
-def attained(state: EngineState, unit: str) -> np.ndarray:
-    if unit == "steps":
-        return state.steps
-    if unit == "tokens":
-        return state.generated
-    return state.attained_s
 
 
 def max_step_s(state: EngineState, r: int) -> float:

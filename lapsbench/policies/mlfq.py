@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.errors import LapsbenchError
 from lapsbench.policies._common import (
     UNITS,
     attained,
@@ -43,15 +44,11 @@ class MLFQ(Policy):
     def __post_init__(self) -> None:
         need_positive("base_quantum_s", self.base_quantum_s)
         if not self.ratio >= 1:
-            from lapsbench.errors import LapsbenchError
-
             raise LapsbenchError(f"scheduler.ratio: {self.ratio!r} — expected a number >= 1")
         need_choice("unit", self.unit, UNITS)
         need_choice("within_level", self.within_level, ("front", "fifo"))
         need_non_negative("promote_idle_s", self.promote_idle_s)
         if self.promote_period < 1:
-            from lapsbench.errors import LapsbenchError
-
             raise LapsbenchError(f"scheduler.promote_period: {self.promote_period!r} — expected an integer >= 1")
 
     def prepare(self, state: EngineState) -> None:

@@ -85,7 +85,7 @@ def test_quickstart_runs(tmp_path: Path):
     result = lapsbench("run", "scenarios/quickstart.toml", "--quiet", "--out", str(tmp_path / "qs"))
     assert result.returncode == 0, result.stderr
     summary = pl.read_csv(tmp_path / "qs" / "summary.csv")
-    assert summary["scheduler"].to_list() == ["fcfs", "sjf", "las", "srpt"]
+    assert summary["scheduler"].to_list() == ["fcfs", "sjf", "las", "srpt", "ssjf", "laps-sd"]
     jct = dict(zip(summary["scheduler"], summary["jct_mean_s"], strict=True))
     assert jct["srpt"] <= jct["sjf"] <= jct["fcfs"]  # size-based policies help on this load
 

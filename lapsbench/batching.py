@@ -121,16 +121,17 @@ class BatchedEngine:
     def select(self, active: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray, float]:
         """Members of the next step, their prefill chunks (0 = decode), and the swap stall it costs."""
         cfg, s = self.cfg, self.s
+        if cfg.mode != "continuous" and self.static_batch.size:
+            # a static / dynamic batch runs as formed: no ranking until it ends
+            batch = self.static_batch if cfg.mode == "static" else self.static_batch[~s.done[self.static_batch]]
+            return batch, np.zeros(batch.size, np.int64), 0.0
         order = rank_order(self.policy, s, active, now)
         if cfg.mode == "continuous":
             if not self.policy.preemptive:
                 running = self.in_batch[order] | (self.resident[order] & (s.steps[order] > 0))
                 order = np.concatenate((order[running], order[~running]))
             return self._fill(order, cfg.max_batch, cfg.max_batch_tokens)
-        # static / dynamic: keep the current batch while it lasts, else form one from the queue
-        if self.static_batch.size:
-            batch = self.static_batch if cfg.mode == "static" else self.static_batch[~s.done[self.static_batch]]
-            return batch, np.zeros(batch.size, np.int64), 0.0
+        # static / dynamic: form a batch from the queue
         members, chunks, stall = self._fill(order, cfg.max_batch, np.iinfo(np.int64).max, whole_prefill=True)
         self.static_batch = members
         return members, chunks, stall
@@ -360,10 +361,15 @@ class BatchedEngine:
             assert members.size, "no request fits an empty engine: capacity checks are wrong"
             self._count_deselected(members)
             next_arrival_s = float(arrival[admitted]) if admitted < n else np.inf
-            if max_rounds == 1 or (chunks > 0).any() or stall > 0:
+            if max_rounds == 1 or self.policy.observes_each_step or (chunks > 0).any() or stall > 0:
                 now, done = self.one_step(members, chunks, stall, now)
             else:
-                horizon = self.policy.batch_horizon(s, members, now) if cfg.mode == "continuous" else 1 << 40
+                horizon = 1 << 40
+                if cfg.mode == "continuous" and members.size < active.size:
+                    # Someone waits, so the ranking decides who runs: ask the policy how long it holds. When
+                    # every present request is in the step, no ranking can change the choice before the next
+                    # arrival, completion or memory shortfall, where the segment stops anyway.
+                    horizon = self.policy.batch_horizon(s, members, now)
                 now, done = self.decode_segment(members, horizon, now, next_arrival_s,
                                                 stop_at_completion=cfg.mode != "static",
                                                 stop_at_arrival=cfg.mode == "continuous")

@@ -11,11 +11,11 @@ import pytest
 from lapsbench.batching import BatchConfig, BatchedEngine
 from lapsbench.costmodel import CostModel, PhaseModel, fixed_profile
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import make_policy
+from lapsbench.policies import make_policy, registry
 
 from conftest import create_acceptance, create_state
 
-POLICIES = ["fcfs", "sjf", "srpt", "las", "rr"]
+POLICIES = sorted(registry())
 FIELDS = ("generated", "steps", "decode_steps", "attained_s", "first_token_s", "finish_s", "preemptions",
           "preempted_s")
 
@@ -40,8 +40,8 @@ def random_case(seed: int, n: int = 30):
 
 def run(case: dict, policy: str, config: BatchConfig, cost: CostModel, reference: bool, alpha: float = 0.6):
     state = create_state(**case, cost=cost)
-    engine = BatchedEngine(state, make_policy(policy), create_acceptance(state, alpha, 3), config,
-                           check_invariants=reference)
+    state.acceptance = create_acceptance(state, alpha, 3)  # oracle policies read the true future from it
+    engine = BatchedEngine(state, make_policy(policy), state.acceptance, config, check_invariants=reference)
     engine.run(max_rounds=1 if reference else None)
     return state, engine
 

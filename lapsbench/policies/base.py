@@ -34,6 +34,10 @@ class Policy:
     name: ClassVar[str] = ""
     preemptive: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+    # True when `observe` must see one step at a time with the state as of that step (e.g. it moves a
+    # request at most one queue level per call): the batched engine then steps such a policy one step at a
+    # time. (At batch size 1 the policy's own `plan` horizon already stops at every such event.)
+    observes_each_step: ClassVar[bool] = False
 
     def prepare(self, state: EngineState) -> None:
         """Allocate per-request arrays before a run."""

@@ -39,6 +39,7 @@ class MLFQ(Policy):
 
     name = "mlfq"
     preemptive = True
+    observes_each_step = True  # demotes at most one level per observed run
     summary = "multi-level feedback queue (vllm-ltr: 30 ms·2^level quanta, all start at level 0)"
 
     def __post_init__(self) -> None:

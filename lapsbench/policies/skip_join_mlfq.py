@@ -40,6 +40,7 @@ class SkipJoinMLFQ(Policy):
 
     name = "skip-join-mlfq"
     preemptive = True
+    observes_each_step = True  # demotes at most one level per observed run
     summary = "FastServe skip-join MLFQ: join the queue whose quantum covers the prefill; FCFS per queue"
 
     def __post_init__(self) -> None:

@@ -128,7 +128,9 @@ class BatchedEngine:
         order = rank_order(self.policy, s, active, now)
         if cfg.mode == "continuous":
             if not self.policy.preemptive:
-                running = self.in_batch[order] | (self.resident[order] & (s.steps[order] > 0))
+                # running = started and still holding its KV: a function of state alone, so the choice
+                # repeats until something changes (an evicted request queues again in rank order)
+                running = self.resident[order] & (s.steps[order] > 0)
                 order = np.concatenate((order[running], order[~running]))
             return self._fill(order, cfg.max_batch, cfg.max_batch_tokens)
         # static / dynamic: form a batch from the queue

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import platform
 import struct
 import sys
 from collections.abc import Callable, Sequence
@@ -412,6 +411,7 @@ def _order(summary: pl.DataFrame) -> pl.DataFrame:
 def write_comparison(out_dir: Path, comp: Comparison, command: str, plots: bool = True) -> None:
     """Write every file into a temporary directory that replaces `out_dir` only when complete."""
     from lapsbench.fsutil import atomic_dir
+    from lapsbench.report import environment
     from lapsbench.report_compare import comparison_markdown
 
     meta = {
@@ -430,9 +430,7 @@ def write_comparison(out_dir: Path, comp: Comparison, command: str, plots: bool 
             (pl.col("scheduler") == comp.baseline) & (pl.col("replication") == 0)).height),
         **comp.meta,
         "command": command,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "polars": pl.__version__,
+        **environment(),
     }
     with atomic_dir(out_dir) as tmp:
         comp.requests.write_parquet(tmp / "requests.parquet", compression="zstd")

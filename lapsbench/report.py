@@ -21,6 +21,11 @@ from lapsbench.scenario import Scenario, scenario_to_toml
 from lapsbench.trace.schema import trace_hash
 
 
+def environment() -> dict[str, str]:
+    """Versions that a result depends on, recorded in every meta.json."""
+    return {"python": platform.python_version(), "numpy": np.__version__, "polars": pl.__version__}
+
+
 def _json_safe(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -45,9 +50,7 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
         else None,
         "wall_s": round(result.wall_s, 3),
         "command": command,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "polars": pl.__version__,
+        **environment(),
     }
     with atomic_dir(out_dir) as tmp:
         result.requests.write_parquet(tmp / "requests.parquet", compression="zstd")

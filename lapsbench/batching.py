@@ -71,9 +71,8 @@ class BatchedEngine:
         self.swapped_tokens = np.zeros(n, np.int64)     # KV slots parked in host memory
         self.footprint = np.zeros(n, np.int64)          # KV slots held by residents
         self.used = 0
-        self.in_batch = np.zeros(n, bool)               # member of the previous step
         self.static_batch = np.empty(0, np.int64)       # static/dynamic: the batch being run
-        self.prev_members = np.empty(0, np.int64)
+        self.prev_members = np.empty(0, np.int64)       # the previous step's batch
         self.kv_bytes = state.cost.kv_bytes_per_token
         self.link_bytes_s = state.cost.host_link_gb_s * 1e9
         self.max_used = 0
@@ -88,16 +87,6 @@ class BatchedEngine:
                 f"engine.kv_capacity_tokens: {int(config.kv_capacity_tokens)} is smaller than request "
                 f"{int(state.request_id[i])} needs ({int(worst[i])} tokens: prompt {int(state.prompt_tokens[i])} + "
                 f"output {int(state.output_tokens[i])} + k + 1, in blocks of {config.block_size})")
-
-    # ------------------------------------------------------------------ helpers
-    def decoding(self, idx: np.ndarray) -> np.ndarray:
-        return self.prefilled[idx] >= self.target[idx]
-
-    def need(self, idx: np.ndarray, chunk: np.ndarray) -> np.ndarray:
-        """KV slots request `idx` holds during a step in which it prefills `chunk` tokens (0 = decodes)."""
-        s = self.s
-        cached = np.where(self.decoding(idx), s.prompt_tokens[idx] + s.generated[idx], self.prefilled[idx] + chunk)
-        return _roundup(cached + s.k + 1, self.cfg.block_size)
 
     def evict(self, victim: int) -> float:
         """Preempt a resident under memory pressure; returns the engine stall it costs (swap-out)."""
@@ -400,8 +389,6 @@ class BatchedEngine:
         s, prev = self.s, self.prev_members
         dropped = prev[~np.isin(prev, members) & ~s.done[prev] & self.resident[prev]]
         s.preemptions[dropped] += 1
-        self.in_batch[prev] = False
-        self.in_batch[members] = True
         self.prev_members = members
 
     def assert_invariants(self) -> None:

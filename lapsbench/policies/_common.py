@@ -98,6 +98,12 @@ def need_positive(name: str, value: float) -> None:
         raise LapsbenchError(f"scheduler.{name}: {value!r} — expected a number > 0")
 
 
+def need_ratio(name: str, value: float) -> None:
+    """A geometric ladder's growth factor: quanta must not shrink down the ladder."""
+    if not value >= 1:
+        raise LapsbenchError(f"scheduler.{name}: {value!r} — expected a number >= 1")
+
+
 def need_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise LapsbenchError(f"scheduler.{name}: {value!r} — expected one of {list(choices)}")

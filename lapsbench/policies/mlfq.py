@@ -21,6 +21,7 @@ from lapsbench.policies._common import (
     need_choice,
     need_non_negative,
     need_positive,
+    need_ratio,
     steps_before_crossing,
 )
 from lapsbench.policies.base import INF_STEPS, Plan, Policy, register
@@ -44,8 +45,7 @@ class MLFQ(Policy):
 
     def __post_init__(self) -> None:
         need_positive("base_quantum_s", self.base_quantum_s)
-        if not self.ratio >= 1:
-            raise LapsbenchError(f"scheduler.ratio: {self.ratio!r} — expected a number >= 1")
+        need_ratio("ratio", self.ratio)
         need_choice("unit", self.unit, UNITS)
         need_choice("within_level", self.within_level, ("front", "fifo"))
         need_non_negative("promote_idle_s", self.promote_idle_s)

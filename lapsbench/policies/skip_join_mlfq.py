@@ -22,6 +22,7 @@ from lapsbench.policies._common import (
     decode_step_s,
     need_choice,
     need_non_negative,
+    need_ratio,
     prefill_step_s,
     steps_before_crossing,
 )
@@ -45,8 +46,7 @@ class SkipJoinMLFQ(Policy):
 
     def __post_init__(self) -> None:
         need_non_negative("base_quantum_s", self.base_quantum_s)
-        if not self.ratio >= 1:
-            raise LapsbenchError(f"scheduler.ratio: {self.ratio!r} — expected a number >= 1")
+        need_ratio("ratio", self.ratio)
         if self.levels < 1:
             raise LapsbenchError(f"scheduler.levels: {self.levels!r} — expected an integer >= 1")
         need_non_negative("starve_limit_s", self.starve_limit_s)

@@ -60,6 +60,11 @@ class Policy:
     def observe(self, state: EngineState, served: np.ndarray, emitted: np.ndarray, end_s: np.ndarray) -> None:
         """Called after steps run: request served by each step, tokens it emitted, step end times."""
 
+    def kernel(self, state: EngineState) -> Any:
+        """This policy restated for the compiled engines (a lapsbench.policies.compiled.PolicyKernel,
+        called after `prepare`), or None to run on the Python engines."""
+        return None
+
 
 _REGISTRY: dict[str, type[Policy]] = {}
 

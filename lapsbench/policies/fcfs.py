@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.policies import compiled
 from lapsbench.policies.base import Policy, register
 from lapsbench.state import EngineState
 
@@ -17,3 +18,6 @@ class FCFS(Policy):
 
     def rank(self, state: EngineState, active: np.ndarray, now: float) -> np.ndarray:
         return state.arrival_s[active]
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        return compiled.kernel(compiled.FCFS, state.n)

@@ -28,6 +28,7 @@ import numpy as np
 
 from lapsbench.costmodel import sd_step_s
 from lapsbench.errors import LapsbenchError
+from lapsbench.policies import compiled
 from lapsbench.policies._common import (
     UNITS,
     PredictorParams,
@@ -238,3 +239,15 @@ class LAPSSD(PredictorParams, Policy):
         if k == 0:
             return 0.0
         return max(generated - 1 - spec_steps, 0) / (k * spec_steps)
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        self.step_factor(state, np.zeros(0, np.int64), np.zeros(0, np.int64))  # tabulate the factor by context
+        k = compiled.kernel(
+            compiled.LAPS_SD, state.n,
+            fp=[self.min_remaining_tokens, self.acceptance_prior_mean, self.acceptance_prior_strength, self.tolerance],
+            ip=[compiled.UNIT_CODE[self.unit], int(self.perceptible_policy != "queue"), self.global_after_queue,
+                self.window, self.min_steps, state.k],
+            fs=self.pred_tokens, fa=self.bounds, ctx=state.cache["laps_sd_factor_by_context"], mi_cols=2 + self.window)
+        k.mi[:, 0] = self.perceptible
+        k.mi[:, 1:] = self.ring
+        return k

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.policies import compiled
 from lapsbench.policies.base import Plan, Policy, register
 from lapsbench.state import EngineState
 
@@ -53,3 +54,6 @@ class LAS(Policy):
         if others.size == 0:
             return Plan(group, np.iinfo(np.int64).max // 4)
         return Plan(group, int(others.min() - least) * group.size)
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        return compiled.kernel(compiled.LAS, state.n, ip=[compiled.UNIT_CODE[self.unit]])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.policies import compiled
 from lapsbench.policies._common import PredictorParams
 from lapsbench.policies.base import INF_STEPS, Plan, Policy, register
 from lapsbench.state import EngineState
@@ -81,3 +82,10 @@ class LTR(PredictorParams, Policy):
             if self.boost_left[r] > 0:
                 self.boost_left[r] = max(0, self.boost_left[r] - count)
             self.mark[r] = self.iterations
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        k = compiled.kernel(compiled.LTR, state.n, ip=[self.starvation_steps, self.boost_steps], fs=self.score,
+                            mi_cols=3)
+        k.mi[:, 0], k.mi[:, 1], k.mi[:, 2] = self.mark, self.boost_left, self.boost_seq
+        k.g[0], k.g[1] = self.iterations, self._seq
+        return k

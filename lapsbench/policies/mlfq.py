@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.policies import compiled
 from lapsbench.policies._common import (
     UNITS,
     attained,
@@ -102,3 +103,12 @@ class MLFQ(Policy):
         self.entry_attained[r] = service
         self.entry_s[r] = t
         self.entry_seq[r] = self._seq
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        k = compiled.kernel(compiled.MLFQ, state.n, fp=[self.base_quantum_s, self.ratio, self.promote_idle_s],
+                            ip=[compiled.UNIT_CODE[self.unit], int(self.within_level == "fifo"), self.promote_period],
+                            mi_cols=2, mf_cols=2)
+        k.mi[:, 0], k.mi[:, 1] = self.level, self.entry_seq
+        k.mf[:, 0], k.mf[:, 1] = self.entry_attained, self.entry_s
+        k.g[0], k.g[1] = self._seq, self.iterations
+        return k

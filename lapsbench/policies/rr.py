@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.policies import compiled
 from lapsbench.policies.base import INF_STEPS, Plan, Policy, register
 from lapsbench.state import EngineState
 
@@ -23,3 +24,6 @@ class RoundRobin(Policy):
 
     def plan(self, state: EngineState, order: np.ndarray, now: float) -> Plan:
         return Plan(order, INF_STEPS)
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        return compiled.kernel(compiled.RR, state.n)

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.policies import compiled
 from lapsbench.policies.base import Policy, register
 from lapsbench.state import EngineState
 
@@ -17,3 +18,6 @@ class SJF(Policy):
 
     def rank(self, state: EngineState, active: np.ndarray, now: float) -> np.ndarray:
         return state.output_tokens[active]
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        return compiled.kernel(compiled.SJF, state.n)

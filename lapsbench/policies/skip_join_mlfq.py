@@ -16,6 +16,7 @@ import numpy as np
 
 from lapsbench.costmodel import sd_step_s
 from lapsbench.errors import LapsbenchError
+from lapsbench.policies import compiled
 from lapsbench.policies._common import (
     UNITS,
     attained,
@@ -103,3 +104,14 @@ class SkipJoinMLFQ(Policy):
         self.entry_attained[r] = service
         self.entry_s[r] = t
         self.entry_seq[r] = self._seq
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        step = np.zeros(0)
+        if self.unit == "seconds":  # batch-1 decode step time by context, for the demotion's skip
+            step = decode_step_s(state, np.arange(int((state.prompt_tokens + state.output_tokens).max(initial=0)) + 1))
+        k = compiled.kernel(compiled.SKIP_JOIN, state.n, fp=[self.starve_limit_s],
+                            ip=[compiled.UNIT_CODE[self.unit], self.levels], fa=self.q, ctx=step, mi_cols=2, mf_cols=2)
+        k.mi[:, 0], k.mi[:, 1] = self.level, self.entry_seq
+        k.mf[:, 0], k.mf[:, 1] = self.entry_attained, self.entry_s
+        k.g[0] = self._seq
+        return k

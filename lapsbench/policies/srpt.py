@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.policies import compiled
 from lapsbench.policies.base import INF_STEPS, Policy, register
 from lapsbench.state import EngineState
 
@@ -23,3 +24,6 @@ class SRPT(Policy):
 
     def batch_horizon(self, state: EngineState, batch: np.ndarray, now: float) -> int:
         return INF_STEPS  # members' remaining work only shrinks; everyone else's is unchanged
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        return compiled.kernel(compiled.SRPT, state.n)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.policies import compiled
 from lapsbench.policies._common import TrueFuture
 from lapsbench.policies.base import Policy, register
 from lapsbench.state import EngineState
@@ -27,3 +28,7 @@ class SRPTSD(Policy):
 
     def rank(self, state: EngineState, active: np.ndarray, now: float) -> np.ndarray:
         return self.future.remaining_ns(state, active)
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        return compiled.kernel(compiled.SRPT_SD, state.n, t_off=self.future.table.offset,
+                               t_cum=self.future.table.cum_ns)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.policies import compiled
 from lapsbench.policies._common import PredictorParams, TrueFuture, decode_step_s, need_non_negative
 from lapsbench.policies.base import Policy, register
 from lapsbench.state import EngineState
@@ -54,3 +55,10 @@ class SSJF(PredictorParams, Policy):
                 if starving:
                     return state.arrival_s[active]
         return self._key[active]
+
+    def kernel(self, state: EngineState) -> compiled.PolicyKernel:
+        has_service = self._service is not None
+        service = self._service if has_service else np.zeros(state.n)
+        return compiled.kernel(compiled.SSJF, state.n, fp=[self.starvation_s, self.starvation_factor],
+                               ip=[int(self.starvation_guard), int(has_service)],
+                               fs=np.column_stack((self._key, service)))

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lapsbench.engine_compiled import run_compiled
 from lapsbench.policies.base import Plan, Policy
 from lapsbench.state import EngineState
 from lapsbench.steptable import NS, StepTable, build_step_table, to_ns
@@ -45,8 +46,8 @@ def table_for(state: EngineState, acceptance: Acceptance) -> StepTable:
 class SingleServer:
     """Batch-1 serving of one workload under one policy, driven by a step table."""
 
-    def __init__(self, state: EngineState, policy: Policy, table: StepTable) -> None:
-        self.s, self.policy, self.t = state, policy, table
+    def __init__(self, state: EngineState, policy: Policy, table: StepTable, compiled: bool = True) -> None:
+        self.s, self.policy, self.t, self.compiled = state, policy, table, compiled
         self.arrival_ns = to_ns(state.arrival_s)
         self.n_steps = table.n_steps
         self.observes = type(policy).observe is not Policy.observe
@@ -143,6 +144,9 @@ class SingleServer:
         n = s.n
         arrival = self.arrival_ns
         policy.prepare(s)
+        kernel = policy.kernel(s) if self.compiled else None
+        if kernel is not None:
+            return run_compiled(s, kernel, policy.preemptive, self.t, progress)
         now = 0
         admitted = 0
         finished_count = 0
@@ -186,7 +190,10 @@ class SingleServer:
 
 
 def simulate(state: EngineState, policy: Policy, acceptance: Acceptance,
-             progress: Callable[[int], None] | None = None, table: StepTable | None = None) -> EngineState:
+             progress: Callable[[int], None] | None = None, table: StepTable | None = None,
+             compiled: bool = True) -> EngineState:
     """Serve every request of `state` at batch size 1 under `policy`; fills the state's result arrays.
-    `table` may be shared by every scheduler of a replication (it does not depend on the schedule)."""
-    return SingleServer(state, policy, table if table is not None else table_for(state, acceptance)).run(progress)
+    `table` may be shared by every scheduler of a replication (it does not depend on the schedule).
+    Policies with a compiled form run in lapsbench/engine_compiled.py unless `compiled` is False."""
+    table = table if table is not None else table_for(state, acceptance)
+    return SingleServer(state, policy, table, compiled).run(progress)

@@ -53,7 +53,8 @@ def laps_case():
 def test_laps_sd_becomes_perceptible_exactly_when_the_rule_fires():
     state, acc = laps_case()
     policy = make_policy("laps-sd", {"window": 4, "tolerance": 0.05, "min_steps": 6})
-    simulate(state, policy, acc)
+    # the Python policy keeps perceptible_at (the compiled engine equals it: tests/test_policy_conformance.py)
+    simulate(state, policy, acc, compiled=False)
     # the rule, recomputed independently from the acceptance draws
     draws = acc.emitted(np.zeros(60, np.int64), np.arange(60), np.zeros(60, np.int64))
     gen = 1 + np.cumsum(draws)  # generated after speculative step s (1-based index s-1)

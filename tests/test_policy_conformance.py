@@ -66,15 +66,17 @@ def random_case(seed: int):
     return state, acc
 
 
-def run(engine, name, params, seed):
+def run(engine, name, params, seed, **options):
     state, acc = random_case(seed)
-    return engine(state, make_policy(name, params), acc)
+    return engine(state, make_policy(name, params), acc, **options)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=IDS)
-def test_fast_engine_equals_reference(name, params, seed):
-    fast = run(simulate, name, copy.deepcopy(params), seed)
+def test_fast_engine_equals_reference(name, params, seed, compiled):
+    """Both fast engines (compiled, and Python with event skipping) equal the step-by-step reference."""
+    fast = run(simulate, name, copy.deepcopy(params), seed, compiled=compiled)
     ref = run(reference_simulate, name, copy.deepcopy(params), seed)
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(fast, f), getattr(ref, f), err_msg=f"{name} {params} seed {seed}: {f}")
@@ -93,6 +95,15 @@ def test_invariants_and_determinism(name, params):
         assert np.all(a.first_token_s <= a.finish_s)
         # every request finishes exactly once: finish times are distinct step ends at batch size 1
         assert np.unique(a.finish_s).size == a.n
+
+
+@pytest.mark.parametrize(("name", "params"), VARIANTS, ids=IDS)
+def test_every_policy_has_a_compiled_form(name, params):
+    """So the compiled engines, not the Python fallback, are what the equality tests above check."""
+    state, _ = random_case(1)
+    policy = make_policy(name, copy.deepcopy(params))
+    policy.prepare(state)
+    assert policy.kernel(state) is not None
 
 
 def test_registry_has_the_paper_schedulers():

@@ -12,19 +12,22 @@ State tuple `S` (EngineState's arrays, mutated in place by the engine):
     (arrival_s f8, prompt_tokens i8, output_tokens i8, generated i8, steps i8, decode_steps i8,
      attained_s f8, last_service_s f8, done b1)
 
-Policy tuple `P` (a `PolicyKernel`): code, float / int parameters, per-request static values `fs`,
-two auxiliary tables, per-request mutable ints `mi` and floats `mf`, global mutable ints `g`, and the
-batch-1 step table's offsets and cumulative ns (srpt-sd's true future).
+Policy tuple `P` (a `PolicyKernel`): a code, float parameters `fp`, int parameters `ip` (whose slots from
+`G` on are the policy's global mutable counters), per-request floats `F` and ints `I` (static values and
+mutable state, one row per request) and an auxiliary float table `T` (queue bounds, quanta, step costs by
+context, a step table). Few arrays on purpose: every array passed to a compiled call costs time.
 
-Functions (all @njit):
-    prerank(P, S, active, na, now) -> bool   called wherever the Python engine calls `rank` (it may hold
-                                              side effects, e.g. LTR's starvation guard); True = every key
-                                              may have changed
-    key(P, S, i) -> (k0, k1, k2)             the rank keys of request i (float64; unused keys are 0)
-    observe(P, S, served, m, end) -> bool     after one engine step that served served[:m] (ascending
-                                              index) and ended at `end` seconds; the
-                                              state is already updated for the step; True = every key may
-                                              have changed
+Functions (all @njit; `code` = P.code, passed on its own so that an engine specialised on it with
+`numba.literally` gets each policy's branch alone, small enough to inline — a call that is not inlined
+costs ~100 ns in argument handling, more than a step's work):
+    prerank(code, P, S, active, na, now) -> bool
+        called wherever the Python engine calls `rank` (it may have side effects, e.g. LTR's starvation
+        guard); True = every key may have changed
+    key(code, P, S, i) -> (k0, k1, k2)
+        the rank keys of request i (float64; unused keys are 0)
+    observe(code, P, S, served, m, end) -> bool
+        after one engine step that served served[:m] (ascending index) and ended at `end` seconds, the
+        state already updated for the step; True = every key may have changed
 Keys of a request change only through its own service (observe) or a True return, so engines may cache
 them.
 """
@@ -39,39 +42,26 @@ from numba import njit
 FCFS, SJF, SRPT, LAS, RR, SSJF, SRPT_SD, MLFQ, SKIP_JOIN, LTR, LAPS_SD = range(11)
 UNIT_STEPS, UNIT_TOKENS, UNIT_SECONDS = 0, 1, 2
 UNIT_CODE = {"steps": UNIT_STEPS, "tokens": UNIT_TOKENS, "seconds": UNIT_SECONDS}
-
-_EMPTY_F1 = np.zeros(0, np.float64)
-_EMPTY_I1 = np.zeros(0, np.int64)
+G = 8  # ip[G], ip[G + 1], ...: global mutable counters (sequence numbers, iterations, flags)
 
 
 class PolicyKernel(NamedTuple):
     code: int
-    fp: np.ndarray   # float64 parameters
-    ip: np.ndarray   # int64 parameters
-    fs: np.ndarray   # float64 (n, F) per-request static values
-    fa: np.ndarray   # float64 auxiliary table (quanta, queue bounds)
-    ctx: np.ndarray  # float64 table indexed by context length (batch-1 step costs)
-    mi: np.ndarray   # int64 (n, M) per-request mutable state
-    mf: np.ndarray   # float64 (n, M) per-request mutable state
-    g: np.ndarray    # int64 global mutable state (sequence counters, iterations, flags)
-    t_off: np.ndarray  # int64 step-table offsets (srpt-sd), else empty
-    t_cum: np.ndarray  # int64 step-table cumulative ns (srpt-sd), else empty
+    fp: np.ndarray  # float64 parameters
+    ip: np.ndarray  # int64 parameters, then global mutable counters from index G
+    F: np.ndarray   # float64 (n, cols): per-request values
+    I: np.ndarray   # int64 (n, cols): per-request values
+    T: np.ndarray   # float64 auxiliary table
 
 
-def kernel(code: int, n: int, fp=(), ip=(), fs=None, fa=None, ctx=None, mi_cols: int = 0, mf_cols: int = 0,
-           g_size: int = 4, t_off=None, t_cum=None) -> PolicyKernel:
+def kernel(code: int, n: int, fp=(), ip=(), F=None, I_cols: int = 1, T=None) -> PolicyKernel:  # noqa: N803
     """Build a PolicyKernel with fixed dtypes (so numba compiles each engine once)."""
-    def f1(a):
-        return _EMPTY_F1 if a is None else np.ascontiguousarray(a, np.float64)
-
-    def i1(a):
-        return _EMPTY_I1 if a is None else np.ascontiguousarray(a, np.int64)
-
-    fs = np.zeros((n, 1)) if fs is None else np.ascontiguousarray(np.asarray(fs, np.float64).reshape(n, -1))
-    return PolicyKernel(int(code), np.array(fp, np.float64).reshape(-1), np.array(ip, np.int64).reshape(-1), fs,
-                        f1(fa), f1(ctx), np.zeros((n, max(mi_cols, 1)), np.int64),
-                        np.zeros((n, max(mf_cols, 1)), np.float64), np.zeros(g_size, np.int64), i1(t_off),
-                        i1(t_cum))
+    ints = np.zeros(G + 4, np.int64)
+    ints[:len(ip)] = ip
+    F = np.zeros((n, 1)) if F is None else np.ascontiguousarray(np.asarray(F, np.float64).reshape(n, -1))
+    T = np.zeros(1) if T is None or np.size(T) == 0 else np.ascontiguousarray(T, np.float64)
+    return PolicyKernel(int(code), np.array(fp, np.float64).reshape(-1) if len(fp) else np.zeros(1), ints, F,
+                        np.zeros((n, max(I_cols, 1)), np.int64), T)
 
 
 def state_tuple(state) -> tuple:
@@ -83,7 +73,7 @@ def state_tuple(state) -> tuple:
             state.attained_s, state.last_service_s, state.done)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _attained(S, unit, i):
     if unit == UNIT_STEPS:
         return float(S[4][i])
@@ -92,193 +82,206 @@ def _attained(S, unit, i):
     return S[6][i]
 
 
-# --------------------------------------------------------------------------------------------- laps-sd
-@njit(cache=True)
-def _searchsorted_right(a, x):
-    lo, hi = 0, a.size
+@njit(cache=True, inline="always")
+def _searchsorted_right(a, lo, hi, x):
+    """First index in a[lo:hi] (sorted) whose value is > x, relative to lo."""
+    start = lo
     while lo < hi:
         mid = (lo + hi) // 2
         if x < a[mid]:
             hi = mid
         else:
             lo = mid + 1
-    return lo
+    return lo - start
 
 
-@njit(cache=True)
-def _searchsorted_left(a, x):
-    lo, hi = 0, a.size
+@njit(cache=True, inline="always")
+def _searchsorted_left(a, lo, hi, x):
+    """First index in a[lo:hi] (sorted) whose value is >= x, relative to lo."""
+    start = lo
     while lo < hi:
         mid = (lo + hi) // 2
         if a[mid] < x:
             lo = mid + 1
         else:
             hi = mid
-    return lo
+    return lo - start
 
 
-@njit(cache=True)
-def _laps_queue(P, S, i):
-    unit = P.ip[0]
-    if unit == UNIT_STEPS:
-        return _searchsorted_right(P.fa, float(S[4][i]))
-    if unit == UNIT_TOKENS:
-        return _searchsorted_right(P.fa, float(S[3][i]))
-    return _searchsorted_right(P.fa, S[6][i])
-
-
-@njit(cache=True)
-def _laps_estimate(P, S, i):
-    """Estimated remaining time T = L·(k·T_draft + T_verify) / (k·A + 1) (LAPSSD.estimated_remaining_s)."""
-    k = P.ip[5]
-    m, w, min_left = P.fp[1], P.fp[2], P.fp[0]
-    left = P.fs[i, 0] - float(S[3][i])
-    L = left if left > min_left else min_left
-    decode = S[5][i]
-    accepted = S[3][i] - 1 - decode
-    if accepted < 0:
-        accepted = 0
-    trials = float(k * decode)
-    if trials + w > 0:
-        a = (float(accepted) + m * w) / (trials + w)
-        if a > 1.0:
-            a = 1.0
+# --------------------------------------------------------------------------------------------- laps-sd
+# fp: min_remaining_tokens, prior mean, prior strength, tolerance
+# ip: unit, placement (0 queue, 1 global-srpt), global_after_queue, window, min_steps, k, number of bounds
+# F: predicted tokens; I: perceptible, then the ring of generated tokens (window + 1); T: bounds, then the
+# step factor by context
+@njit(cache=True, inline="always")
+def _laps_key(P, S, i):
+    ip, fp = P.ip, P.fp
+    nb = ip[6]
+    q = _searchsorted_right(P.T, 0, nb, _attained(S, ip[0], i))
+    perceptible = P.I[i, 0] != 0
+    if perceptible:
+        # T = L·(k·T_draft + T_verify) / (k·A + 1), as LAPSSD.estimated_remaining_s
+        k = ip[5]
+        m, w, min_left = fp[1], fp[2], fp[0]
+        generated, decode = S[3][i], S[5][i]
+        left = P.F[i, 0] - float(generated)
+        L = left if left > min_left else min_left
+        accepted = max(generated - 1 - decode, 0)
+        trials = float(k * decode)
+        a = min((float(accepted) + m * w) / (trials + w), 1.0) if trials + w > 0 else m
+        last = L * P.T[nb + S[1][i] + generated] / (k * a + 1)
     else:
-        a = m
-    factor = P.ctx[S[1][i] + S[3][i]]
-    return L * factor / (k * a + 1)
+        last = S[0][i]
+    if ip[1] == 0:  # queue placement
+        return float(q), 0.0 if perceptible else 1.0, last
+    g = ip[2]
+    cls = 2 * g + 1 if perceptible else 2 * min(q, g) + 2 * max(q - g, 0) + (1 if q > g else 0)
+    return float(cls), last, 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _running_acceptance(generated, spec_steps, k):
     if k == 0:
         return 0.0
-    a = generated - 1 - spec_steps
-    if a < 0:
-        a = 0
-    return a / (k * spec_steps)
+    return max(generated - 1 - spec_steps, 0) / (k * spec_steps)
 
 
-@njit(cache=True)
-def _laps_observe(P, S, r):
+@njit(cache=True, inline="always")
+def _laps_observe(P, S, served, m):
     window, min_steps, k = P.ip[3], P.ip[4], P.ip[5]
     w = window + 1
-    s = S[5][r]
-    if s < 1:
-        return
-    g = S[3][r]
-    P.mi[r, 1 + s % w] = g
-    if P.mi[r, 0] != 0 or s < min_steps or s < w:
-        return
-    a_now = _running_acceptance(g, s, k)
-    a_then = _running_acceptance(P.mi[r, 1 + (s - window) % w], s - window, k)
-    if abs(a_now - a_then) <= P.fp[3] * a_now:
-        P.mi[r, 0] = 1
+    for j in range(m):
+        r = served[j]
+        s = S[5][r]
+        if s < 1:
+            continue
+        g = S[3][r]
+        P.I[r, 1 + s % w] = g
+        if P.I[r, 0] != 0 or s < min_steps or s < w:
+            continue
+        a_now = _running_acceptance(g, s, k)
+        a_then = _running_acceptance(P.I[r, 1 + (s - window) % w], s - window, k)
+        if abs(a_now - a_then) <= P.fp[3] * a_now:
+            P.I[r, 0] = 1
 
 
 # ------------------------------------------------------------------------------------------ mlfq family
-@njit(cache=True)
+# I: level, entry sequence number; F: attained service at entry, entry time; ip[G]: the sequence counter
+@njit(cache=True, inline="always")
 def _enter(P, r, level, service, t):
-    P.g[0] += 1
-    P.mi[r, 0] = level
-    P.mi[r, 1] = P.g[0]
-    P.mf[r, 0] = service
-    P.mf[r, 1] = t
+    P.ip[G] += 1
+    P.I[r, 0] = level
+    P.I[r, 1] = P.ip[G]
+    P.F[r, 0] = service
+    P.F[r, 1] = t
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _promote_idle(P, S, unit, end, idle_s):
+    """Requests present and idle for at least idle_s go back to level 0 (in index order)."""
+    arrival, last, done = S[0], S[7], S[8]
+    promoted = False
+    for r in range(arrival.size):
+        if arrival[r] <= end and not done[r] and end - last[r] >= idle_s and P.I[r, 0] > 0:
+            _enter(P, r, 0, _attained(S, unit, r), end)
+            promoted = True
+    return promoted
+
+
+# mlfq — fp: base quantum, ratio, promote_idle_s; ip: unit, fifo, promote_period; ip[G + 1]: iterations
+@njit(cache=True, inline="always")
 def _mlfq_observe(P, S, served, m, end):
     unit, period = P.ip[0], P.ip[2]
     base, ratio, idle_s = P.fp[0], P.fp[1], P.fp[2]
     for j in range(m):
         r = served[j]
         service = _attained(S, unit, r)
-        if service - P.mf[r, 0] >= base * ratio ** float(P.mi[r, 0]):
-            _enter(P, r, P.mi[r, 0] + 1, service, end)
-    before = P.g[1]
-    P.g[1] += 1
-    dirty = False
-    if idle_s > 0 and P.g[1] // period > before // period:
-        arrival, last, done = S[0], S[7], S[8]
-        for r in range(arrival.size):
-            if arrival[r] <= end and not done[r] and end - last[r] >= idle_s and P.mi[r, 0] > 0:
-                _enter(P, r, 0, _attained(S, unit, r), end)
-                dirty = True
-    return dirty
+        if service - P.F[r, 0] >= base * ratio ** float(P.I[r, 0]):
+            _enter(P, r, P.I[r, 0] + 1, service, end)
+    before = P.ip[G + 1]
+    P.ip[G + 1] += 1
+    if idle_s > 0 and P.ip[G + 1] // period > before // period:
+        return _promote_idle(P, S, unit, end, idle_s)
+    return False
 
 
-@njit(cache=True)
+# skip-join — fp: starve_limit_s; ip: unit, levels; T: quanta (levels), then batch-1 step time by context
+@njit(cache=True, inline="always")
 def _skip_join_observe(P, S, served, m, end):
     unit, levels = P.ip[0], P.ip[1]
-    q = P.fa
+    q = P.T
     for j in range(m):
         r = served[j]
-        lv = P.mi[r, 0]
+        lv = P.I[r, 0]
         service = _attained(S, unit, r)
-        if lv < levels - 1 and service - P.mf[r, 0] >= q[lv]:
+        if lv < levels - 1 and service - P.F[r, 0] >= q[lv]:
             nxt = lv + 1
             if unit == UNIT_SECONDS and not S[8][r]:
-                step = P.ctx[S[1][r] + S[3][r]]
-                skip = _searchsorted_left(q, step)
-                if skip > nxt:
-                    nxt = skip
+                nxt = max(nxt, _searchsorted_left(q, 0, levels, q[levels + S[1][r] + S[3][r]]))
             _enter(P, r, min(nxt, levels - 1), service, end)
-    dirty = False
-    limit = P.fp[0]
-    if limit > 0:
-        arrival, last, done = S[0], S[7], S[8]
-        for r in range(arrival.size):
-            if arrival[r] <= end and not done[r] and end - last[r] >= limit and P.mi[r, 0] > 0:
-                _enter(P, r, 0, _attained(S, unit, r), end)
-                dirty = True
-    return dirty
+    if P.fp[0] > 0:
+        return _promote_idle(P, S, unit, end, P.fp[0])
+    return False
+
+
+# ------------------------------------------------------------------------------------------------- ltr
+# ip: starvation_steps, boost_steps; ip[G]: iterations, ip[G + 1]: boost sequence counter
+# F: score; I: iteration last served or admitted (-1 = not yet), boost steps left, boost sequence number
+@njit(cache=True, inline="always")
+def _ltr_guard(P, active, na):
+    starvation, boost = P.ip[0], P.ip[1]
+    it = P.ip[G]
+    for j in range(na):
+        i = active[j]
+        if P.I[i, 0] < 0:
+            P.I[i, 0] = it
+    fired = False
+    if starvation <= 0:
+        return fired
+    for j in range(na):
+        i = active[j]
+        if it - P.I[i, 0] >= starvation and P.I[i, 1] == 0:
+            P.ip[G + 1] += 1
+            P.I[i, 1] = boost
+            P.I[i, 2] = P.ip[G + 1]
+            fired = True
+    return fired
+
+
+# ------------------------------------------------------------------------------------------------ ssjf
+# fp: starvation_s, starvation_factor; ip: guard on, true service known; ip[G]: starving flag
+# F: predicted key, true service time
+@njit(cache=True, inline="always")
+def _ssjf_guard(P, S, active, na, now):
+    starving = 0
+    if P.ip[0] != 0 and na > 1:
+        arrival, steps = S[0], S[4]
+        oldest = -1
+        for j in range(na):
+            i = active[j]
+            if steps[i] == 0 and (oldest < 0 or arrival[i] < arrival[oldest]):
+                oldest = i
+        if oldest >= 0:
+            waited = now - arrival[oldest]
+            if waited > P.fp[0] or (P.ip[1] != 0 and waited > P.fp[1] * P.F[oldest, 1]):
+                starving = 1
+    changed = starving != P.ip[G]
+    P.ip[G] = starving
+    return changed
 
 
 # --------------------------------------------------------------------------------------------- contract
 @njit(cache=True)
-def prerank(P, S, active, na, now):
-    code = P.code
+def prerank(code, P, S, active, na, now):
     if code == SSJF:
-        # SSJF's starvation guard: the longest-waiting queued request decides the order of this decision
-        starving = 0
-        if P.ip[0] != 0 and na > 1:
-            arrival, steps = S[0], S[4]
-            oldest = -1
-            for j in range(na):
-                i = active[j]
-                if steps[i] == 0 and (oldest < 0 or arrival[i] < arrival[oldest]):
-                    oldest = i
-            if oldest >= 0:
-                waited = now - arrival[oldest]
-                if waited > P.fp[0] or (P.ip[1] != 0 and waited > P.fp[1] * P.fs[oldest, 1]):
-                    starving = 1
-        changed = starving != P.g[0]
-        P.g[0] = starving
-        return changed
+        return _ssjf_guard(P, S, active, na, now)
     if code == LTR:
-        starvation, boost = P.ip[0], P.ip[1]
-        it = P.g[0]
-        fired = False
-        for j in range(na):
-            i = active[j]
-            if P.mi[i, 0] < 0:
-                P.mi[i, 0] = it
-        if starvation <= 0:
-            return False
-        for j in range(na):
-            i = active[j]
-            if it - P.mi[i, 0] >= starvation and P.mi[i, 1] == 0:
-                P.g[1] += 1
-                P.mi[i, 1] = boost
-                P.mi[i, 2] = P.g[1]
-                fired = True
-        return fired
+        return _ltr_guard(P, active, na)
     return False
 
 
 @njit(cache=True)
-def key(P, S, i):
-    code = P.code
+def key(code, P, S, i):
     if code == FCFS:
         return S[0][i], 0.0, 0.0
     if code == SJF:
@@ -290,59 +293,62 @@ def key(P, S, i):
     if code == RR:
         return S[7][i], 0.0, 0.0
     if code == SSJF:
-        if P.g[0] != 0:
-            return S[0][i], 0.0, 0.0
-        return P.fs[i, 0], 0.0, 0.0
+        return (S[0][i] if P.ip[G] != 0 else P.F[i, 0]), 0.0, 0.0
     if code == SRPT_SD:
-        s = S[4][i]
-        total = P.t_cum[P.t_off[i + 1] - 1]
-        n_steps = P.t_off[i + 1] - P.t_off[i]
-        if s > n_steps:
-            s = n_steps
-        done_ns = P.t_cum[P.t_off[i] + s - 1] if s > 0 else 0
-        return float(total - done_ns), 0.0, 0.0
+        # I: step-table offset, steps; T: the table's cumulative ns (exact in float64 below 2^53 ns)
+        s = min(S[4][i], P.I[i, 1])
+        first = P.I[i, 0]
+        done_ns = P.T[first + s - 1] if s > 0 else 0.0
+        return P.T[first + P.I[i, 1] - 1] - done_ns, 0.0, 0.0
     if code == MLFQ:
-        level, seq = P.mi[i, 0], P.mi[i, 1]
+        level, seq = P.I[i, 0], P.I[i, 1]
         if P.ip[1] == 1:  # fifo
-            return float(level), P.mf[i, 1], float(seq)
+            return float(level), P.F[i, 1], float(seq)
         return float(level), 1.0 if seq == 0 else 0.0, float(-seq)
     if code == SKIP_JOIN:
-        return float(P.mi[i, 0]), P.mf[i, 1], float(P.mi[i, 1])
+        return float(P.I[i, 0]), P.F[i, 1], float(P.I[i, 1])
     if code == LTR:
-        if P.mi[i, 1] > 0:
-            return 0.0, float(P.mi[i, 2]), P.fs[i, 0]
-        return 1.0, 0.0, P.fs[i, 0]
-    # LAPS_SD
-    q = _laps_queue(P, S, i)
-    perceptible = P.mi[i, 0] != 0
-    last = _laps_estimate(P, S, i) if perceptible else S[0][i]
-    if P.ip[1] == 0:  # queue placement
-        return float(q), 0.0 if perceptible else 1.0, last
-    g = P.ip[2]
-    cls = 2 * g + 1 if perceptible else 2 * min(q, g) + 2 * max(q - g, 0) + (1 if q > g else 0)
-    return float(cls), last, 0.0
+        if P.I[i, 1] > 0:
+            return 0.0, float(P.I[i, 2]), P.F[i, 0]
+        return 1.0, 0.0, P.F[i, 0]
+    return _laps_key(P, S, i)
 
 
 @njit(cache=True)
-def observe(P, S, served, m, end):
-    code = P.code
+def observe(code, P, S, served, m, end):
     if code == MLFQ:
         return _mlfq_observe(P, S, served, m, end)
     if code == SKIP_JOIN:
         return _skip_join_observe(P, S, served, m, end)
     if code == LTR:
-        P.g[0] += 1
+        P.ip[G] += 1
         for j in range(m):
             r = served[j]
-            if P.mi[r, 1] > 0:
-                P.mi[r, 1] = max(0, P.mi[r, 1] - 1)
-            P.mi[r, 0] = P.g[0]
+            if P.I[r, 1] > 0:
+                P.I[r, 1] -= 1
+            P.I[r, 0] = P.ip[G]
         return False
     if code == LAPS_SD:
-        for j in range(m):
-            _laps_observe(P, S, served[j])
-        return False
+        _laps_observe(P, S, served, m)
     return False
+
+
+@njit(cache=True)
+def observes(code):
+    """Whether `observe` does anything for this policy (engines may skip calling it otherwise)."""
+    return code == MLFQ or code == SKIP_JOIN or code == LTR or code == LAPS_SD  # noqa: SIM109 (numba folds == on a literal)
+
+
+@njit(cache=True)
+def ranks_with_side_effects(code):
+    """Whether `prerank` does anything for this policy (engines may skip calling it otherwise)."""
+    return code == SSJF or code == LTR  # noqa: SIM109 (numba folds == on a literal)
+
+
+@njit(cache=True)
+def keys_static(code):
+    """Whether a request's keys never change with its own service (engines may skip recomputing them)."""
+    return code == FCFS or code == SJF or code == SSJF  # noqa: SIM109 (numba folds == on a literal)
 
 
 @njit(cache=True)

@@ -246,8 +246,9 @@ class LAPSSD(PredictorParams, Policy):
             compiled.LAPS_SD, state.n,
             fp=[self.min_remaining_tokens, self.acceptance_prior_mean, self.acceptance_prior_strength, self.tolerance],
             ip=[compiled.UNIT_CODE[self.unit], int(self.perceptible_policy != "queue"), self.global_after_queue,
-                self.window, self.min_steps, state.k],
-            fs=self.pred_tokens, fa=self.bounds, ctx=state.cache["laps_sd_factor_by_context"], mi_cols=2 + self.window)
-        k.mi[:, 0] = self.perceptible
-        k.mi[:, 1:] = self.ring
+                self.window, self.min_steps, state.k, self.bounds.size],
+            F=self.pred_tokens, I_cols=2 + self.window,
+            T=np.concatenate((self.bounds, state.cache["laps_sd_factor_by_context"])))
+        k.I[:, 0] = self.perceptible
+        k.I[:, 1:] = self.ring
         return k

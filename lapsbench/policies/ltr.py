@@ -84,8 +84,8 @@ class LTR(PredictorParams, Policy):
             self.mark[r] = self.iterations
 
     def kernel(self, state: EngineState) -> compiled.PolicyKernel:
-        k = compiled.kernel(compiled.LTR, state.n, ip=[self.starvation_steps, self.boost_steps], fs=self.score,
-                            mi_cols=3)
-        k.mi[:, 0], k.mi[:, 1], k.mi[:, 2] = self.mark, self.boost_left, self.boost_seq
-        k.g[0], k.g[1] = self.iterations, self._seq
+        k = compiled.kernel(compiled.LTR, state.n, ip=[self.starvation_steps, self.boost_steps], F=self.score,
+                            I_cols=3)
+        k.I[:, 0], k.I[:, 1], k.I[:, 2] = self.mark, self.boost_left, self.boost_seq
+        k.ip[compiled.G], k.ip[compiled.G + 1] = self.iterations, self._seq
         return k

@@ -107,8 +107,7 @@ class MLFQ(Policy):
     def kernel(self, state: EngineState) -> compiled.PolicyKernel:
         k = compiled.kernel(compiled.MLFQ, state.n, fp=[self.base_quantum_s, self.ratio, self.promote_idle_s],
                             ip=[compiled.UNIT_CODE[self.unit], int(self.within_level == "fifo"), self.promote_period],
-                            mi_cols=2, mf_cols=2)
-        k.mi[:, 0], k.mi[:, 1] = self.level, self.entry_seq
-        k.mf[:, 0], k.mf[:, 1] = self.entry_attained, self.entry_s
-        k.g[0], k.g[1] = self._seq, self.iterations
+                            F=np.column_stack((self.entry_attained, self.entry_s)), I_cols=2)
+        k.I[:, 0], k.I[:, 1] = self.level, self.entry_seq
+        k.ip[compiled.G], k.ip[compiled.G + 1] = self._seq, self.iterations
         return k

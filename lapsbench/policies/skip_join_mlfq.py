@@ -110,8 +110,9 @@ class SkipJoinMLFQ(Policy):
         if self.unit == "seconds":  # batch-1 decode step time by context, for the demotion's skip
             step = decode_step_s(state, np.arange(int((state.prompt_tokens + state.output_tokens).max(initial=0)) + 1))
         k = compiled.kernel(compiled.SKIP_JOIN, state.n, fp=[self.starve_limit_s],
-                            ip=[compiled.UNIT_CODE[self.unit], self.levels], fa=self.q, ctx=step, mi_cols=2, mf_cols=2)
-        k.mi[:, 0], k.mi[:, 1] = self.level, self.entry_seq
-        k.mf[:, 0], k.mf[:, 1] = self.entry_attained, self.entry_s
-        k.g[0] = self._seq
+                            ip=[compiled.UNIT_CODE[self.unit], self.levels],
+                            F=np.column_stack((self.entry_attained, self.entry_s)), I_cols=2,
+                            T=np.concatenate((self.q, step)))
+        k.I[:, 0], k.I[:, 1] = self.level, self.entry_seq
+        k.ip[compiled.G] = self._seq
         return k

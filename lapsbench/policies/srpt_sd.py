@@ -30,5 +30,7 @@ class SRPTSD(Policy):
         return self.future.remaining_ns(state, active)
 
     def kernel(self, state: EngineState) -> compiled.PolicyKernel:
-        return compiled.kernel(compiled.SRPT_SD, state.n, t_off=self.future.table.offset,
-                               t_cum=self.future.table.cum_ns)
+        table = self.future.table
+        k = compiled.kernel(compiled.SRPT_SD, state.n, I_cols=2, T=table.cum_ns.astype(np.float64))
+        k.I[:, 0], k.I[:, 1] = table.offset[:-1], table.n_steps
+        return k

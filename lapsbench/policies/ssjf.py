@@ -61,4 +61,4 @@ class SSJF(PredictorParams, Policy):
         service = self._service if has_service else np.zeros(state.n)
         return compiled.kernel(compiled.SSJF, state.n, fp=[self.starvation_s, self.starvation_factor],
                                ip=[int(self.starvation_guard), int(has_service)],
-                               fs=np.column_stack((self._key, service)))
+                               F=np.column_stack((self._key, service)))

@@ -153,11 +153,11 @@ def _laps_observe(P, S, served, m):
     for j in range(m):
         r = served[j]
         s = S[5][r]
-        if s < 1:
+        if s < 1 or P.I[r, 0] != 0:  # the prefill step; or perceptible already (for good: the ring is unread)
             continue
         g = S[3][r]
         P.I[r, 1 + s % w] = g
-        if P.I[r, 0] != 0 or s < min_steps or s < w:
+        if s < min_steps or s < w:
             continue
         a_now = _running_acceptance(g, s, k)
         a_then = _running_acceptance(P.I[r, 1 + (s - window) % w], s - window, k)

@@ -188,15 +188,17 @@ def _promote_idle(P, S, unit, end, idle_s):
     return promoted
 
 
-# mlfq — fp: base quantum, ratio, promote_idle_s; ip: unit, fifo, promote_period; ip[G + 1]: iterations
+# mlfq — fp: promote_idle_s; ip: unit, fifo, promote_period; ip[G + 1]: iterations; T: quantum by level,
+# computed by numpy (numba's `**` may differ from numpy's in the last bit); past the table's end the quantum
+# stays at its last, astronomically large, value
 @njit(cache=True, inline="always")
 def _mlfq_observe(P, S, served, m, end):
     unit, period = P.ip[0], P.ip[2]
-    base, ratio, idle_s = P.fp[0], P.fp[1], P.fp[2]
+    idle_s = P.fp[0]
     for j in range(m):
         r = served[j]
         service = _attained(S, unit, r)
-        if service - P.F[r, 0] >= base * ratio ** float(P.I[r, 0]):
+        if service - P.F[r, 0] >= P.T[min(P.I[r, 0], P.T.size - 1)]:
             _enter(P, r, P.I[r, 0] + 1, service, end)
     before = P.ip[G + 1]
     P.ip[G + 1] += 1

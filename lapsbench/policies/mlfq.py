@@ -105,7 +105,11 @@ class MLFQ(Policy):
         self.entry_seq[r] = self._seq
 
     def kernel(self, state: EngineState) -> compiled.PolicyKernel:
-        k = compiled.kernel(compiled.MLFQ, state.n, fp=[self.base_quantum_s, self.ratio, self.promote_idle_s],
+        # quanta by level, as `quantum` computes them, up to a level no request can reach (a quantum of 1e18,
+        # or 2·10⁶ levels — 2·10⁶ quanta of service — for ratios barely above 1)
+        levels = 1 if self.ratio == 1 else int(np.ceil(np.log(1e18 / self.base_quantum_s) / np.log(self.ratio))) + 1
+        levels = min(levels, 2_000_000)
+        k = compiled.kernel(compiled.MLFQ, state.n, fp=[self.promote_idle_s], T=self.quantum(np.arange(levels)),
                             ip=[compiled.UNIT_CODE[self.unit], int(self.within_level == "fifo"), self.promote_period],
                             F=np.column_stack((self.entry_attained, self.entry_s)), I_cols=2)
         k.I[:, 0], k.I[:, 1] = self.level, self.entry_seq

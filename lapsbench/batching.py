@@ -19,9 +19,12 @@ Modes (SSJF's semantics for static and dynamic):
 - continuous: every step re-forms the batch in policy order (non-preemptive policies keep their running
   requests) up to `max_batch` requests, `max_batch_tokens` tokens and the free KV memory.
 
-Between decisions the batch is fixed, so runs of pure-decode steps are computed at once with NumPy and cut
-at the first arrival, completion, memory shortfall or policy horizon (event skipping), exactly as
-tests/reference_engine.py's step-by-step batched engine would do them one at a time.
+`run()` runs on the compiled loop (lapsbench/batching_compiled.py: numba, one engine step at a time, the
+policy's compiled kernel, acceptance from the replication's step table) whenever the policy has a kernel
+and the acceptance process is not position dependent; it reproduces `run(max_rounds=1)` — this module's
+`one_step`, the specification — bit for bit. Otherwise, between decisions the batch is fixed, so runs of
+pure-decode steps are computed at once with NumPy and cut at the first arrival, completion, memory
+shortfall or policy horizon (event skipping), exactly as one step at a time would do them.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapsbench.batching_compiled import run_compiled
 from lapsbench.costmodel import sd_step_s
 from lapsbench.engine import Acceptance, rank_order
 from lapsbench.errors import LapsbenchError
 from lapsbench.policies.base import Policy
 from lapsbench.state import EngineState
+from lapsbench.steptable import StepTable
 
 MODES = ("none", "static", "dynamic", "continuous")
 PREEMPTION = ("swap", "recompute")
@@ -60,9 +65,13 @@ class BatchedEngine:
     """State of one batched run beyond EngineState: prefill progress and KV residency."""
 
     def __init__(self, state: EngineState, policy: Policy, acceptance: Acceptance, config: BatchConfig,
-                 check_invariants: bool = False) -> None:
+                 check_invariants: bool = False, table: StepTable | None = None) -> None:
+        """`table`: the replication's step table (lapsbench.steptable) for this state and acceptance, shared
+        by every scheduler (default: `state.step_table`); built on demand by the compiled loop if neither."""
         self.s, self.policy, self.acc, self.cfg = state, policy, acceptance, config
         self.check = check_invariants
+        self.table = table if table is not None else state.step_table
+        self.compiled_steps: int | None = None   # engine steps run by the compiled loop (None: Python loop)
         n = state.n
         self.prefilled = np.zeros(n, np.int64)          # tokens of the current prefill target done
         self.target = state.prompt_tokens.copy()        # prefill target (prompt; prompt + generated after recompute)
@@ -333,10 +342,13 @@ class BatchedEngine:
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[int], None] | None = None, max_rounds: int | None = None) -> EngineState:
-        """Serve every request. `max_rounds=1` turns event skipping off (the reference behaviour)."""
+        """Serve every request: on the compiled loop when it can (`compiled_steps` is then set), else with
+        event skipping. `max_rounds=1` runs the Python loop one step at a time (the reference behaviour)."""
         s, cfg = self.s, self.cfg
         n, arrival = s.n, s.arrival_s
         self.policy.prepare(s)
+        if max_rounds is None and run_compiled(self, progress, self.table):
+            return s
         now, admitted, finished = 0.0, 0, 0
         active = np.empty(0, np.int64)
         report_every = max(1, n // 200)

@@ -68,14 +68,18 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
         if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
             workload = load_workload(s, replication)
         acceptance = build_acceptance(s, workload, replication)
-        # At batch size 1 every request's steps are schedule-independent: draw them once for all schedulers.
-        table = None if batching is not None else build_step_table(
-            workload.request_id, workload.prompt_tokens, workload.output_tokens, s.speculation.k, cost, acceptance)
+        # Every request's steps are drawn once per replication for all schedulers: at batch size 1 they are the
+        # steps themselves (schedule-independent); batched, the compiled loop reads each decode step's tokens
+        # from them (unless the acceptance is position dependent: then the Python loop draws as it goes).
+        table = None
+        if batching is None or not getattr(acceptance, "position_dependent", False):
+            table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
+                                     s.speculation.k, cost, acceptance)
         for spec in s.scheduler:
             policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
                                 workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
-                                seed=s.seed, replication=replication, acceptance=acceptance)
+                                seed=s.seed, replication=replication, acceptance=acceptance, step_table=table)
             callback = None
             if progress is not None:
                 def callback(done: int, _label: str = spec.label, _rep: int = replication,
@@ -87,7 +91,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
                 row = {"batch_size_mean": 1.0, "batch_size_max": 1.0, "kv_util_mean": float("nan"),
                        "kv_util_max": float("nan"), "busy_s": busy}
             else:
-                engine = BatchedEngine(state, policy, acceptance, batching)
+                engine = BatchedEngine(state, policy, acceptance, batching, table=table)
                 engine.run(callback)
                 row = engine.stats()
             stats.append({"scheduler": spec.label, "replication": replication, **row})

@@ -36,6 +36,8 @@ class EngineState:
     cache: dict[str, np.ndarray] = field(default_factory=dict)  # derived per-request arrays (policy helpers)
     acceptance: Any = None  # the replication's acceptance process (set by the runner); oracle policies
     #                         (srpt-sd) read true future draws from it; None in bare engine tests
+    step_table: Any = None  # the replication's step table drawn from `acceptance` (lapsbench.steptable), shared
+    #                         by every scheduler when the runner sets it; engines and oracles draw their own if None
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)

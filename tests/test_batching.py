@@ -1,19 +1,26 @@
-"""The batched engine: event skipping equals stepping one at a time (with the KV-cache invariant checked
-after every step), modes behave as defined, throughput scales with the batch, preemption is charged."""
+"""The batched engine: run() — the compiled loop, or the Python engine with event skipping where it falls
+back — equals stepping one at a time in Python (with the KV-cache invariant checked after every step), modes
+behave as defined, throughput scales with the batch, preemption is charged."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
 import pytest
 
-from lapsbench.batching import BatchConfig, BatchedEngine
+from lapsbench.batching import BatchConfig, BatchedEngine, _roundup
 from lapsbench.costmodel import CostModel, PhaseModel, fixed_profile
+from lapsbench.engine import table_for
 from lapsbench.errors import LapsbenchError
 from lapsbench.policies import make_policy, registry
+from lapsbench.policies.fcfs import FCFS
 
 from conftest import create_acceptance, create_state
+from test_policy_conformance import IDS as VARIANT_IDS
+from test_policy_conformance import VARIANTS
+from test_policy_conformance import random_case as policy_case
 
 POLICIES = sorted(registry())
 FIELDS = ("generated", "steps", "decode_steps", "attained_s", "first_token_s", "finish_s", "preemptions",
@@ -56,12 +63,16 @@ def test_fast_equals_stepwise_reference(policy: str, mode: str, seed: int):
     config = BatchConfig(mode=mode, max_batch=[4, 8, 16][seed], max_batch_tokens=[64, 128, 512][seed],
                          kv_capacity_tokens=capacity, preemption=["swap", "recompute", "swap"][seed])
     cost = linear_cost()
-    fast, _ = run(case, policy, config, cost, reference=False)
+    fast, fast_engine = run(case, policy, config, cost, reference=False)
     slow, engine = run(case, policy, config, cost, reference=True)
+    assert fast_engine.compiled_steps, "run() fell back to the Python loop: the comparison would be vacuous"
+    assert engine.compiled_steps is None
     assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)
     for field in FIELDS:
         assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
     assert engine.max_used <= capacity
+    assert fast_engine.max_used == engine.max_used
+    np.testing.assert_equal(fast_engine.stats(), engine.stats())  # exact (NaN where capacity is unlimited)
 
 
 def test_memory_pressure_preempts_and_charges_swap_time():
@@ -141,3 +152,130 @@ def test_capacity_smaller_than_a_request_is_refused():
     case = dict(arrival_s=[0.0, 1.0], prompt_tokens=[10, 500], output_tokens=[5, 100], k=2, request_id=[7, 8])
     with pytest.raises(LapsbenchError, match="request 8"):
         run(case, "fcfs", BatchConfig(mode="continuous", kv_capacity_tokens=256), linear_cost(), reference=False)
+
+
+class PositionDependent:
+    """A position-dependent acceptance stub: the step table cannot pre-draw it, so run() must fall back to
+    the Python loop (one extra token when the position is even, capped at k + 1)."""
+
+    position_dependent = True
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def emitted(self, req, step, position):
+        base = self.inner.emitted(req, step, position)
+        return np.minimum(base + (np.asarray(position) % 2 == 0), self.inner.k + 1)
+
+
+class NoKernelFCFS(FCFS):
+    """FCFS without a compiled kernel: run() must fall back to the Python loop."""
+
+    def kernel(self, state):
+        return None
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "continuous"])
+@pytest.mark.parametrize("fallback", ["acceptance", "policy"])
+def test_python_fallback_equals_stepwise_reference(mode: str, fallback: str):
+    case = random_case(5)
+    worst = int((case["prompt_tokens"] + case["output_tokens"]).max()) + 16 + 5
+    config = BatchConfig(mode=mode, max_batch=8, max_batch_tokens=128, kv_capacity_tokens=worst * 2,
+                         preemption="recompute")
+    runs = []
+    for reference in (False, True):
+        state = create_state(**case, cost=linear_cost())
+        acceptance = create_acceptance(state, 0.6, 3)
+        state.acceptance = acceptance
+        if fallback == "acceptance":
+            acceptance, policy = PositionDependent(acceptance), make_policy("las")
+        else:
+            policy = NoKernelFCFS()
+        engine = BatchedEngine(state, policy, acceptance, config, check_invariants=reference)
+        engine.run(max_rounds=1 if reference else None)
+        assert engine.compiled_steps is None
+        runs.append((state, engine))
+    (fast, fast_engine), (slow, engine) = runs
+    assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)
+    for field in FIELDS:
+        assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+    assert fast_engine.max_used == engine.max_used
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_compiled_loop_runs_with_a_shared_table_and_reports_progress(policy: str):
+    """A prebuilt step table (as the runner shares one per replication) gives the results of the table the
+    loop builds itself; progress is reported as the Python loop reports it; recompute never runs a request
+    past its table's steps (a re-prefill's extra token only shortens it)."""
+    case = random_case(11, n=60)
+    worst = int((case["prompt_tokens"] + case["output_tokens"]).max()) + 16 + 5
+    # prompts are < 200 tokens, so a (re-)prefill completes in one step: with smaller chunks, preemptive
+    # policies under recompute can evict each other's partial prefills forever
+    config = BatchConfig(mode="continuous", max_batch=8, max_batch_tokens=256, kv_capacity_tokens=worst + 48,
+                         preemption="recompute")
+    results = []
+    for variant in ("own table", "shared table", "reference"):
+        state = create_state(**case, cost=linear_cost())
+        state.acceptance = create_acceptance(state, 0.6, 3)
+        table = table_for(state, state.acceptance)
+        calls: list[int] = []
+        engine = BatchedEngine(state, make_policy(policy), state.acceptance, config,
+                               table=table if variant == "shared table" else None)
+        engine.run(calls.append, max_rounds=1 if variant == "reference" else None)
+        assert (engine.compiled_steps is None) == (variant == "reference")
+        assert calls == sorted(calls) and calls[-1] == state.n and len(calls) > 2
+        assert np.all(state.decode_steps + 1 <= table.n_steps)
+        results.append((state, engine, calls))
+    (own, own_engine, own_calls), (shared, shared_engine, shared_calls), (slow, engine, calls) = results
+    assert own_calls == shared_calls == calls
+    for field in FIELDS:
+        assert np.array_equal(getattr(own, field), getattr(slow, field)), field
+        assert np.array_equal(getattr(shared, field), getattr(slow, field)), field
+    np.testing.assert_equal(own_engine.stats(), engine.stats())
+    np.testing.assert_equal(shared_engine.stats(), engine.stats())
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_compiled_loop_with_large_batches(policy: str):
+    """Batches of up to 64 (served requests are sorted for observe with a merge sort past 32), both
+    preemption kinds, under memory pressure."""
+    g = np.random.default_rng(21)
+    n = 160
+    case = dict(arrival_s=np.sort(g.uniform(0, 0.05, n)), output_tokens=g.integers(1, 80, n),
+                prompt_tokens=g.integers(1, 120, n), k=3, request_id=g.permutation(4 * n)[:n])
+    for preemption in ("swap", "recompute"):
+        config = BatchConfig(mode="continuous", max_batch=64, max_batch_tokens=4096, kv_capacity_tokens=6000,
+                             preemption=preemption)
+        fast, fast_engine = run(case, policy, config, linear_cost(), reference=False)
+        slow, engine = run(case, policy, config, linear_cost(), reference=True)
+        assert fast_engine.compiled_steps and fast_engine.max_batch_seen > 32
+        for field in FIELDS:
+            assert np.array_equal(getattr(fast, field), getattr(slow, field)), (preemption, field)
+        np.testing.assert_equal(fast_engine.stats(), engine.stats())
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "continuous"])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("name", "params"), VARIANTS, ids=VARIANT_IDS)
+def test_policy_variants_compiled_equal_stepwise(name: str, params: dict, seed: int, mode: str):
+    """The policy variants of tests/test_policy_conformance.py (starvation guards, promotions, boosts, other
+    units and placements: keys that change for everyone at once) batched: the compiled loop equals the
+    Python reference, on fixed and fitted profiles and fixed / beta / empirical acceptance."""
+    runs = []
+    for reference in (False, True):
+        state, acc = policy_case(seed)
+        worst = int(_roundup(state.prompt_tokens + state.output_tokens + state.k + 1, 8).max())
+        # prefills fit one step's budget (prompt + output < 512): see test_compiled_loop_runs_with_a_shared_table
+        config = BatchConfig(mode=mode, max_batch=[3, 6][seed % 2], max_batch_tokens=512,
+                             kv_capacity_tokens=np.inf if seed == 0 else worst + 24,
+                             preemption=["swap", "recompute"][seed // 2], block_size=8)
+        engine = BatchedEngine(state, make_policy(name, copy.deepcopy(params)), acc, config,
+                               check_invariants=reference)
+        engine.run(max_rounds=1 if reference else None)
+        assert (engine.compiled_steps is None) == reference
+        runs.append((state, engine))
+    (fast, fast_engine), (slow, engine) = runs
+    assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)
+    for field in FIELDS:
+        assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+    np.testing.assert_equal(fast_engine.stats(), engine.stats())

@@ -1,6 +1,7 @@
 """Property-based check (hypothesis): on randomized small scenarios, the fast engines give exactly the
 per-request results of their step-by-step counterparts — across every registered policy, every batching
-mode and the fixed, beta (drift + AR(1)) and empirical acceptance processes."""
+mode and the fixed, beta (drift + AR(1)) and empirical acceptance processes. The fast batched engine is the
+compiled loop (lapsbench/batching_compiled.py)."""
 
 from __future__ import annotations
 
@@ -69,8 +70,10 @@ def test_fast_engine_equals_stepwise_engine(case: dict) -> None:
             config = BatchConfig(mode=case["mode"], max_batch=case["max_batch"],
                                  max_batch_tokens=max(64, case["max_batch"] * (state.k + 1)),
                                  kv_capacity_tokens=capacity, preemption=case["preemption"], block_size=8)
-            BatchedEngine(state, policy, state.acceptance, config, check_invariants=stepwise).run(
-                max_rounds=1 if stepwise else None)
+            engine = BatchedEngine(state, policy, state.acceptance, config, check_invariants=stepwise)
+            engine.run(max_rounds=1 if stepwise else None)
+            # the fast run is the compiled loop (no acceptance kind here is position dependent)
+            assert (engine.compiled_steps is None) == stepwise
         runs.append(state)
     fast, slow = runs
     assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)

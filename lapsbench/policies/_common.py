@@ -121,8 +121,8 @@ class TrueFuture:
         if state.acceptance is None:
             raise LapsbenchError("scheduler: this oracle needs the acceptance process (EngineState.acceptance); "
                                  "the runner sets it")
-        self.table = build_step_table(state.request_id, state.prompt_tokens, state.output_tokens, state.k,
-                                      state.cost, state.acceptance)
+        self.table = state.step_table if state.step_table is not None else build_step_table(
+            state.request_id, state.prompt_tokens, state.output_tokens, state.k, state.cost, state.acceptance)
         self.total_ns = self.table.service_ns()
 
     def remaining_ns(self, state: EngineState, idx: np.ndarray) -> np.ndarray:

@@ -1,0 +1,645 @@
+"""The batched engine's run loop, compiled (numba): one engine step at a time, bit for bit what
+`BatchedEngine.run(max_rounds=1)` (lapsbench/batching.py, the specification) does.
+
+Every step: admit arrivals, rank (the policy's compiled `prerank` wherever the Python engine calls `rank`),
+form the batch (the same admission walk: no overtaking, eviction of the lowest-ranked residents that are
+not in the step, swap stalls out and back in, recompute resets the prefill target), price it
+(costkernel.step_time_s with every prefill feature, as one_step's sd_step_s call), draw each decoding
+member's tokens from the replication's step table, account, let the policy observe (served requests in
+ascending index, before finishing marks them done), finish.
+
+Acceptance comes from the step table (lapsbench.steptable): for a process that is not position dependent
+a request's decode step j emits min(tok(offset[i] + 1 + j), output[i] − generated[i]), tok(row) the table's
+tokens of that row (row 0 is the prefill) — also after a recompute, whose extra token only shortens the
+request. Position-dependent acceptance, a policy without a kernel, or a mode other than static / dynamic /
+continuous run on the Python engine.
+
+The ranking: keys are cached per request and the present requests kept sorted by (keys, index) — the same
+total order as engine.rank_order. A request's keys change only when it is served or when `prerank` /
+`observe` return True (policies/compiled.py's contract), so after a step only the served requests are
+re-keyed and merged back; a True return re-keys and re-sorts everyone present.
+
+The loop keeps its scalars in small arrays (`li`, `lf`) so it can return to Python whenever the finished
+count crosses a progress mark and resume where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+from lapsbench.costkernel import decode_step_time_s, pack_cost, step_time_s
+from lapsbench.policies.compiled import (
+    key,
+    key_less,
+    keys_static,
+    observe,
+    observes,
+    prerank,
+    ranks_with_side_effects,
+    state_tuple,
+)
+
+STATIC, DYNAMIC, CONTINUOUS = 0, 1, 2
+MODE_CODE = {"static": STATIC, "dynamic": DYNAMIC, "continuous": CONTINUOUS}
+
+# configuration ints (ci) and floats (cf)
+CI_MODE, CI_MAX_BATCH, CI_BUDGET, CI_BLOCK, CI_RECOMPUTE, CI_K, CI_PREEMPTIVE, CI_REPORT, CI_CHECK = range(9)
+CF_KV_CAP, CF_KV_BYTES, CF_LINK = range(3)
+# loop state ints (li) and floats (lf)
+(LI_ADMITTED, LI_FINISHED, LI_NA, LI_NO, LI_USED, LI_MAX_USED, LI_MAX_BATCH, LI_STATIC_N, LI_PREV_N, LI_STEPS,
+ LI_NADD, LI_DROPPED, LI_EVERYONE) = range(13)
+LF_NOW, LF_BUSY, LF_BATCH_TIME, LF_KV_TIME = range(4)
+
+DONE, PROGRESS, ERR_EMPTY, ERR_TABLE, ERR_INVARIANT = 0, 1, -1, -2, -3
+NO_BUDGET = np.iinfo(np.int64).max
+
+
+@njit(cache=True, _nrt=True)
+def _step_time_s(packed, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
+                 prefill_tokens_context, prefill_context):
+    """one_step's price: costkernel.step_time_s with every prefill feature — for a step without prefill
+    (most steps) the same float as the decode part alone plus 0.0 (sd_step_s adds prefill_s = 0.0), which
+    skips pricing an empty prefill. With numba's runtime on (the kernel may allocate), callable from
+    run_loop (without)."""
+    if n_prefill == 0:
+        return decode_step_time_s(packed, n_decode, context_decode) + 0.0
+    return step_time_s(packed, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
+                       prefill_tokens_context, prefill_context)
+
+
+# ---------------------------------------------------------------------------------------------- ordering
+@njit(cache=True, inline="always")
+def _set_key(code, P, S, keys, i):
+    k0, k1, k2 = key(code, P, S, i)
+    keys[i, 0] = k0
+    keys[i, 1] = k1
+    keys[i, 2] = k2
+
+
+@njit(cache=True)
+def _before(keys, a, b):
+    return key_less(keys[a, 0], keys[a, 1], keys[a, 2], a, keys[b, 0], keys[b, 1], keys[b, 2], b)
+
+
+@njit(cache=True)
+def _insertion_sort(keys, a, m):
+    for j in range(1, m):
+        x = a[j]
+        p = j - 1
+        while p >= 0 and _before(keys, x, a[p]):
+            a[p + 1] = a[p]
+            p -= 1
+        a[p + 1] = x
+
+
+@njit(cache=True)
+def _sort(keys, a, m, tmp):
+    """Sort a[:m] by (keys, index): insertion sort for short runs, bottom-up merge sort otherwise."""
+    if m <= 32:
+        _insertion_sort(keys, a, m)
+        return
+    src, dst = a, tmp
+    in_tmp = False
+    width = 1
+    while width < m:
+        lo = 0
+        while lo < m:
+            mid = min(lo + width, m)
+            hi = min(lo + 2 * width, m)
+            i, j, o = lo, mid, lo
+            while i < mid and j < hi:
+                if _before(keys, src[j], src[i]):
+                    dst[o] = src[j]
+                    j += 1
+                else:
+                    dst[o] = src[i]
+                    i += 1
+                o += 1
+            while i < mid:
+                dst[o] = src[i]
+                i += 1
+                o += 1
+            while j < hi:
+                dst[o] = src[j]
+                j += 1
+                o += 1
+            lo = hi
+        src, dst = dst, src
+        in_tmp = not in_tmp
+        width *= 2
+    if in_tmp:
+        for j in range(m):
+            a[j] = tmp[j]
+
+
+@njit(cache=True)
+def _sort_index(a, m, tmp):
+    """Sort the request indices a[:m] ascending (insertion sort when short, else bottom-up merge sort)."""
+    if m <= 32:
+        for j in range(1, m):
+            x = a[j]
+            p = j - 1
+            while p >= 0 and a[p] > x:
+                a[p + 1] = a[p]
+                p -= 1
+            a[p + 1] = x
+        return
+    src, dst = a, tmp
+    in_tmp = False
+    width = 1
+    while width < m:
+        lo = 0
+        while lo < m:
+            mid = min(lo + width, m)
+            hi = min(lo + 2 * width, m)
+            i, j, o = lo, mid, lo
+            while i < mid and j < hi:
+                if src[j] < src[i]:
+                    dst[o] = src[j]
+                    j += 1
+                else:
+                    dst[o] = src[i]
+                    i += 1
+                o += 1
+            while i < mid:
+                dst[o] = src[i]
+                i += 1
+                o += 1
+            while j < hi:
+                dst[o] = src[j]
+                j += 1
+                o += 1
+            lo = hi
+        src, dst = dst, src
+        in_tmp = not in_tmp
+        width *= 2
+    if in_tmp:
+        for j in range(m):
+            a[j] = tmp[j]
+
+
+@njit(cache=True, inline="always")
+def _reorder(keys, order, no, add, na, moving, done, tmp):
+    """Drop finished requests and the `add[:na]` ones from the sorted `order[:no]`, then merge `add` (re-keyed)
+    back in. Returns the new length."""
+    for j in range(na):
+        moving[add[j]] = True
+    w = 0
+    for p in range(no):
+        i = order[p]
+        if moving[i] or done[i]:
+            continue
+        order[w] = i
+        w += 1
+    for j in range(na):
+        moving[add[j]] = False
+    _sort(keys, add, na, tmp)
+    i, j, o = 0, 0, 0
+    while i < w and j < na:
+        if _before(keys, add[j], order[i]):
+            tmp[o] = add[j]
+            j += 1
+        else:
+            tmp[o] = order[i]
+            i += 1
+        o += 1
+    while i < w:
+        tmp[o] = order[i]
+        i += 1
+        o += 1
+    while j < na:
+        tmp[o] = add[j]
+        j += 1
+        o += 1
+    for j in range(o):
+        order[j] = tmp[j]
+    return o
+
+
+@njit(cache=True)
+def _rekey_all(code, P, S, keys, active, na, order, tmp):
+    for j in range(na):
+        _set_key(code, P, S, keys, active[j])
+        order[j] = active[j]
+    _sort(keys, order, na, tmp)
+    return na
+
+
+# ------------------------------------------------------------------------------------------- admission
+@njit(cache=True)
+def _roundup(tokens, block):
+    return -(-tokens // block) * block
+
+
+@njit(cache=True, inline="always")
+def _evict(S, E, ci, cf, li, v):
+    """BatchedEngine.evict: preempt resident v; returns the swap-out stall."""
+    fp = E[9][v]
+    li[LI_USED] -= fp
+    E[6][v] = False
+    E[2][v] += 1
+    stall = 0.0
+    if ci[CI_RECOMPUTE] == 0:
+        stall = float(fp) * cf[CF_KV_BYTES] / cf[CF_LINK]
+        E[7][v] = True
+        E[8][v] = fp
+    else:
+        E[5][v] = S[1][v] + S[3][v]
+        E[4][v] = 0
+    E[3][v] += stall
+    E[9][v] = 0
+    return stall
+
+
+@njit(cache=True, inline="always")
+def _fill(S, E, W, ci, cf, li, order, no, max_batch, budget, whole):
+    """BatchedEngine._fill over the ranking `order[:no]`: members and chunks into W[5], W[6]; returns
+    (members, stall)."""
+    prompt, output, generated = S[1], S[2], S[3]
+    prefilled, target, resident, swapped, swapped_tokens, footprint = E[4], E[5], E[6], E[7], E[8], E[9]
+    members, chunks, victims, vpos, chosen = W[5], W[6], W[11], W[12], W[13]
+    k, block = ci[CI_K], ci[CI_BLOCK]
+    free = cf[CF_KV_CAP] - float(li[LI_USED])
+    ncand = min(no, max_batch + 1)
+    nch = 0
+    stall = 0.0
+    tokens = 0
+    built = False
+    vh, vn = 0, 0
+    for pos in range(ncand):
+        if nch == max_batch:
+            break
+        i = order[pos]
+        done_prefill = prefilled[i]
+        left = target[i] - done_prefill
+        if left <= 0:
+            chunk = 0
+            step_tokens = k + 1
+            if tokens + step_tokens > budget:
+                break
+            if whole:
+                need = _roundup(prompt[i] + output[i] + k + 1, block)
+            else:
+                need = _roundup(prompt[i] + generated[i] + k + 1, block)
+        else:
+            chunk = left if whole else min(left, budget - tokens)
+            if chunk <= 0:
+                break
+            step_tokens = chunk
+            if whole:
+                need = _roundup(prompt[i] + output[i] + k + 1, block)
+            else:
+                need = _roundup(done_prefill + chunk + k + 1, block)
+        extra = need - footprint[i] if resident[i] else need
+        if extra > free:
+            if not built:  # residents not in the step, lowest ranked first, over the whole ranking
+                built = True
+                for p in range(no - 1, -1, -1):
+                    v = order[p]
+                    if resident[v] and not chosen[v]:
+                        victims[vn] = v
+                        vpos[vn] = p
+                        vn += 1
+            while extra > free:
+                while vh < vn and chosen[victims[vh]]:  # admitted since: no longer a victim
+                    vh += 1
+                if vh >= vn or vpos[vh] <= pos:
+                    break
+                v = victims[vh]
+                vh += 1
+                free += footprint[v]
+                stall += _evict(S, E, ci, cf, li, v)
+            if extra > free:
+                break
+        if swapped[i]:  # bring its KV back from host memory
+            back = float(swapped_tokens[i]) * cf[CF_KV_BYTES] / cf[CF_LINK]
+            stall += back
+            E[3][i] += back
+            swapped[i] = False
+        free -= extra
+        li[LI_USED] += extra
+        footprint[i] = need
+        resident[i] = True
+        members[nch] = i
+        chunks[nch] = chunk
+        nch += 1
+        chosen[i] = True
+        tokens += step_tokens
+    for j in range(nch):
+        chosen[members[j]] = False
+    return nch, stall
+
+
+@njit(cache=True)
+def _invariants_hold(E, cap, used, n):
+    total = 0
+    for i in range(n):
+        if E[6][i]:
+            total += E[9][i]
+            if E[7][i]:
+                return False
+    return used <= cap and used == total
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+# `_nrt=False`: the loop allocates nothing (every array comes from the caller), and without the runtime numba
+# emits no reference counting — with it, the ~50 arrays of the P / S / E / W tuples are incref'd and decref'd
+# (atomically) around tuple accesses and helper calls, many times per step: measured ~7x slower. Helpers it
+# calls inherit the setting; the step pricing, which may allocate, runs with the runtime (_step_time_s).
+@njit(cache=True, _nrt=False)
+def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
+    """Serve until every request has finished (returns DONE), or until the finished count crosses a
+    multiple of ci[CI_REPORT] when that is > 0 (returns PROGRESS; call again to resume); < 0 = error."""
+    code = P.code
+    ranks, observes_steps, rekey = ranks_with_side_effects(code), observes(code), not keys_static(code)
+    arrival, prompt, output, generated, steps, decode_steps, attained, last_service, done = S
+    first_token, finish, preemptions = E[0], E[1], E[2]
+    prefilled, target, resident, footprint = E[4], E[5], E[6], E[9]
+    active, order, keys, static_batch, prev_members, members, chunks, served, add, tmp, part = W[:11]
+    moving, in_step = W[14], W[15]
+    offset, cum = T
+    n = arrival.size
+    mode, max_batch, budget = ci[CI_MODE], ci[CI_MAX_BATCH], ci[CI_BUDGET]
+    preemptive, report, check = ci[CI_PREEMPTIVE] != 0, ci[CI_REPORT], ci[CI_CHECK] != 0
+    cap = cf[CF_KV_CAP]
+    admitted, finished, na, no = li[LI_ADMITTED], li[LI_FINISHED], li[LI_NA], li[LI_NO]
+    static_n, prev_n, nadd = li[LI_STATIC_N], li[LI_PREV_N], li[LI_NADD]
+    dropped, everyone = li[LI_DROPPED] != 0, li[LI_EVERYONE] != 0
+    now, busy, batch_time, kv_time = lf[LF_NOW], lf[LF_BUSY], lf[LF_BATCH_TIME], lf[LF_KV_TIME]
+    status = DONE
+    while finished < n:
+        # arrivals join the requests to (re-)key: those served by the previous step
+        while admitted < n and arrival[admitted] <= now:
+            active[na] = admitted
+            na += 1
+            add[nadd] = admitted
+            nadd += 1
+            admitted += 1
+        if everyone:
+            no = _rekey_all(code, P, S, keys, active, na, order, tmp)
+        elif nadd or dropped:
+            for j in range(nadd):
+                _set_key(code, P, S, keys, add[j])
+            no = _reorder(keys, order, no, add, nadd, moving, done, tmp)
+        nadd, dropped, everyone = 0, False, False
+        if na == 0 and static_n == 0:
+            now = arrival[admitted]
+            continue
+        # select
+        stall = 0.0
+        if mode != CONTINUOUS and static_n > 0:  # a static / dynamic batch runs as formed
+            nm = 0
+            for j in range(static_n):
+                i = static_batch[j]
+                if mode == STATIC or not done[i]:
+                    members[nm] = i
+                    chunks[nm] = 0
+                    nm += 1
+        else:
+            if ranks and prerank(code, P, S, active, na, now):
+                no = _rekey_all(code, P, S, keys, active, na, order, tmp)
+            ranking = order
+            if mode == CONTINUOUS and not preemptive:  # running requests (started, holding KV) first, stable
+                w = 0
+                for p in range(no):
+                    i = order[p]
+                    if resident[i] and steps[i] > 0:
+                        part[w] = i
+                        w += 1
+                for p in range(no):
+                    i = order[p]
+                    if not (resident[i] and steps[i] > 0):
+                        part[w] = i
+                        w += 1
+                ranking = part
+            whole = mode != CONTINUOUS  # static / dynamic batches reserve their whole length up front
+            nm, stall = _fill(S, E, W, ci, cf, li, ranking, no, max_batch, NO_BUDGET if whole else budget, whole)
+            if whole:
+                for j in range(nm):
+                    static_batch[j] = members[j]
+                static_n = nm
+        if nm == 0:
+            status = ERR_EMPTY
+            break
+        # a request in the previous step but not this one, unfinished and still resident: deselected
+        for j in range(nm):
+            in_step[members[j]] = True
+        for j in range(prev_n):
+            i = prev_members[j]
+            if not in_step[i] and not done[i] and resident[i]:
+                preemptions[i] += 1
+        for j in range(nm):
+            in_step[members[j]] = False
+        for j in range(nm):
+            prev_members[j] = members[j]
+        prev_n = nm
+        # price the step
+        n_dec, ctx, n_pf, c_sum, c_sq, c_before, before_sum = 0, 0, 0, 0, 0, 0, 0
+        for j in range(nm):
+            i = members[j]
+            c = chunks[j]
+            if c == 0:
+                n_dec += 1
+                ctx += prompt[i] + generated[i]
+            else:
+                b = prefilled[i]
+                n_pf += 1
+                c_sum += c
+                c_sq += c * c
+                c_before += c * b
+                before_sum += b
+        dt = _step_time_s(packed, n_dec, ctx, n_pf, c_sum, c_sq, c_before, before_sum)
+        d = dt + stall
+        now = now + d
+        busy += d
+        batch_time += d * nm
+        kv_time += d * li[LI_USED]
+        li[LI_MAX_BATCH] = max(li[LI_MAX_BATCH], nm)
+        li[LI_STEPS] += 1
+        # serve: decode tokens from the step table, prefill chunks (a completed prefill emits one token)
+        m = 0
+        for j in range(nm):
+            i = members[j]
+            c = chunks[j]
+            if c == 0:
+                if done[i]:
+                    continue  # static padding
+                row = offset[i] + 1 + decode_steps[i]
+                if row >= offset[i + 1]:
+                    status = ERR_TABLE
+                    break
+                e = cum[row] - cum[row - 1]
+                left = output[i] - generated[i]
+                generated[i] += e if e < left else left
+                decode_steps[i] += 1
+            else:
+                prefilled[i] += c
+                if prefilled[i] >= target[i]:
+                    generated[i] = min(generated[i] + 1, output[i])
+                    if np.isnan(first_token[i]):
+                        first_token[i] = now
+            served[m] = i
+            m += 1
+        if status != DONE:
+            break
+        for j in range(m):
+            i = served[j]
+            steps[i] += 1
+            attained[i] += d
+            last_service[i] = now
+        _sort_index(served, m, tmp)
+        everyone = observes_steps and observe(code, P, S, served, m, now)
+        # finish
+        n_done = 0
+        for j in range(m):
+            i = served[j]
+            if generated[i] >= output[i] and not done[i]:
+                done[i] = True
+                n_done += 1
+                if mode != STATIC:
+                    finish[i] = now
+                    li[LI_USED] -= footprint[i]
+                    footprint[i] = 0
+                    resident[i] = False
+        li[LI_MAX_USED] = max(li[LI_MAX_USED], li[LI_USED])
+        if check and not _invariants_hold(E, cap, li[LI_USED], n):
+            status = ERR_INVARIANT
+            break
+        if mode == STATIC:
+            over = True
+            for j in range(static_n):
+                if not done[static_batch[j]]:
+                    over = False
+                    break
+            if over:  # the batch's results return together
+                for j in range(static_n):
+                    i = static_batch[j]
+                    finish[i] = now
+                    li[LI_USED] -= footprint[i]
+                    footprint[i] = 0
+                    resident[i] = False
+                static_n = 0
+        elif mode == DYNAMIC and n_done:
+            static_n = 0  # re-form around the survivors
+        # the ranking: finished requests leave; served ones are re-keyed at the next step's start (a key
+        # changes only through the request's own service, or for everyone when observe says so)
+        if n_done:
+            w = 0
+            for j in range(na):
+                if not done[active[j]]:
+                    active[w] = active[j]
+                    w += 1
+            na = w
+            dropped = True
+        if everyone:
+            nadd = 0
+        elif rekey:
+            for j in range(m):
+                i = served[j]
+                if not done[i]:
+                    add[nadd] = i
+                    nadd += 1
+        if n_done:
+            before = finished
+            finished += n_done
+            if report > 0 and finished // report != before // report:
+                status = PROGRESS
+                break
+    li[LI_ADMITTED], li[LI_FINISHED], li[LI_NA], li[LI_NO] = admitted, finished, na, no
+    li[LI_STATIC_N], li[LI_PREV_N], li[LI_NADD] = static_n, prev_n, nadd
+    li[LI_DROPPED], li[LI_EVERYONE] = dropped, everyone
+    lf[LF_NOW], lf[LF_BUSY], lf[LF_BATCH_TIME], lf[LF_KV_TIME] = now, busy, batch_time, kv_time
+    return status
+
+
+# ------------------------------------------------------------------------------------------------ glue
+def _i8(a: np.ndarray) -> np.ndarray:
+    return np.require(a, np.int64, ["C_CONTIGUOUS", "WRITEABLE"])
+
+
+def _same_types(arrays: tuple) -> tuple:
+    """Contiguous, writeable arrays: numba types read-only arrays apart (another compilation)."""
+    return tuple(np.require(a, a.dtype, ["C_CONTIGUOUS", "WRITEABLE"]) if isinstance(a, np.ndarray) else a
+                 for a in arrays)
+
+
+def supported(engine) -> str | None:
+    """Why `engine` must run on the Python loop, or None when the compiled loop can run it."""
+    if engine.cfg.mode not in MODE_CODE:
+        return f"mode {engine.cfg.mode!r}"
+    if getattr(engine.acc, "position_dependent", False):
+        return "position-dependent acceptance"
+    if engine.cfg.preemption not in ("swap", "recompute"):
+        return f"preemption {engine.cfg.preemption!r}"
+    arrival = engine.s.arrival_s
+    if arrival.size > 1 and np.any(np.diff(arrival) < 0):
+        return "arrivals not in order"
+    return None
+
+
+def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> bool:
+    """Run `engine` (its policy already prepared) on the compiled loop; False (nothing changed) when it
+    cannot, so the caller runs the Python loop. Sets the engine's statistics as the Python loop would."""
+    s, cfg = engine.s, engine.cfg
+    if supported(engine) is not None:
+        return False
+    P = engine.policy.kernel(s)
+    if P is None:
+        return False
+    try:
+        packed = pack_cost(s.cost, s.k)
+    except Exception:  # noqa: BLE001  (the Python engine raises the profile's own error when it prices)
+        return False
+    if table is None:
+        from lapsbench.steptable import build_step_table
+
+        table = build_step_table(s.request_id, s.prompt_tokens, s.output_tokens, s.k, s.cost, engine.acc)
+    n, b = s.n, cfg.max_batch
+    assert table.offset.size == n + 1, "the step table is for another workload"
+    S = _same_types(state_tuple(s))
+    P = type(P)(*_same_types(tuple(P)))
+    for name in ("first_token_s", "finish_s", "preempted_s", "attained_s", "last_service_s"):
+        assert getattr(s, name).dtype == np.float64 and getattr(s, name).flags.c_contiguous
+    # engine state (written through)
+    E = (s.first_token_s, s.finish_s, s.preemptions, s.preempted_s, engine.prefilled, engine.target,
+         engine.resident, engine.swapped, engine.swapped_tokens, engine.footprint)
+    # work arrays: active, order, keys, static batch, previous members, members, chunks, served, to (re-)key,
+    # scratch, non-preemptive ranking, victims, victims' positions, chosen / moving / in-step flags
+    W = (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros((n, 3)), *(np.zeros(b, np.int64) for _ in range(5)),
+         *(np.zeros(n, np.int64) for _ in range(5)), *(np.zeros(n, bool) for _ in range(3)))
+    T = (_i8(table.offset), _i8(table.cum_tokens))
+    report = max(1, n // 200) if progress is not None else 0
+    ci = np.array([MODE_CODE[cfg.mode], cfg.max_batch, cfg.max_batch_tokens, cfg.block_size,
+                   int(cfg.preemption == "recompute"), s.k, int(engine.policy.preemptive), report,
+                   int(engine.check)], np.int64)
+    cf = np.array([float(cfg.kv_capacity_tokens), float(engine.kv_bytes), float(engine.link_bytes_s)], np.float64)
+    li = np.zeros(13, np.int64)
+    li[LI_USED] = engine.used
+    lf = np.zeros(4, np.float64)
+    while True:
+        status = run_loop(P, S, E, W, T, packed, ci, cf, li, lf)
+        if status == PROGRESS and progress is not None:
+            progress(int(li[LI_FINISHED]))
+            continue
+        break
+    if status == ERR_EMPTY:
+        raise AssertionError("no request fits an empty engine: capacity checks are wrong")
+    if status == ERR_TABLE:
+        raise AssertionError("a request took more decode steps than its step table holds")
+    if status == ERR_INVARIANT:
+        raise AssertionError("KV-cache invariant violated")
+    assert status == DONE, status
+    engine.used = int(li[LI_USED])
+    engine.max_used = max(engine.max_used, int(li[LI_MAX_USED]))
+    engine.max_batch_seen = max(engine.max_batch_seen, int(li[LI_MAX_BATCH]))
+    engine.busy_s, engine.batch_time, engine.kv_time = float(lf[LF_BUSY]), float(lf[LF_BATCH_TIME]), float(
+        lf[LF_KV_TIME])
+    engine.prev_members = W[4][:int(li[LI_PREV_N])].copy()
+    engine.static_batch = np.empty(0, np.int64)
+    engine.compiled_steps = int(li[LI_STEPS])
+    if progress is not None:
+        progress(int(li[LI_FINISHED]))
+    return True

@@ -82,32 +82,6 @@ def _attained(S, unit, i):
     return S[6][i]
 
 
-@njit(cache=True, inline="always")
-def _searchsorted_right(a, lo, hi, x):
-    """First index in a[lo:hi] (sorted) whose value is > x, relative to lo."""
-    start = lo
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if x < a[mid]:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo - start
-
-
-@njit(cache=True, inline="always")
-def _searchsorted_left(a, lo, hi, x):
-    """First index in a[lo:hi] (sorted) whose value is >= x, relative to lo."""
-    start = lo
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if a[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - start
-
-
 # --------------------------------------------------------------------------------------------- laps-sd
 # fp: min_remaining_tokens, prior mean, prior strength, tolerance
 # ip: unit, placement (0 queue, 1 global-srpt), global_after_queue, window, min_steps, k, number of bounds
@@ -117,7 +91,7 @@ def _searchsorted_left(a, lo, hi, x):
 def _laps_key(P, S, i):
     ip, fp = P.ip, P.fp
     nb = ip[6]
-    q = _searchsorted_right(P.T, 0, nb, _attained(S, ip[0], i))
+    q = np.searchsorted(P.T[:nb], _attained(S, ip[0], i), side="right")
     perceptible = P.I[i, 0] != 0
     if perceptible:
         # T = L·(k·T_draft + T_verify) / (k·A + 1), as LAPSSD.estimated_remaining_s
@@ -219,7 +193,7 @@ def _skip_join_observe(P, S, served, m, end):
         if lv < levels - 1 and service - P.F[r, 0] >= q[lv]:
             nxt = lv + 1
             if unit == UNIT_SECONDS and not S[8][r]:
-                nxt = max(nxt, _searchsorted_left(q, 0, levels, q[levels + S[1][r] + S[3][r]]))
+                nxt = max(nxt, np.searchsorted(q[:levels], q[levels + S[1][r] + S[3][r]], side="left"))
             _enter(P, r, min(nxt, levels - 1), service, end)
     if P.fp[0] > 0:
         return _promote_idle(P, S, unit, end, P.fp[0])

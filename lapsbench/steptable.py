@@ -12,7 +12,9 @@ engine and the step-by-step reference agree bit for bit however they group steps
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -29,8 +31,15 @@ def to_ns(seconds: np.ndarray | float) -> np.ndarray:
 @dataclass(frozen=True)
 class StepTable:
     offset: np.ndarray      # int64 (n + 1): request i's steps are rows offset[i] .. offset[i+1]-1
-    cum_tokens: np.ndarray  # tokens generated after each step (int32)
-    cum_ns: np.ndarray      # service time after each step, ns from the request's first step (int64)
+    cum_tokens: np.ndarray  # tokens generated after each step (int16 / int32)
+    price: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(repr=False, compare=False)
+    #                         (offset, cum_tokens) -> cum_ns; run once, on first use of `cum_ns`
+
+    @cached_property
+    def cum_ns(self) -> np.ndarray:
+        """Service time after each step, ns from the request's first step (int64). Priced on first use:
+        the batched engine reads only the tokens (it prices whole batches), so it never pays for this."""
+        return self.price(self.offset, self.cum_tokens)
 
     @property
     def n_steps(self) -> np.ndarray:
@@ -62,20 +71,64 @@ def build_step_table(request_id: np.ndarray, prompt: np.ndarray, output: np.ndar
     """Draw every step of every request: step 0 is the prefill (1 token), then SD steps emitting
     min(drawn, remaining) tokens each until the output length is reached.
 
-    Two passes over chunks of requests keep memory near the table's own size: the first draws tokens
-    (stored at once in their final dtype), the second prices steps into one preallocated array."""
-    n = len(output)
-    # Expected tokens per step sizes the pre-drawing only; exactness does not depend on it.
-    if hasattr(acceptance, "mean_tokens"):
-        expected = np.maximum(np.asarray(acceptance.mean_tokens(np.arange(n)), np.float64), 1.0)
+    Tokens are drawn now, chunk by chunk (memory near the table's own size); step costs are priced on
+    first use of `cum_ns`, over the same chunks into one preallocated array."""
+    expected = _expected_tokens(acceptance, len(output)) if k > 0 else np.ones(len(output))
+    bounds = _chunks(output, expected)
+    if k == 0:  # plain decoding: every step emits one token, whatever the acceptance process
+        offset, cum_tokens = _one_token_steps(output)
     else:
-        expected = np.ones(n)
-    tok_dtype = np.int16 if output.max(initial=0) < np.iinfo(np.int16).max else np.int32
+        offset, cum_tokens = _draw(output, k, acceptance, bounds, expected)
+
+    def price(offset: np.ndarray, cum_tokens: np.ndarray) -> np.ndarray:
+        return _price(offset, cum_tokens, bounds, prompt, output, k, cost)
+
+    return StepTable(offset, cum_tokens, price)
+
+
+def _expected_tokens(acceptance, n: int) -> np.ndarray:
+    """Expected tokens per step: sizes the pre-drawing and the chunks only; exactness does not depend on it."""
+    if hasattr(acceptance, "mean_tokens"):
+        return np.maximum(np.asarray(acceptance.mean_tokens(np.arange(n)), np.float64), 1.0)
+    return np.ones(n)
+
+
+def _chunks(output: np.ndarray, expected: np.ndarray) -> list[int]:
+    """Request boundaries of construction chunks of about CHUNK_STEPS steps each."""
+    n = len(output)
     est_all = np.ceil((output - 1) / expected).astype(np.int64) + 2
     bounds = [0]
     while bounds[-1] < n:
         start = bounds[-1]
         bounds.append(min(n, start + max(1, int(np.searchsorted(np.cumsum(est_all[start:]), CHUNK_STEPS)))))
+    return bounds
+
+
+def _token_dtype(output: np.ndarray) -> type:
+    return np.int16 if output.max(initial=0) < np.iinfo(np.int16).max else np.int32
+
+
+def _one_token_steps(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """k = 0: the prefill then one token per step, so request i has max(output, 1) steps and holds
+    min(j + 1, output) tokens after its step j — what drawing from any acceptance process gives."""
+    counts = np.maximum(np.asarray(output, np.int64), 1)
+    offset = np.zeros(len(output) + 1, np.int64)
+    np.cumsum(counts, out=offset[1:])
+    dtype = _token_dtype(output)
+    # 1, 2, ..., count per request: a running count of ones, restarted at each request's first row
+    ones = np.ones(int(offset[-1]), dtype)
+    ones[offset[1:-1]] -= counts[:-1].astype(dtype)
+    cum_tokens = np.cumsum(ones, dtype=dtype)
+    short = np.flatnonzero(np.asarray(output) < 1)  # output 0: the prefill's token is not kept
+    cum_tokens[offset[short]] = 0
+    return offset, cum_tokens
+
+
+def _draw(output: np.ndarray, k: int, acceptance, bounds: list[int],
+          expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Draw every request's tokens per step, chunk by chunk (stored at once in their final dtype)."""
+    n = len(output)
+    tok_dtype = _token_dtype(output)
     counts = np.zeros(n, np.int64)
     token_parts = []
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
@@ -90,22 +143,26 @@ def build_step_table(request_id: np.ndarray, prompt: np.ndarray, output: np.ndar
         counts[start:stop] = cnt
     offset = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=offset[1:])
-    cum_tokens = np.concatenate(token_parts)
-    del token_parts
+    return offset, np.concatenate(token_parts)
+
+
+def _price(offset: np.ndarray, cum_tokens: np.ndarray, bounds: list[int], prompt: np.ndarray,
+           output: np.ndarray, k: int, cost: CostModel) -> np.ndarray:
+    """Each step's batch-1 cost, cumulated per request, chunk by chunk into one preallocated array."""
     step_ns = _StepCostTable(cost, k, prompt, output)
+    counts = np.diff(offset)
     cum_ns = np.empty(int(offset[-1]), np.int64)
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         rows = slice(int(offset[start]), int(offset[stop]))
-        cnt = counts[start:stop]
         starts = offset[start:stop] - offset[start]
         tokens = cum_tokens[rows].astype(np.int64)
         before = np.concatenate(([0], tokens[:-1]))
         before[starts] = 0
-        owner = np.repeat(np.arange(start, stop), cnt)
+        owner = np.repeat(np.arange(start, stop), counts[start:stop])
         ns = step_ns.decode_ns(prompt[owner] + before)
         ns[starts] = step_ns.prefill_ns(prompt[start:stop])
         cum_ns[rows] = _segment_cumsum(ns, starts)
-    return StepTable(offset, cum_tokens, cum_ns)
+    return cum_ns
 
 
 class _StepCostTable:

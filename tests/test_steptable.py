@@ -48,3 +48,37 @@ def test_table_matches_direct_computation(k: int, profile: str):
         assert table.cum_tokens[rows].tolist() == np.cumsum(tokens).tolist()
         assert table.cum_ns[rows].tolist() == np.cumsum(ns).tolist()
     assert np.array_equal(table.cum_tokens[table.offset[1:] - 1], output)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "beta", "empirical"])
+def test_plain_decoding_table_equals_drawing_one_token_steps(kind: str, monkeypatch):
+    """k = 0 builds the table without drawing (every step emits one token): the same table as drawing
+    from the acceptance process, across several construction chunks and with one-token outputs."""
+    from lapsbench import steptable
+    from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance
+
+    monkeypatch.setattr(steptable, "CHUNK_STEPS", 500)
+    g = np.random.default_rng(3)
+    n = 200
+    prompt, output = g.integers(1, 3000, n), g.integers(1, 40, n)
+    output[::9] = 1
+    ids = g.permutation(10 * n)[:n]
+    key = rng.stream_key(5, 1, rng.Streams.ACCEPTANCE)
+    if kind == "fixed":
+        acceptance = FixedAcceptance(g.uniform(0, 0.95, n), ids, 0, key)
+    elif kind == "beta":
+        acceptance = BetaAcceptance.build(g.beta(7, 3, n), ids, output, 0, key,
+                                          rng.stream_key(5, 1, rng.Streams.ACCEPTANCE_PARAMS), initial=0.3,
+                                          warmup_steps=4.0, ar_phi=0.8, ar_sigma=0.1)
+    else:
+        acceptance = EmpiricalAcceptance.build([g.integers(1, 7, 30) for _ in range(n)], ids, output, 0, key)
+    cost = fixed_profile(0.01, 0.002, 1e-5)
+    table = build_step_table(ids, prompt, output, 0, cost, acceptance)
+    bounds = steptable._chunks(output, np.ones(n))
+    assert len(bounds) > 3
+    offset, cum_tokens = steptable._draw(output, 0, acceptance, bounds, np.ones(n))
+    assert np.array_equal(table.offset, offset)
+    assert table.cum_tokens.dtype == cum_tokens.dtype and np.array_equal(table.cum_tokens, cum_tokens)
+    assert np.array_equal(table.n_steps, output)  # the prefill, then one step per further token
+    rows = slice(table.offset[5], table.offset[6])
+    assert table.cum_ns[rows].tolist() == np.cumsum(direct(5, prompt, output, 0, cost, acceptance)[1]).tolist()

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lapsbench.batching_compiled import run_compiled
+from lapsbench.batching_compiled import LIVELOCK_FACTOR, livelock_message, run_compiled
 from lapsbench.costmodel import sd_step_s
 from lapsbench.engine import Acceptance, rank_order
 from lapsbench.errors import LapsbenchError
@@ -352,10 +352,16 @@ class BatchedEngine:
         now, admitted, finished = 0.0, 0, 0
         active = np.empty(0, np.int64)
         report_every = max(1, n // 200)
+        # Livelock guard: prefill tokens computed since a step last emitted a token, against the whole work
+        # (prompt + output tokens) of the requests present. Without evictions a prefill-only streak is at
+        # most that work; only recompute preemption can throw prefill away, over and over.
+        work_of = s.prompt_tokens + s.output_tokens
+        stuck, work = 0, 0
         while finished < n:
             upto = int(np.searchsorted(arrival, now, side="right"))
             if upto > admitted:
                 active = np.concatenate((active, np.arange(admitted, upto)))
+                work += int(work_of[admitted:upto].sum())
                 admitted = upto
             if active.size == 0 and not self.static_batch.size:
                 now = float(arrival[admitted])
@@ -365,8 +371,16 @@ class BatchedEngine:
             self._count_deselected(members)
             next_arrival_s = float(arrival[admitted]) if admitted < n else np.inf
             if max_rounds == 1 or self.policy.observes_each_step or (chunks > 0).any() or stall > 0:
+                generated_before = int(s.generated[members].sum())
                 now, done = self.one_step(members, chunks, stall, now)
+                if done.size or int(s.generated[members].sum()) > generated_before:
+                    stuck = 0
+                else:
+                    stuck += int(chunks.sum())
+                    if stuck > LIVELOCK_FACTOR * work:
+                        raise LapsbenchError(livelock_message(self.policy.name, cfg.preemption, stuck, active.size))
             else:
+                stuck = 0  # decode steps only: every one emits tokens
                 horizon = 1 << 40
                 if cfg.mode == "continuous" and members.size < active.size:
                     # Someone waits, so the ranking decides who runs: ask the policy how long it holds. When
@@ -386,6 +400,7 @@ class BatchedEngine:
             elif cfg.mode == "dynamic" and done.size:
                 self.static_batch = np.empty(0, np.int64)  # re-form around the survivors
             if done.size:
+                work -= int(work_of[done].sum())
                 active = active[~np.isin(active, done)]
                 before = finished
                 finished += done.size

@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit
 
 from lapsbench.costkernel import decode_step_time_s, pack_cost, step_time_s
+from lapsbench.errors import LapsbenchError
 from lapsbench.policies.compiled import (
     key,
     key_less,
@@ -50,10 +51,11 @@ CI_MODE, CI_MAX_BATCH, CI_BUDGET, CI_BLOCK, CI_RECOMPUTE, CI_K, CI_PREEMPTIVE, C
 CF_KV_CAP, CF_KV_BYTES, CF_LINK = range(3)
 # loop state ints (li) and floats (lf)
 (LI_ADMITTED, LI_FINISHED, LI_NA, LI_NO, LI_USED, LI_MAX_USED, LI_MAX_BATCH, LI_STATIC_N, LI_PREV_N, LI_STEPS,
- LI_NADD, LI_DROPPED, LI_EVERYONE) = range(13)
+ LI_NADD, LI_DROPPED, LI_EVERYONE, LI_STUCK, LI_WORK) = range(15)
 LF_NOW, LF_BUSY, LF_BATCH_TIME, LF_KV_TIME = range(4)
 
-DONE, PROGRESS, ERR_EMPTY, ERR_TABLE, ERR_INVARIANT = 0, 1, -1, -2, -3
+DONE, PROGRESS, ERR_EMPTY, ERR_TABLE, ERR_INVARIANT, ERR_LIVELOCK = 0, 1, -1, -2, -3, -4
+LIVELOCK_FACTOR = 8  # prefill tokens without progress, in units of the present requests' whole work (batching.py)
 NO_BUDGET = np.iinfo(np.int64).max
 
 
@@ -368,12 +370,14 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
     admitted, finished, na, no = li[LI_ADMITTED], li[LI_FINISHED], li[LI_NA], li[LI_NO]
     static_n, prev_n, nadd = li[LI_STATIC_N], li[LI_PREV_N], li[LI_NADD]
     dropped, everyone = li[LI_DROPPED] != 0, li[LI_EVERYONE] != 0
+    stuck, work = li[LI_STUCK], li[LI_WORK]
     now, busy, batch_time, kv_time = lf[LF_NOW], lf[LF_BUSY], lf[LF_BATCH_TIME], lf[LF_KV_TIME]
     status = DONE
     while finished < n:
         # arrivals join the requests to (re-)key: those served by the previous step
         while admitted < n and arrival[admitted] <= now:
             active[na] = admitted
+            work += prompt[admitted] + output[admitted]
             na += 1
             add[nadd] = admitted
             nadd += 1
@@ -461,6 +465,8 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
         li[LI_STEPS] += 1
         # serve: decode tokens from the step table, prefill chunks (a completed prefill emits one token)
         m = 0
+        emitted_any = False  # a token emitted (the livelock guard's notion of progress)
+        chunk_tokens = 0
         for j in range(nm):
             i = members[j]
             c = chunks[j]
@@ -475,9 +481,13 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
                 left = output[i] - generated[i]
                 generated[i] += e if e < left else left
                 decode_steps[i] += 1
+                emitted_any = True
             else:
                 prefilled[i] += c
+                chunk_tokens += c
                 if prefilled[i] >= target[i]:
+                    if generated[i] < output[i]:
+                        emitted_any = True
                     generated[i] = min(generated[i] + 1, output[i])
                     if np.isnan(first_token[i]):
                         first_token[i] = now
@@ -499,11 +509,19 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
             if generated[i] >= output[i] and not done[i]:
                 done[i] = True
                 n_done += 1
+                work -= prompt[i] + output[i]
                 if mode != STATIC:
                     finish[i] = now
                     li[LI_USED] -= footprint[i]
                     footprint[i] = 0
                     resident[i] = False
+        if emitted_any or n_done:
+            stuck = 0
+        else:
+            stuck += chunk_tokens
+            if stuck > LIVELOCK_FACTOR * work:
+                status = ERR_LIVELOCK
+                break
         li[LI_MAX_USED] = max(li[LI_MAX_USED], li[LI_USED])
         if check and not _invariants_hold(E, cap, li[LI_USED], n):
             status = ERR_INVARIANT
@@ -551,11 +569,21 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
     li[LI_ADMITTED], li[LI_FINISHED], li[LI_NA], li[LI_NO] = admitted, finished, na, no
     li[LI_STATIC_N], li[LI_PREV_N], li[LI_NADD] = static_n, prev_n, nadd
     li[LI_DROPPED], li[LI_EVERYONE] = dropped, everyone
+    li[LI_STUCK], li[LI_WORK] = stuck, work
     lf[LF_NOW], lf[LF_BUSY], lf[LF_BATCH_TIME], lf[LF_KV_TIME] = now, busy, batch_time, kv_time
     return status
 
 
 # ------------------------------------------------------------------------------------------------ glue
+def livelock_message(policy: str, preemption: str, stuck_tokens: int, present: int) -> str:
+    """The one-line error both batched loops raise when the livelock guard fires."""
+    return (f"scheduler {policy}: livelock — {stuck_tokens:,} prefill tokens computed without any request "
+            f"emitting a token (more than {LIVELOCK_FACTOR}x the prompt + output tokens of the {present} requests "
+            f"present): with {preemption} preemption and memory this tight, each partially prefilled request is "
+            "evicted before its prefill completes; use preemption = \"swap\", a larger engine.max_batch_tokens "
+            "or more KV capacity")
+
+
 def _i8(a: np.ndarray) -> np.ndarray:
     return np.require(a, np.int64, ["C_CONTIGUOUS", "WRITEABLE"])
 
@@ -616,7 +644,7 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
                    int(cfg.preemption == "recompute"), s.k, int(engine.policy.preemptive), report,
                    int(engine.check)], np.int64)
     cf = np.array([float(cfg.kv_capacity_tokens), float(engine.kv_bytes), float(engine.link_bytes_s)], np.float64)
-    li = np.zeros(13, np.int64)
+    li = np.zeros(15, np.int64)
     li[LI_USED] = engine.used
     lf = np.zeros(4, np.float64)
     while True:
@@ -631,6 +659,9 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
         raise AssertionError("a request took more decode steps than its step table holds")
     if status == ERR_INVARIANT:
         raise AssertionError("KV-cache invariant violated")
+    if status == ERR_LIVELOCK:
+        raise LapsbenchError(livelock_message(engine.policy.name, cfg.preemption, int(li[LI_STUCK]),
+                                              int(li[LI_NA])))
     assert status == DONE, status
     engine.used = int(li[LI_USED])
     engine.max_used = max(engine.max_used, int(li[LI_MAX_USED]))

@@ -279,3 +279,34 @@ def test_policy_variants_compiled_equal_stepwise(name: str, params: dict, seed: 
     for field in FIELDS:
         assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
     np.testing.assert_equal(fast_engine.stats(), engine.stats())
+
+
+def livelock_case(policy: str, preemption: str = "recompute"):
+    """Two 200-token prompts prefilled in 64-token chunks with room for one and a bit: a policy that ranks
+    the less-served request first (las, rr) evicts the other mid-prefill every step."""
+    state = create_state(arrival_s=[0.0, 0.0], output_tokens=[5, 5], prompt_tokens=[200, 200], cost=linear_cost())
+    state.acceptance = create_acceptance(state, 0.5, 3)
+    config = BatchConfig(mode="continuous", max_batch=4, max_batch_tokens=64, kv_capacity_tokens=256.0,
+                         preemption=preemption, block_size=16)
+    return state, BatchedEngine(state, make_policy(policy), state.acceptance, config)
+
+
+@pytest.mark.parametrize("policy", ["las", "rr"])
+@pytest.mark.parametrize("reference", [False, True])
+def test_recompute_livelock_is_reported_not_simulated_forever(policy: str, reference: bool):
+    state, engine = livelock_case(policy)
+    with pytest.raises(LapsbenchError, match=rf"scheduler {policy}: livelock — 3,328 prefill tokens .* the 2 "
+                                             r"requests present.*recompute preemption") as info:
+        engine.run(max_rounds=1 if reference else None)
+    assert "\n" not in str(info.value)
+    assert not state.done.any() and state.preemptions.sum() > 20  # evicted over and over, nothing finished
+
+
+@pytest.mark.parametrize(("policy", "preemption"), [("las", "swap"), ("rr", "swap"), ("fcfs", "recompute"),
+                                                    ("srpt", "recompute")])
+def test_same_pressure_without_the_livelock_completes(policy: str, preemption: str):
+    """Swap keeps prefill progress; fcfs / srpt keep ranking the same request first: all finish."""
+    for reference in (False, True):
+        state, engine = livelock_case(policy, preemption)
+        engine.run(max_rounds=1 if reference else None)
+        assert state.done.all() and (engine.compiled_steps is None) == reference

@@ -192,3 +192,15 @@ def test_unknown_profile(tmp_path: Path, small_trace: Path):
     body = SCENARIO.replace('profile = {{ kind = "fixed", step_s = 0.01, draft_step_s = 0.002, '
                             'prefill_s_per_token = 0.0001 }}', 'profile = "h999-nothing"')
     expect_bad(lapsbench("run", str(write_scenario(tmp_path, small_trace, body)), "--quiet"), "h999-nothing")
+
+
+def test_livelocked_scheduler_exits_2_and_writes_nothing(tmp_path: Path):
+    trace = tmp_path / "two.parquet"
+    pl.DataFrame({"request_id": [0, 1], "arrival_s": [0.0, 0.0], "prompt_tokens": [200, 200],
+                  "output_tokens": [5, 5]}).write_parquet(trace)
+    body = SCENARIO.replace("k = 3", "k = 0").replace('name = "fcfs"', 'name = "rr"', 1).replace(
+        "[output]", '[engine]\nbatching = "continuous"\nmax_batch = 4\nmax_batch_tokens = 64\n'
+        'kv_capacity_tokens = 256\nblock_size = 16\npreemption = "recompute"\n[output]')
+    result = lapsbench("run", str(write_scenario(tmp_path, trace, body)), "--quiet")
+    expect_bad(result, "scheduler rr: livelock", "swap", "max_batch_tokens")
+    assert not (tmp_path / "out").exists()

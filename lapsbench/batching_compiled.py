@@ -638,7 +638,9 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
     # scratch, non-preemptive ranking, victims, victims' positions, chosen / moving / in-step flags
     W = (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros((n, 3)), *(np.zeros(b, np.int64) for _ in range(5)),
          *(np.zeros(n, np.int64) for _ in range(5)), *(np.zeros(n, bool) for _ in range(3)))
-    T = (_i8(table.offset), _i8(table.cum_tokens))
+    # the tokens in the table's own dtype (int16 for outputs below 32,767 tokens, else int32): numba compiles
+    # one loop per dtype, and a 64-bit copy would cost ~10 ns per table row on every run
+    T = (_i8(table.offset), _same_types((table.cum_tokens,))[0])
     report = max(1, n // 200) if progress is not None else 0
     ci = np.array([MODE_CODE[cfg.mode], cfg.max_batch, cfg.max_batch_tokens, cfg.block_size,
                    int(cfg.preemption == "recompute"), s.k, int(engine.policy.preemptive), report,

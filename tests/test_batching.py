@@ -310,3 +310,18 @@ def test_same_pressure_without_the_livelock_completes(policy: str, preemption: s
         state, engine = livelock_case(policy, preemption)
         engine.run(max_rounds=1 if reference else None)
         assert state.done.all() and (engine.compiled_steps is None) == reference
+
+
+def test_compiled_loop_reads_32_bit_token_tables():
+    """An output of 32,767 tokens or more makes the step table's tokens int32 (else int16): the compiled
+    loop, specialised per dtype, still equals the step-by-step reference."""
+    case = dict(arrival_s=[0.0, 0.0, 0.1, 0.2], output_tokens=[33_000, 40, 7, 90], prompt_tokens=[50, 20, 30, 10],
+                k=4, request_id=[5, 1, 9, 3])
+    config = BatchConfig(mode="continuous", max_batch=2, max_batch_tokens=64)
+    fast, engine = run(case, "las", config, linear_cost(), reference=False)
+    slow, _ = run(case, "las", config, linear_cost(), reference=True)
+    from lapsbench.steptable import _token_dtype
+
+    assert engine.compiled_steps is not None and _token_dtype(fast.output_tokens) is np.int32
+    for name in FIELDS:
+        assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True), name

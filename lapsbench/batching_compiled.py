@@ -86,65 +86,23 @@ def _before(keys, a, b):
     return key_less(keys[a, 0], keys[a, 1], keys[a, 2], a, keys[b, 0], keys[b, 1], keys[b, 2], b)
 
 
-@njit(cache=True)
-def _insertion_sort(keys, a, m):
-    for j in range(1, m):
-        x = a[j]
-        p = j - 1
-        while p >= 0 and _before(keys, x, a[p]):
-            a[p + 1] = a[p]
-            p -= 1
-        a[p + 1] = x
+@njit(cache=True, inline="always")
+def _less(keys, a, b, by_index):
+    """The sort order: by (keys, index), or by index alone."""
+    if by_index:
+        return a < b
+    return _before(keys, a, b)
 
 
 @njit(cache=True)
-def _sort(keys, a, m, tmp):
-    """Sort a[:m] by (keys, index): insertion sort for short runs, bottom-up merge sort otherwise."""
-    if m <= 32:
-        _insertion_sort(keys, a, m)
-        return
-    src, dst = a, tmp
-    in_tmp = False
-    width = 1
-    while width < m:
-        lo = 0
-        while lo < m:
-            mid = min(lo + width, m)
-            hi = min(lo + 2 * width, m)
-            i, j, o = lo, mid, lo
-            while i < mid and j < hi:
-                if _before(keys, src[j], src[i]):
-                    dst[o] = src[j]
-                    j += 1
-                else:
-                    dst[o] = src[i]
-                    i += 1
-                o += 1
-            while i < mid:
-                dst[o] = src[i]
-                i += 1
-                o += 1
-            while j < hi:
-                dst[o] = src[j]
-                j += 1
-                o += 1
-            lo = hi
-        src, dst = dst, src
-        in_tmp = not in_tmp
-        width *= 2
-    if in_tmp:
-        for j in range(m):
-            a[j] = tmp[j]
-
-
-@njit(cache=True)
-def _sort_index(a, m, tmp):
-    """Sort the request indices a[:m] ascending (insertion sort when short, else bottom-up merge sort)."""
+def _sort(keys, a, m, tmp, by_index):
+    """Sort a[:m] by (keys, index), or by index when `by_index`: insertion sort for short runs, bottom-up
+    merge sort otherwise (allocates nothing: `tmp` is the scratch)."""
     if m <= 32:
         for j in range(1, m):
             x = a[j]
             p = j - 1
-            while p >= 0 and a[p] > x:
+            while p >= 0 and _less(keys, x, a[p], by_index):
                 a[p + 1] = a[p]
                 p -= 1
             a[p + 1] = x
@@ -159,7 +117,7 @@ def _sort_index(a, m, tmp):
             hi = min(lo + 2 * width, m)
             i, j, o = lo, mid, lo
             while i < mid and j < hi:
-                if src[j] < src[i]:
+                if _less(keys, src[j], src[i], by_index):
                     dst[o] = src[j]
                     j += 1
                 else:
@@ -198,7 +156,7 @@ def _reorder(keys, order, no, add, na, moving, done, tmp):
         w += 1
     for j in range(na):
         moving[add[j]] = False
-    _sort(keys, add, na, tmp)
+    _sort(keys, add, na, tmp, False)
     i, j, o = 0, 0, 0
     while i < w and j < na:
         if _before(keys, add[j], order[i]):
@@ -226,7 +184,7 @@ def _rekey_all(code, P, S, keys, active, na, order, tmp):
     for j in range(na):
         _set_key(code, P, S, keys, active[j])
         order[j] = active[j]
-    _sort(keys, order, na, tmp)
+    _sort(keys, order, na, tmp, False)
     return na
 
 
@@ -500,7 +458,7 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
             steps[i] += 1
             attained[i] += d
             last_service[i] = now
-        _sort_index(served, m, tmp)
+        _sort(keys, served, m, tmp, True)
         everyone = observes_steps and observe(code, P, S, served, m, now)
         # finish
         n_done = 0
@@ -640,7 +598,7 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
          *(np.zeros(n, np.int64) for _ in range(5)), *(np.zeros(n, bool) for _ in range(3)))
     # the tokens in the table's own dtype (int16 for outputs below 32,767 tokens, else int32): numba compiles
     # one loop per dtype, and a 64-bit copy would cost ~10 ns per table row on every run
-    T = (_i8(table.offset), _same_types((table.cum_tokens,))[0])
+    T = (_i8(table.offset), np.require(table.cum_tokens, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
     report = max(1, n // 200) if progress is not None else 0
     ci = np.array([MODE_CODE[cfg.mode], cfg.max_batch, cfg.max_batch_tokens, cfg.block_size,
                    int(cfg.preemption == "recompute"), s.k, int(engine.policy.preemptive), report,

@@ -44,6 +44,7 @@ from lapsbench.steptable import StepTable
 
 MODES = ("none", "static", "dynamic", "continuous")
 PREEMPTION = ("swap", "recompute")
+ADMISSION = ("guarded", "greedy")
 MAX_SEGMENT_STEPS = 4096
 
 
@@ -55,6 +56,8 @@ class BatchConfig:
     kv_capacity_tokens: float = np.inf   # inf = unlimited
     preemption: str = "swap"
     block_size: int = 16
+    admission: str = "guarded"     # continuous: when a waiting request may displace a resident (docs/batching.md §3)
+    admission_share: float = 0.05  # guarded: largest displacement cost, as a share of its gain
 
 
 def _roundup(tokens: np.ndarray, block: int) -> np.ndarray:
@@ -79,6 +82,8 @@ class BatchedEngine:
         self.swapped = np.zeros(n, bool)
         self.swapped_tokens = np.zeros(n, np.int64)     # KV slots parked in host memory
         self.footprint = np.zeros(n, np.int64)          # KV slots held by residents
+        self.served_share = np.zeros(n, np.float64)     # Σ step time / members over the steps served in
+        self.entry_share = np.zeros(n, np.float64)      # served_share when it last entered memory
         self.used = 0
         self.static_batch = np.empty(0, np.int64)       # static/dynamic: the batch being run
         self.prev_members = np.empty(0, np.int64)       # the previous step's batch
@@ -139,48 +144,71 @@ class BatchedEngine:
     def _fill(self, order: np.ndarray, max_batch: int, budget: int,
               whole_prefill: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
         """Walk the ranking, admitting requests while the batch, token budget and KV memory allow.
-        A request that does not fit stops admission (no overtaking), after evicting lower-ranked
-        residents that are not in the step if that makes room."""
+
+        A request that does not fit stops admission (no overtaking), after evicting lower-ranked residents
+        that are not in the step if that makes room — except, under guarded admission (continuous mode), a
+        *waiting* request (one holding no KV): it may evict only residents whose displacement pays
+        (`_displaceable`); when those cannot make room it waits for free memory, the waiting requests
+        ranked below it wait behind it, and the walk goes on over the residents ranked below it, which run
+        on the memory they hold."""
         s, k, block = self.s, self.s.k, self.cfg.block_size
+        guarded = self.cfg.admission == "guarded" and not whole_prefill
         free = self.cfg.kv_capacity_tokens - self.used
-        # Admission stops at the first request that does not fit, so at most max_batch + 1 are examined:
-        # gather their numbers once (vectorised) and walk them as plain ints.
-        cand = order[: max_batch + 1]
-        if whole_prefill:  # static / dynamic batches reserve their whole length up front
-            decode_need = _roundup(s.prompt_tokens[cand] + s.output_tokens[cand] + k + 1, block).tolist()
-        else:
-            decode_need = _roundup(s.prompt_tokens[cand] + s.generated[cand] + k + 1, block).tolist()
-        cand_l = cand.tolist()
         victims: list[int] | None = None  # residents, lowest ranked first, built on first need
         position: dict[int, int] = {}
+        behind: list[int] | None = None   # once a waiting request is blocked: the residents ranked below it
         chosen: list[int] = []
         chunks: list[int] = []
         stall = 0.0
         tokens = 0
-        for pos, i in enumerate(cand_l):
-            if len(chosen) == max_batch:
-                break
+        pos = -1
+        while len(chosen) < max_batch:
+            if behind is None:
+                pos += 1
+                if pos >= order.size:
+                    break
+                i = int(order[pos])
+            else:
+                if not behind:
+                    break
+                i = behind.pop(0)
+                if not self.resident[i]:  # evicted since: it waits too
+                    continue
+                pos = position[i]
+            waiting = not self.resident[i]
             done_prefill = int(self.prefilled[i])  # live: a recompute eviction in this walk resets it
             left = int(self.target[i]) - done_prefill
+            if whole_prefill:  # static / dynamic batches reserve their whole length up front
+                need = int(_roundup(s.prompt_tokens[i] + s.output_tokens[i] + k + 1, block))
             if left <= 0:
                 chunk, step_tokens = 0, k + 1
                 if tokens + step_tokens > budget:
                     break
-                need = decode_need[pos]
+                if not whole_prefill:
+                    need = int(_roundup(s.prompt_tokens[i] + s.generated[i] + k + 1, block))
             else:
                 chunk = left if whole_prefill else min(left, budget - tokens)
                 if chunk <= 0:
                     break
                 step_tokens = chunk
-                need = decode_need[pos] if whole_prefill else -(-(done_prefill + chunk + k + 1) // block) * block
-            # residency can change during this walk (evictions), so read it live
-            extra = need - int(self.footprint[i]) if self.resident[i] else need
+                if not whole_prefill:
+                    need = -(-(done_prefill + chunk + k + 1) // block) * block
+            extra = need if waiting else need - int(self.footprint[i])
             if extra > free:
                 if victims is None:
                     ranked = order.tolist()
                     position = {idx: p for p, idx in enumerate(ranked)}
                     taken = set(chosen)
                     victims = [v for v in reversed(ranked) if self.resident[v] and v not in taken]
+                if guarded and waiting:
+                    picks = self._displaceable(i, pos, victims, position, extra - free)
+                    if picks is None:  # it waits for free memory; so do the waiting requests behind it
+                        behind = [v for v in reversed(victims) if position[v] > pos]
+                        continue
+                    for v in picks:
+                        victims.remove(v)
+                        free += int(self.footprint[v])
+                        stall += self.evict(v)
                 while extra > free and victims and position[victims[0]] > pos:
                     v = victims.pop(0)
                     free += int(self.footprint[v])
@@ -192,6 +220,8 @@ class BatchedEngine:
                 stall += back
                 s.preempted_s[i] += back
                 self.swapped[i] = False
+            if waiting:  # it enters memory: its tenure starts
+                self.entry_share[i] = self.served_share[i]
             free -= extra
             self.used += extra
             self.footprint[i] = need
@@ -202,6 +232,36 @@ class BatchedEngine:
             if victims and i in victims:
                 victims.remove(i)
         return np.array(chosen, np.int64), np.array(chunks, np.int64), stall
+
+    def displacement_cost(self, v: int) -> float:
+        """Engine seconds that evicting resident `v` costs: swap — its KV copied out and, later, back in
+        (the engine stalls for both); recompute — a prefill-only step of the tokens it has cached."""
+        if self.cfg.preemption == "swap":
+            out = float(self.footprint[v]) * self.kv_bytes / self.link_bytes_s
+            return out + out
+        s = self.s
+        done_prefill = self.prefilled[v] >= self.target[v]
+        lost = int(s.prompt_tokens[v] + s.generated[v]) if done_prefill else int(self.prefilled[v])
+        return float(sd_step_s(s.cost, s.k, np.array([0]), np.array([0]), np.array([1]), np.array([lost]),
+                               np.array([lost * lost]), np.array([0]), np.array([0]))[0])
+
+    def _displaceable(self, i: int, pos: int, victims: list[int], position: dict[int, int],
+                      short: int) -> list[int] | None:
+        """Guarded admission: the residents, lowest ranked first and ranked below waiting request `i` (at
+        `pos`), whose displacement pays — cost <= admission_share × gain, the gain being the engine time the
+        victim has been served beyond `i`, counted from its entry into memory (docs/batching.md §3) — until
+        they free `short` slots; None when all of them cannot."""
+        picks, got = [], 0
+        share, served = self.cfg.admission_share, self.served_share
+        for v in victims:
+            if position[v] <= pos:
+                break
+            if self.displacement_cost(v) <= share * (served[v] - max(served[i], self.entry_share[v])):
+                picks.append(v)
+                got += int(self.footprint[v])
+                if got >= short:
+                    return picks
+        return None
 
     # ------------------------------------------------------------------ stepping
     def _release(self, idx: np.ndarray) -> None:
@@ -235,7 +295,7 @@ class BatchedEngine:
         s.first_token_s[first] = now
         served = np.concatenate((live_dec, pf))
         tokens = np.concatenate((emitted, np.where(self.prefilled[pf] >= self.target[pf], 1, 0)))
-        self._account(served, dt + stall, now)
+        self._account(served, dt + stall, now, members.size)
         self.policy.observe(s, served, tokens, np.full(served.size, now))
         return now, self._finish(served, now)
 
@@ -257,11 +317,12 @@ class BatchedEngine:
             "busy_s": self.busy_s,
         }
 
-    def _account(self, served: np.ndarray, dt: float, now: float) -> None:
+    def _account(self, served: np.ndarray, dt: float, now: float, batch: int) -> None:
         s = self.s
         s.steps[served] += 1
         s.attained_s[served] += dt
         s.last_service_s[served] = now
+        self.served_share[served] += dt / batch
 
     def _finish(self, served: np.ndarray, now: float) -> np.ndarray:
         s = self.s
@@ -331,6 +392,9 @@ class BatchedEngine:
         s.steps[live] += count
         s.attained_s[live] = np.add.accumulate(
             np.vstack([s.attained_s[live][None, :], np.where(stepped, dt[:executed, None], 0.0)]), axis=0)[-1]
+        self.served_share[live] = np.add.accumulate(
+            np.vstack([self.served_share[live][None, :], np.where(stepped, dt[:executed, None] / members.size, 0.0)]),
+            axis=0)[-1]
         s.last_service_s[live] = end[count - 1]
         if self.cfg.mode == "continuous":  # static/dynamic batches reserved their whole length
             grown = _roundup(s.prompt_tokens[live] + gen_before[stop] + k + 1, block)

@@ -47,8 +47,9 @@ STATIC, DYNAMIC, CONTINUOUS = 0, 1, 2
 MODE_CODE = {"static": STATIC, "dynamic": DYNAMIC, "continuous": CONTINUOUS}
 
 # configuration ints (ci) and floats (cf)
-CI_MODE, CI_MAX_BATCH, CI_BUDGET, CI_BLOCK, CI_RECOMPUTE, CI_K, CI_PREEMPTIVE, CI_REPORT, CI_CHECK = range(9)
-CF_KV_CAP, CF_KV_BYTES, CF_LINK = range(3)
+(CI_MODE, CI_MAX_BATCH, CI_BUDGET, CI_BLOCK, CI_RECOMPUTE, CI_K, CI_PREEMPTIVE, CI_REPORT, CI_CHECK,
+ CI_GUARDED) = range(10)
+CF_KV_CAP, CF_KV_BYTES, CF_LINK, CF_SHARE = range(4)
 # loop state ints (li) and floats (lf)
 (LI_ADMITTED, LI_FINISHED, LI_NA, LI_NO, LI_USED, LI_MAX_USED, LI_MAX_BATCH, LI_STATIC_N, LI_PREV_N, LI_STEPS,
  LI_NADD, LI_DROPPED, LI_EVERYONE, LI_STUCK, LI_WORK) = range(15)
@@ -214,25 +215,53 @@ def _evict(S, E, ci, cf, li, v):
     return stall
 
 
+@njit(cache=True)
+def _displacement_cost(S, E, ci, cf, packed, v):
+    """BatchedEngine.displacement_cost: engine seconds that evicting resident v costs."""
+    if ci[CI_RECOMPUTE] == 0:
+        out = float(E[9][v]) * cf[CF_KV_BYTES] / cf[CF_LINK]
+        return out + out
+    lost = S[1][v] + S[3][v] if E[4][v] >= E[5][v] else E[4][v]
+    return _step_time_s(packed, 0, 0, 1, lost, lost * lost, 0, 0)
+
+
 @njit(cache=True, inline="always")
-def _fill(S, E, W, ci, cf, li, order, no, max_batch, budget, whole):
+def _fill(S, E, W, ci, cf, li, order, no, max_batch, budget, whole, packed):
     """BatchedEngine._fill over the ranking `order[:no]`: members and chunks into W[5], W[6]; returns
     (members, stall)."""
     prompt, output, generated = S[1], S[2], S[3]
     prefilled, target, resident, swapped, swapped_tokens, footprint = E[4], E[5], E[6], E[7], E[8], E[9]
+    served_share, entry_share = E[10], E[11]
     members, chunks, victims, vpos, chosen = W[5], W[6], W[11], W[12], W[13]
     k, block = ci[CI_K], ci[CI_BLOCK]
+    guarded = ci[CI_GUARDED] != 0 and not whole
+    share = cf[CF_SHARE]
     free = cf[CF_KV_CAP] - float(li[LI_USED])
+    # until a waiting request is blocked, each request examined joins or ends the walk: at most max_batch + 1
     ncand = min(no, max_batch + 1)
     nch = 0
     stall = 0.0
     tokens = 0
     built = False
     vh, vn = 0, 0
-    for pos in range(ncand):
-        if nch == max_batch:
-            break
-        i = order[pos]
+    pos = -1
+    blocked = False  # a waiting request was blocked: the walk goes on over the residents below it (victims[bq])
+    bq = -1
+    while nch < max_batch:
+        if not blocked:
+            pos += 1
+            if pos >= ncand:
+                break
+            i = order[pos]
+        else:
+            while bq >= 0 and (chosen[victims[bq]] or not resident[victims[bq]]):
+                bq -= 1
+            if bq < 0:
+                break
+            i = victims[bq]
+            pos = vpos[bq]
+            bq -= 1
+        waiting = not resident[i]
         done_prefill = prefilled[i]
         left = target[i] - done_prefill
         if left <= 0:
@@ -253,7 +282,7 @@ def _fill(S, E, W, ci, cf, li, order, no, max_batch, budget, whole):
                 need = _roundup(prompt[i] + output[i] + k + 1, block)
             else:
                 need = _roundup(done_prefill + chunk + k + 1, block)
-        extra = need - footprint[i] if resident[i] else need
+        extra = need if waiting else need - footprint[i]
         if extra > free:
             if not built:  # residents not in the step, lowest ranked first, over the whole ranking
                 built = True
@@ -263,8 +292,39 @@ def _fill(S, E, W, ci, cf, li, order, no, max_batch, budget, whole):
                         victims[vn] = v
                         vpos[vn] = p
                         vn += 1
+            if guarded and waiting:
+                # BatchedEngine._displaceable: victims whose displacement pays, lowest ranked first
+                short = extra - free
+                got = 0
+                last = -1
+                for q in range(vh, vn):
+                    v = victims[q]
+                    if chosen[v] or not resident[v]:
+                        continue
+                    if vpos[q] <= pos:
+                        break
+                    gain = served_share[v] - max(served_share[i], entry_share[v])
+                    if _displacement_cost(S, E, ci, cf, packed, v) <= share * gain:
+                        got += footprint[v]
+                        if got >= short:
+                            last = q
+                            break
+                if last < 0:  # it waits for free memory; so do the waiting requests behind it
+                    blocked = True
+                    bq = vn - 1
+                    while bq >= 0 and vpos[bq] <= pos:
+                        bq -= 1
+                    continue
+                for q in range(vh, last + 1):
+                    v = victims[q]
+                    if chosen[v] or not resident[v]:
+                        continue
+                    gain = served_share[v] - max(served_share[i], entry_share[v])
+                    if _displacement_cost(S, E, ci, cf, packed, v) <= share * gain:
+                        free += footprint[v]
+                        stall += _evict(S, E, ci, cf, li, v)
             while extra > free:
-                while vh < vn and chosen[victims[vh]]:  # admitted since: no longer a victim
+                while vh < vn and (chosen[victims[vh]] or not resident[victims[vh]]):  # admitted or evicted since
                     vh += 1
                 if vh >= vn or vpos[vh] <= pos:
                     break
@@ -279,6 +339,8 @@ def _fill(S, E, W, ci, cf, li, order, no, max_batch, budget, whole):
             stall += back
             E[3][i] += back
             swapped[i] = False
+        if waiting:  # it enters memory: its tenure starts
+            entry_share[i] = served_share[i]
         free -= extra
         li[LI_USED] += extra
         footprint[i] = need
@@ -317,7 +379,7 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
     ranks, observes_steps, rekey = ranks_with_side_effects(code), observes(code), not keys_static(code)
     arrival, prompt, output, generated, steps, decode_steps, attained, last_service, done = S
     first_token, finish, preemptions = E[0], E[1], E[2]
-    prefilled, target, resident, footprint = E[4], E[5], E[6], E[9]
+    prefilled, target, resident, footprint, served_share = E[4], E[5], E[6], E[9], E[10]
     active, order, keys, static_batch, prev_members, members, chunks, served, add, tmp, part = W[:11]
     moving, in_step = W[14], W[15]
     offset, cum = T
@@ -378,7 +440,8 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
                         w += 1
                 ranking = part
             whole = mode != CONTINUOUS  # static / dynamic batches reserve their whole length up front
-            nm, stall = _fill(S, E, W, ci, cf, li, ranking, no, max_batch, NO_BUDGET if whole else budget, whole)
+            nm, stall = _fill(S, E, W, ci, cf, li, ranking, no, max_batch, NO_BUDGET if whole else budget, whole,
+                              packed)
             if whole:
                 for j in range(nm):
                     static_batch[j] = members[j]
@@ -458,6 +521,7 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
             steps[i] += 1
             attained[i] += d
             last_service[i] = now
+            served_share[i] += d / nm
         _sort(keys, served, m, tmp, True)
         everyone = observes_steps and observe(code, P, S, served, m, now)
         # finish
@@ -591,7 +655,8 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
         assert getattr(s, name).dtype == np.float64 and getattr(s, name).flags.c_contiguous
     # engine state (written through)
     E = (s.first_token_s, s.finish_s, s.preemptions, s.preempted_s, engine.prefilled, engine.target,
-         engine.resident, engine.swapped, engine.swapped_tokens, engine.footprint)
+         engine.resident, engine.swapped, engine.swapped_tokens, engine.footprint, engine.served_share,
+         engine.entry_share)
     # work arrays: active, order, keys, static batch, previous members, members, chunks, served, to (re-)key,
     # scratch, non-preemptive ranking, victims, victims' positions, chosen / moving / in-step flags
     W = (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros((n, 3)), *(np.zeros(b, np.int64) for _ in range(5)),
@@ -602,8 +667,9 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
     report = max(1, n // 200) if progress is not None else 0
     ci = np.array([MODE_CODE[cfg.mode], cfg.max_batch, cfg.max_batch_tokens, cfg.block_size,
                    int(cfg.preemption == "recompute"), s.k, int(engine.policy.preemptive), report,
-                   int(engine.check)], np.int64)
-    cf = np.array([float(cfg.kv_capacity_tokens), float(engine.kv_bytes), float(engine.link_bytes_s)], np.float64)
+                   int(engine.check), int(cfg.admission == "guarded")], np.int64)
+    cf = np.array([float(cfg.kv_capacity_tokens), float(engine.kv_bytes), float(engine.link_bytes_s),
+                   float(cfg.admission_share)], np.float64)
     li = np.zeros(15, np.int64)
     li[LI_USED] = engine.used
     lf = np.zeros(4, np.float64)

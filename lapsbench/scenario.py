@@ -133,6 +133,12 @@ class EngineSpec:
     preemption: str = _f("swap", "what a memory preemption costs: swap (KV to host and back) or recompute",
                          choices=("swap", "recompute"))
     block_size: int = _f(16, "KV-cache block size in tokens", _at_least_one)
+    admission: str = _f("guarded", "continuous batching: when may a waiting request displace a lower-ranked "
+                        "resident's KV? guarded: when the swap / recompute cost is at most admission_share of the "
+                        "gain | greedy: whenever it needs the memory (docs/batching.md §3)",
+                        choices=("guarded", "greedy"))
+    admission_share: float = _f(0.05, "guarded admission: largest displacement cost, as a share of its gain",
+                                _non_negative)
 
 
 @dataclass(frozen=True)

@@ -161,4 +161,5 @@ def build_batch_config(s: Scenario, cost: CostModel) -> BatchConfig | None:
         raise LapsbenchError(f"engine.max_batch_tokens: {e.max_batch_tokens} is smaller than one decode step of a "
                              f"full batch (max_batch {e.max_batch} × (k + 1) = {step} tokens); expected >= {step}")
     return BatchConfig(mode=e.batching, max_batch=e.max_batch, max_batch_tokens=e.max_batch_tokens,
-                       kv_capacity_tokens=float(capacity), preemption=e.preemption, block_size=e.block_size)
+                       kv_capacity_tokens=float(capacity), preemption=e.preemption, block_size=e.block_size,
+                       admission=e.admission, admission_share=e.admission_share)

@@ -54,14 +54,18 @@ def run(case: dict, policy: str, config: BatchConfig, cost: CostModel, reference
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("mode", ["static", "dynamic", "continuous"])
+@pytest.mark.parametrize(("mode", "admission"), [("static", "greedy"), ("dynamic", "greedy"),
+                                                 ("continuous", "greedy"), ("continuous", "guarded")])
 @pytest.mark.parametrize("seed", range(3))
-def test_fast_equals_stepwise_reference(policy: str, mode: str, seed: int):
+def test_fast_equals_stepwise_reference(policy: str, mode: str, admission: str, seed: int):
+    """(Static and dynamic batches take no admission rule: guarded applies to continuous batching only.)"""
     case = random_case(seed)
     worst = int((case["prompt_tokens"] + case["output_tokens"]).max()) + 16 + 5
     capacity = [np.inf, worst * 3, worst + 32][seed]  # unlimited, tight, very tight (forces preemption)
+    # a share of 2 lets some waiting requests displace residents under guarded admission, not all
     config = BatchConfig(mode=mode, max_batch=[4, 8, 16][seed], max_batch_tokens=[64, 128, 512][seed],
-                         kv_capacity_tokens=capacity, preemption=["swap", "recompute", "swap"][seed])
+                         kv_capacity_tokens=capacity, preemption=["swap", "recompute", "swap"][seed],
+                         admission=admission, admission_share=2.0)
     cost = linear_cost()
     fast, fast_engine = run(case, policy, config, cost, reference=False)
     slow, engine = run(case, policy, config, cost, reference=True)
@@ -80,7 +84,8 @@ def test_memory_pressure_preempts_and_charges_swap_time():
     case = random_case(7, n=40)
     case["arrival_s"] = np.zeros(40)
     worst = int((case["prompt_tokens"] + case["output_tokens"]).max()) + 16 + 5
-    cfg = BatchConfig(mode="continuous", max_batch=32, max_batch_tokens=4096, kv_capacity_tokens=worst + 64)
+    cfg = BatchConfig(mode="continuous", max_batch=32, max_batch_tokens=4096, kv_capacity_tokens=worst + 64,
+                      admission="greedy")
     state, engine = run(case, "las", cfg, linear_cost(), reference=True)
     assert state.preemptions.sum() > 0 and state.preempted_s.sum() > 0
     assert engine.max_used <= worst + 64
@@ -102,7 +107,7 @@ def test_swap_and_recompute_timeline_by_hand():
                                host_link_gb_s=8192.0 / 1e9)
     case = dict(arrival_s=[0.0, 0.5], prompt_tokens=[20, 10], output_tokens=[3, 1], k=0)
     cfg = BatchConfig(mode="continuous", max_batch=2, max_batch_tokens=64, kv_capacity_tokens=32,
-                      preemption="swap")
+                      preemption="swap", admission="greedy")
     state, _ = run(case, "srpt", cfg, cost, reference=True)
     # 0–3 A prefill; at 3: B (1 left) ranks first; needs 16, A holds 32, capacity 32 → evict A: 32 s stall,
     # step = B's prefill 1 + 0.1·10 = 2 s → B finishes at 3 + 32 + 2 = 37. Then A swaps in (32 s) and decodes
@@ -117,6 +122,71 @@ def test_swap_and_recompute_timeline_by_hand():
     # (1 + 0.1·21 = 3.1 s) → 8.1, emitting its 2nd token; one decode step → 9.1 (3rd token, done).
     assert state.finish_s.tolist() == pytest.approx([9.1, 5.0])
     assert state.preemptions.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_guarded_admission_timeline_by_hand(reference: bool):
+    """The case above under guarded admission. At t = 3 B (waiting) may displace A only if the cost is at most
+    admission_share × gain; the gain is the engine time A has been served since it entered memory (3 s: its
+    prefill step, alone). Swap over a link of 0.01 s per token: cost 2 × 32 × 0.01 = 0.64 s.
+    share 0.05 (0.15 s < 0.64): B waits; A decodes 3–4, 4–5 and finishes; B prefills 5–7.
+    share 0.25 (0.75 s ≥ 0.64): A is swapped out (0.32 s), B prefills and finishes at 3 + 0.32 + 2 = 5.32, A
+    swaps back in (0.32 s) and decodes 2 steps: 7.64.
+    Recompute: cost = a prefill-only step of A's 21 cached tokens = 1 + 0.1·21 = 3.1 s: B waits at share 1.0
+    (3 s), displaces at share 1.1 (3.3 s) — then as under greedy: B 3–5, A re-prefills 5–8.1, decodes to 9.1."""
+    cost = dataclasses.replace(fixed_profile(1.0, prefill_s_per_token=0.1), kv_bytes_per_token=8192.0,
+                               host_link_gb_s=8192.0 * 100 / 1e9)
+    case = dict(arrival_s=[0.0, 0.5], prompt_tokens=[20, 10], output_tokens=[3, 1], k=0)
+    for preemption, share, finish, preemptions in [("swap", 0.05, [5.0, 7.0], [0, 0]),
+                                                   ("swap", 0.25, [7.64, 5.32], [1, 0]),
+                                                   ("recompute", 1.0, [5.0, 7.0], [0, 0]),
+                                                   ("recompute", 1.1, [9.1, 5.0], [1, 0])]:
+        cfg = BatchConfig(mode="continuous", max_batch=2, max_batch_tokens=64, kv_capacity_tokens=32,
+                          preemption=preemption, admission="guarded", admission_share=share)
+        state, engine = run(case, "srpt", cfg, cost, reference=reference)
+        assert (engine.compiled_steps is None) == reference
+        assert state.finish_s.tolist() == pytest.approx(finish), (preemption, share)
+        assert state.preemptions.tolist() == preemptions, (preemption, share)
+
+
+def test_guarded_admission_keeps_residents_running_behind_a_blocked_request():
+    """A blocked waiting request does not stop the walk: residents ranked below it run on the memory they
+    hold, waiting requests ranked below it wait (no overtaking). Fixed profile, k = 0, blocks of 16, capacity
+    64. LAS: A and B (prompt 20, output 6) prefill together at t = 0 (32 slots each); C (prompt 10) and D
+    (prompt 1) arrive at 0.5 with no attained service and rank first, but memory is full and A and B (1 s of
+    engine time each) are not worth a 64 s swap: C and D wait while A and B decode to the end (t = 6); then
+    C and D run together."""
+    cost = dataclasses.replace(fixed_profile(1.0), kv_bytes_per_token=8192.0, host_link_gb_s=8192.0 / 1e9)
+    case = dict(arrival_s=[0.0, 0.0, 0.5, 0.5], prompt_tokens=[20, 20, 10, 1], output_tokens=[6, 6, 2, 2], k=0)
+    for admission, finish in [("guarded", [6.0, 6.0, 8.0, 8.0]), ("greedy", None)]:
+        cfg = BatchConfig(mode="continuous", max_batch=4, max_batch_tokens=64, kv_capacity_tokens=64,
+                          admission=admission)
+        state, _ = run(case, "las", cfg, cost, reference=True)
+        if finish is not None:
+            assert state.finish_s.tolist() == finish
+            assert state.preemptions.sum() == 0 and state.preempted_s.sum() == 0
+        else:  # greedy: C evicts B (32 s of swap out, 32 back in)
+            assert state.preemptions[1] >= 1 and state.preempted_s.sum() >= 64
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "sjf", "ssjf"])
+def test_guarded_admission_leaves_non_preemptive_policies_unchanged(policy: str):
+    """A non-preemptive policy ranks every resident ahead of every waiting request, so no waiting request ever
+    has a lower-ranked resident to displace: both rules give the same run, field by field, under memory
+    pressure that makes residents evict each other as they grow."""
+    case = random_case(13, n=80)
+    worst = int((case["prompt_tokens"] + case["output_tokens"]).max()) + 16 + 5
+    runs = []
+    for admission in ("greedy", "guarded"):
+        for preemption in ("swap", "recompute"):
+            cfg = BatchConfig(mode="continuous", max_batch=16, max_batch_tokens=256, kv_capacity_tokens=worst * 4,
+                              preemption=preemption, admission=admission)
+            runs.append(run(case, policy, cfg, linear_cost(), reference=False))
+    (greedy_swap, e1), (greedy_recompute, _), (guarded_swap, _), (guarded_recompute, _) = runs
+    assert greedy_swap.preemptions.sum() > 0  # memory pressure: residents are evicted
+    for field in FIELDS:
+        assert np.array_equal(getattr(greedy_swap, field), getattr(guarded_swap, field)), field
+        assert np.array_equal(getattr(greedy_recompute, field), getattr(guarded_recompute, field)), field
 
 
 def test_static_batch_completes_together_and_dynamic_rebatches():
@@ -281,13 +351,13 @@ def test_policy_variants_compiled_equal_stepwise(name: str, params: dict, seed: 
     np.testing.assert_equal(fast_engine.stats(), engine.stats())
 
 
-def livelock_case(policy: str, preemption: str = "recompute"):
+def livelock_case(policy: str, preemption: str = "recompute", admission: str = "greedy"):
     """Two 200-token prompts prefilled in 64-token chunks with room for one and a bit: a policy that ranks
     the less-served request first (las, rr) evicts the other mid-prefill every step."""
     state = create_state(arrival_s=[0.0, 0.0], output_tokens=[5, 5], prompt_tokens=[200, 200], cost=linear_cost())
     state.acceptance = create_acceptance(state, 0.5, 3)
     config = BatchConfig(mode="continuous", max_batch=4, max_batch_tokens=64, kv_capacity_tokens=256.0,
-                         preemption=preemption, block_size=16)
+                         preemption=preemption, block_size=16, admission=admission)
     return state, BatchedEngine(state, make_policy(policy), state.acceptance, config)
 
 
@@ -304,10 +374,21 @@ def test_recompute_livelock_is_reported_not_simulated_forever(policy: str, refer
 
 @pytest.mark.parametrize(("policy", "preemption"), [("las", "swap"), ("rr", "swap"), ("fcfs", "recompute"),
                                                     ("srpt", "recompute")])
-def test_same_pressure_without_the_livelock_completes(policy: str, preemption: str):
+@pytest.mark.parametrize("admission", ["greedy", "guarded"])
+def test_same_pressure_without_the_livelock_completes(policy: str, preemption: str, admission: str):
     """Swap keeps prefill progress; fcfs / srpt keep ranking the same request first: all finish."""
     for reference in (False, True):
-        state, engine = livelock_case(policy, preemption)
+        state, engine = livelock_case(policy, preemption, admission)
+        engine.run(max_rounds=1 if reference else None)
+        assert state.done.all() and (engine.compiled_steps is None) == reference
+
+
+@pytest.mark.parametrize("policy", ["las", "rr"])
+def test_guarded_admission_does_not_livelock(policy: str):
+    """The livelock case under guarded admission: a partial prefill (a chunk of engine time) is not worth its
+    recompute, so an evicted request waits for memory instead of evicting the other back: both finish."""
+    for reference in (False, True):
+        state, engine = livelock_case(policy, admission="guarded")
         engine.run(max_rounds=1 if reference else None)
         assert state.done.all() and (engine.compiled_steps is None) == reference
 

@@ -168,6 +168,10 @@ def test_bad_trace(tmp_path: Path, kind: str, needles: tuple[str, ...]):
      ("engine.max_batch_tokens", "16", "32")),
     (("[output]", "[engine]\nbatching = \"continuous\"\nkv_capacity_tokens = 64\n[output]"),
      ("engine.kv_capacity_tokens", "64", "request")),
+    (("[output]", "[engine]\nbatching = \"continuous\"\nadmission = \"polite\"\n[output]"),
+     ("engine.admission", "polite", "guarded", "greedy")),
+    (("[output]", "[engine]\nbatching = \"continuous\"\nadmission_share = -0.1\n[output]"),
+     ("engine.admission_share", "-0.1", ">= 0")),
 ])
 def test_bad_scenario(tmp_path: Path, small_trace: Path, edit: tuple[str, str], needles: tuple[str, ...]):
     body = SCENARIO.replace("{trace}", "{{trace}}").replace(edit[0].replace("{trace}", "{{trace}}"),
@@ -200,7 +204,7 @@ def test_livelocked_scheduler_exits_2_and_writes_nothing(tmp_path: Path):
                   "output_tokens": [5, 5]}).write_parquet(trace)
     body = SCENARIO.replace("k = 3", "k = 0").replace('name = "fcfs"', 'name = "rr"', 1).replace(
         "[output]", '[engine]\nbatching = "continuous"\nmax_batch = 4\nmax_batch_tokens = 64\n'
-        'kv_capacity_tokens = 256\nblock_size = 16\npreemption = "recompute"\n[output]')
+        'kv_capacity_tokens = 256\nblock_size = 16\npreemption = "recompute"\nadmission = "greedy"\n[output]')
     result = lapsbench("run", str(write_scenario(tmp_path, trace, body)), "--quiet")
     expect_bad(result, "scheduler rr: livelock", "swap", "max_batch_tokens")
     assert not (tmp_path / "out").exists()

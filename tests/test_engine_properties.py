@@ -1,6 +1,7 @@
 """Property-based check (hypothesis): on randomized small scenarios, the fast engines give exactly the
 per-request results of their step-by-step counterparts — across every registered policy, every batching
-mode and the fixed, beta (drift + AR(1)) and empirical acceptance processes. The fast batched engine is the
+mode (continuous with both admission rules) and the fixed, beta (drift + AR(1)) and empirical acceptance
+processes. The fast batched engine is the
 compiled loop (lapsbench/batching_compiled.py)."""
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ scenarios = st.fixed_dictionaries({
     "max_batch": st.integers(1, 6),
     "tight_memory": st.booleans(),
     "preemption": st.sampled_from(["swap", "recompute"]),
+    "admission": st.sampled_from(["guarded", "greedy"]),
+    "admission_share": st.sampled_from([0.0, 0.05, 1.0, 20.0]),
 })
 
 
@@ -69,7 +72,8 @@ def test_fast_engine_equals_stepwise_engine(case: dict) -> None:
             capacity = float(worst + 16) if case["tight_memory"] else np.inf
             config = BatchConfig(mode=case["mode"], max_batch=case["max_batch"],
                                  max_batch_tokens=max(64, case["max_batch"] * (state.k + 1)),
-                                 kv_capacity_tokens=capacity, preemption=case["preemption"], block_size=8)
+                                 kv_capacity_tokens=capacity, preemption=case["preemption"], block_size=8,
+                                 admission=case["admission"], admission_share=case["admission_share"])
             engine = BatchedEngine(state, policy, state.acceptance, config, check_invariants=stepwise)
             engine.run(max_rounds=1 if stepwise else None)
             # the fast run is the compiled loop (no acceptance kind here is position dependent)

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 
 import numpy as np
+import polars as pl
 import pytest
 
 from lapsbench.batching import BatchConfig, BatchedEngine, _roundup
@@ -16,8 +17,10 @@ from lapsbench.engine import table_for
 from lapsbench.errors import LapsbenchError
 from lapsbench.policies import make_policy, registry
 from lapsbench.policies.fcfs import FCFS
+from lapsbench.runner import run_scenario
+from lapsbench.scenario import parse_scenario
 
-from conftest import create_acceptance, create_state
+from conftest import create_acceptance, create_state, write_canonical_trace
 from test_policy_conformance import IDS as VARIANT_IDS
 from test_policy_conformance import VARIANTS
 from test_policy_conformance import random_case as policy_case
@@ -406,3 +409,28 @@ def test_compiled_loop_reads_32_bit_token_tables():
     assert engine.compiled_steps is not None and _token_dtype(fast.output_tokens) is np.int32
     for name in FIELDS:
         assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True), name
+
+
+def test_non_preemptive_requests_frames_identical_under_both_admission_rules(tmp_path):
+    """End to end (runner, measured H100 profile, a KV cache small enough for residents to evict each other):
+    the requests frame of fcfs, sjf and ssjf is the same under guarded (the default) and greedy admission —
+    greedy being the engine's rule before admission existed — while las, which ranks newcomers first, changes."""
+    trace = write_canonical_trace(tmp_path / "trace.parquet", n=300, seed=4, rate=40.0)
+    frames = {}
+    for admission in ("greedy", "guarded"):
+        s = parse_scenario({
+            "name": "t", "seed": 2, "trace": {"path": str(trace)}, "model": {"profile": "h100-llama2-7b"},
+            "speculation": {"k": 4, "acceptance": {"kind": "fixed", "alpha": 0.7}},
+            "engine": {"batching": "continuous", "max_batch": 32, "max_batch_tokens": 2048,
+                       "kv_capacity_tokens": 6000, "preemption": "swap", "admission": admission},
+            "scheduler": [{"name": n} for n in ("fcfs", "sjf", "ssjf", "las")]})
+        frames[admission] = run_scenario(s).requests
+    greedy, guarded = frames["greedy"], frames["guarded"]
+    for name in ("fcfs", "sjf", "ssjf"):
+        a, b = (f.filter(pl.col("scheduler") == name) for f in (greedy, guarded))
+        assert a.height == 300 and a.equals(b), name
+    fcfs = greedy.filter(pl.col("scheduler") == "fcfs")
+    assert fcfs["preemptions"].sum() > 0  # memory pressure: growing residents evict each other
+    las = [f.filter(pl.col("scheduler") == "las") for f in (greedy, guarded)]
+    assert not las[0].equals(las[1])
+    assert las[1]["preemptions"].sum() < las[0]["preemptions"].sum()

@@ -94,6 +94,8 @@ class BatchedEngine:
         self.batch_time = 0.0
         self.kv_time = 0.0
         self.max_batch_seen = 0
+        self.evictions = 0       # memory evictions (swap-outs or drops)
+        self.displacements = 0   # … of them made for a waiting request (the rest: for a resident's growth)
         worst = _roundup(state.prompt_tokens + state.output_tokens + state.k + 1, config.block_size)
         if worst.size and worst.max() > config.kv_capacity_tokens:
             i = int(np.argmax(worst))
@@ -108,6 +110,7 @@ class BatchedEngine:
         self.used -= int(self.footprint[victim])
         self.resident[victim] = False
         s.preemptions[victim] += 1
+        self.evictions += 1
         stall = 0.0
         if self.cfg.preemption == "swap":
             stall = float(self.footprint[victim]) * self.kv_bytes / self.link_bytes_s
@@ -209,10 +212,12 @@ class BatchedEngine:
                         victims.remove(v)
                         free += int(self.footprint[v])
                         stall += self.evict(v)
+                        self.displacements += 1
                 while extra > free and victims and position[victims[0]] > pos:
                     v = victims.pop(0)
                     free += int(self.footprint[v])
                     stall += self.evict(v)
+                    self.displacements += waiting
                 if extra > free:
                     break
             if self.swapped[i]:  # bring its KV back from host memory
@@ -306,7 +311,8 @@ class BatchedEngine:
         self.max_batch_seen = max(self.max_batch_seen, batch_size)
 
     def stats(self) -> dict[str, float]:
-        """Time-weighted over busy time: mean batch size and KV-cache utilisation; their maxima."""
+        """Time-weighted over busy time: mean batch size and KV-cache utilisation; their maxima; memory
+        evictions per request, and those made for waiting requests (displacements)."""
         cap = self.cfg.kv_capacity_tokens
         busy = max(self.busy_s, 1e-300)
         return {
@@ -315,6 +321,8 @@ class BatchedEngine:
             "kv_util_mean": self.kv_time / busy / cap if np.isfinite(cap) else float("nan"),
             "kv_util_max": self.max_used / cap if np.isfinite(cap) else float("nan"),
             "busy_s": self.busy_s,
+            "evictions_mean": self.evictions / max(self.s.n, 1),
+            "displacements_mean": self.displacements / max(self.s.n, 1),
         }
 
     def _account(self, served: np.ndarray, dt: float, now: float, batch: int) -> None:

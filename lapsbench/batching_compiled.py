@@ -52,7 +52,7 @@ MODE_CODE = {"static": STATIC, "dynamic": DYNAMIC, "continuous": CONTINUOUS}
 CF_KV_CAP, CF_KV_BYTES, CF_LINK, CF_SHARE = range(4)
 # loop state ints (li) and floats (lf)
 (LI_ADMITTED, LI_FINISHED, LI_NA, LI_NO, LI_USED, LI_MAX_USED, LI_MAX_BATCH, LI_STATIC_N, LI_PREV_N, LI_STEPS,
- LI_NADD, LI_DROPPED, LI_EVERYONE, LI_STUCK, LI_WORK) = range(15)
+ LI_NADD, LI_DROPPED, LI_EVERYONE, LI_STUCK, LI_WORK, LI_EVICTIONS, LI_DISPLACED) = range(17)
 LF_NOW, LF_BUSY, LF_BATCH_TIME, LF_KV_TIME = range(4)
 
 DONE, PROGRESS, ERR_EMPTY, ERR_TABLE, ERR_INVARIANT, ERR_LIVELOCK = 0, 1, -1, -2, -3, -4
@@ -202,6 +202,7 @@ def _evict(S, E, ci, cf, li, v):
     li[LI_USED] -= fp
     E[6][v] = False
     E[2][v] += 1
+    li[LI_EVICTIONS] += 1
     stall = 0.0
     if ci[CI_RECOMPUTE] == 0:
         stall = float(fp) * cf[CF_KV_BYTES] / cf[CF_LINK]
@@ -323,6 +324,7 @@ def _fill(S, E, W, ci, cf, li, order, no, max_batch, budget, whole, packed):
                     if _displacement_cost(S, E, ci, cf, packed, v) <= share * gain:
                         free += footprint[v]
                         stall += _evict(S, E, ci, cf, li, v)
+                        li[LI_DISPLACED] += 1
             while extra > free:
                 while vh < vn and (chosen[victims[vh]] or not resident[victims[vh]]):  # admitted or evicted since
                     vh += 1
@@ -332,6 +334,8 @@ def _fill(S, E, W, ci, cf, li, order, no, max_batch, budget, whole, packed):
                 vh += 1
                 free += footprint[v]
                 stall += _evict(S, E, ci, cf, li, v)
+                if waiting:
+                    li[LI_DISPLACED] += 1
             if extra > free:
                 break
         if swapped[i]:  # bring its KV back from host memory
@@ -670,7 +674,7 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
                    int(engine.check), int(cfg.admission == "guarded")], np.int64)
     cf = np.array([float(cfg.kv_capacity_tokens), float(engine.kv_bytes), float(engine.link_bytes_s),
                    float(cfg.admission_share)], np.float64)
-    li = np.zeros(15, np.int64)
+    li = np.zeros(17, np.int64)
     li[LI_USED] = engine.used
     lf = np.zeros(4, np.float64)
     while True:
@@ -697,6 +701,8 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
     engine.prev_members = W[4][:int(li[LI_PREV_N])].copy()
     engine.static_batch = np.empty(0, np.int64)
     engine.compiled_steps = int(li[LI_STEPS])
+    engine.evictions += int(li[LI_EVICTIONS])
+    engine.displacements += int(li[LI_DISPLACED])
     if progress is not None:
         progress(int(li[LI_FINISHED]))
     return True

@@ -71,11 +71,13 @@ def grid_table(rows: pl.DataFrame) -> str:
 
 def detail_table(rows: pl.DataFrame) -> str:
     lines = ["| preemption | admission | load | scheduler | req/s | vs FCFS | preemptions / request | "
-             "swap stall / busy | TTFT mean s | JCT p99 s |", "|" + "---|" * 10]
+             "evictions / request | of which displacements | swap stall / busy | KV use | TTFT mean s | "
+             "JCT p99 s |", "|" + "---|" * 13]
     for r in rows.to_dicts():
         lines.append(f"| {r['preemption']} | {r['admission']} | {r['rate_scale']:g} | {r['scheduler']} | "
                      f"{r['throughput_rps']:.2f} | {r['vs_fcfs']:.3f} | {r['preemptions_mean']:.2f} | "
-                     f"{r['stall_share']:.3f} | {r['ttft_mean_s']:.2f} | {r['jct_p99_s']:,.1f} |")
+                     f"{r['evictions_mean']:.3f} | {r['displacements_mean']:.3f} | {r['stall_share']:.3f} | "
+                     f"{r['kv_util_mean']:.2f} | {r['ttft_mean_s']:.2f} | {r['jct_p99_s']:,.1f} |")
     return "\n".join(lines)
 
 
@@ -145,7 +147,8 @@ def main() -> None:
             parts.append(summary.with_columns(pl.lit(pre).alias("preemption"), pl.lit(adm).alias("admission")))
     rows = pl.concat(parts, how="diagonal_relaxed").select(
         "preemption", "admission", "rate_scale", "offered_rps", "scheduler", "throughput_rps", "vs_fcfs", "saturated",
-        "jct_mean_s", "jct_p99_s", "ttft_mean_s", "preemptions_mean", "stall_share")
+        "jct_mean_s", "jct_p99_s", "ttft_mean_s", "preemptions_mean", "evictions_mean", "displacements_mean",
+        "stall_share", "kv_util_mean")
     rows.write_csv(out / "grid.csv")
     plot(rows, args.img)
     # part 2: every built-in scheduler under the default admission rule

@@ -164,12 +164,15 @@ def test_guarded_admission_keeps_residents_running_behind_a_blocked_request():
     for admission, finish in [("guarded", [6.0, 6.0, 8.0, 8.0]), ("greedy", None)]:
         cfg = BatchConfig(mode="continuous", max_batch=4, max_batch_tokens=64, kv_capacity_tokens=64,
                           admission=admission)
-        state, _ = run(case, "las", cfg, cost, reference=True)
+        state, engine = run(case, "las", cfg, cost, reference=True)
+        stats = engine.stats()
         if finish is not None:
             assert state.finish_s.tolist() == finish
             assert state.preemptions.sum() == 0 and state.preempted_s.sum() == 0
+            assert stats["evictions_mean"] == stats["displacements_mean"] == 0
         else:  # greedy: C evicts B (32 s of swap out, 32 back in)
             assert state.preemptions[1] >= 1 and state.preempted_s.sum() >= 64
+            assert stats["displacements_mean"] > 0
 
 
 @pytest.mark.parametrize("policy", ["fcfs", "sjf", "ssjf"])

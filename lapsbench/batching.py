@@ -9,7 +9,10 @@ Memory: a resident request holds KV slots for its cached tokens plus the k + 1 s
 rounded up to blocks. When a higher-ranked request needs memory, the policy's lowest-ranked resident that
 is not in the step is preempted: `swap` copies its KV to host memory (bytes / host-link bandwidth, and the
 same again to bring it back; the engine stalls for the copy), `recompute` drops it and the request later
-re-prefills its prompt and everything it had generated.
+re-prefills its prompt and everything it had generated. Under continuous batching with `admission =
+"guarded"` (the default) a *waiting* request (holding no KV) may displace a resident only when the
+displacement costs at most `admission_share` of the engine time the victim has been served beyond it since
+the victim entered memory; otherwise it waits for free memory (docs/batching.md §3).
 
 Modes (SSJF's semantics for static and dynamic):
 - static: a batch of up to `max_batch` requests in policy order runs until all its members finish; a

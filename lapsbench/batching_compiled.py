@@ -3,7 +3,8 @@
 
 Every step: admit arrivals, rank (the policy's compiled `prerank` wherever the Python engine calls `rank`),
 form the batch (the same admission walk: no overtaking, eviction of the lowest-ranked residents that are
-not in the step, swap stalls out and back in, recompute resets the prefill target), price it
+not in the step — for a waiting request under guarded admission only those whose displacement pays —,
+swap stalls out and back in, recompute resets the prefill target), price it
 (costkernel.step_time_s with every prefill feature, as one_step's sd_step_s call), draw each decoding
 member's tokens from the replication's step table, account, let the policy observe (served requests in
 ascending index, before finishing marks them done), finish.

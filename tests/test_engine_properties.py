@@ -1,7 +1,7 @@
 """Property-based check (hypothesis): on randomized small scenarios, the fast engines give exactly the
-per-request results of their step-by-step counterparts — across every registered policy, every batching
-mode (and LAPS-SD's three placements) and the fixed, beta (drift + AR(1)) and empirical acceptance processes. The fast batched engine is the
-compiled loop (lapsbench/batching_compiled.py)."""
+per-request results of their step-by-step counterparts — across every registered policy (and LAPS-SD's
+three placements), every batching mode and the fixed, beta (drift + AR(1)) and empirical acceptance
+processes. The fast batched engine is the compiled loop (lapsbench/batching_compiled.py)."""
 
 from __future__ import annotations
 

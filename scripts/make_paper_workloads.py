@@ -39,7 +39,7 @@ PROFILE = "h100-llama3-8b"
 K = 4
 CAP = 8192
 REQUESTS = 2000
-REPLICATIONS = 5
+REPLICATIONS = 3
 SEED = 2025
 BURSTY_CV = 2.5
 # name: (dataset, keep(output tokens), arrival processes, what it stands for)

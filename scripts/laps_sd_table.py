@@ -88,7 +88,7 @@ def matrix(req: pl.DataFrame, label: str) -> np.ndarray:
     return sub["jct_s"].to_numpy().reshape(reps, -1).T
 
 
-def tables(name: str, out: Path, stats: dict) -> str:
+def tables(name: str, out: Path, stats: dict, answers: list[str]) -> str:
     summary = pl.read_csv(out / "summary.csv")
     per_rep = pl.read_csv(out / "summary_by_replication.csv")
     req = pl.read_parquet(out / "requests.parquet", columns=["rate_scale", "scheduler", "replication", "request_id",
@@ -118,7 +118,12 @@ def tables(name: str, out: Path, stats: dict) -> str:
         for other in AGAINST:
             iv = paired_t_ratio(subject, matrix(at, other))
             versus.append(f"{other} {pct(iv.lo, iv.estimate, iv.hi)}")
+        ssjf = paired_t_ratio(matrix(at, "ssjf"), matrix(at, "fcfs"))
+        oracle = paired_t_ratio(matrix(at, "srpt-sd"), matrix(at, "ssjf"))
         lines += ["", f"{SUBJECT} mean JCT vs " + "; ".join(versus), ""]
+        load = f"{scale:g}" if name in PAPER else "≈ 0.8"
+        answers.append(f"| {name} | {load} | " + " | ".join(v.split(" ", 1)[1] for v in versus)
+                       + f" | {pct(ssjf.lo, ssjf.estimate, ssjf.hi)} | {pct(oracle.lo, oracle.estimate, oracle.hi)} |")
     return "\n".join(lines)
 
 
@@ -129,12 +134,17 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or PAPER + AZURE
+    answers: list[str] = []
     for name in names:
         out = Path(f"results/papers/{name}-compare")
         if not (args.reuse and (out / "summary.csv").is_file()):
             out = simulate(name, args.replications)
         reps = pl.read_csv(out / "summary_by_replication.csv")["replication"].n_unique()
-        print(tables(name, out, workload_stats(name, reps)), flush=True)
+        print(tables(name, out, workload_stats(name, reps), answers), flush=True)
+    print("### Summary: LAPS-SD's paired change of mean JCT (negative = LAPS-SD faster)\n")
+    print("| workload | ρ | vs fcfs | vs ssjf | vs las | vs mlfq | vs srpt-sd | ssjf vs fcfs | srpt-sd vs ssjf |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(answers))
 
 
 if __name__ == "__main__":

@@ -167,12 +167,13 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
         scales = [x.rate_scale(native) for x in loads]
         if len(set(scales)) != len(scales):
             raise LapsbenchError("--rates: two items give the same rate_scale — expected distinct load points")
-    frames, stats, wall, workload = [], [], 0.0, None
+    frames, stats, wall, workload, derived = [], [], 0.0, None, {}
     for scale in scales:
         point = dataclasses.replace(s, trace=dataclasses.replace(s.trace, rate_scale=scale))
         result = run_scenario(point, progress(scale) if progress else None)
         wall += result.wall_s
         workload = result.workload
+        derived = derived or result.derived or {}  # rate-independent: the first point's
         frames.append(result.requests.with_columns(pl.lit(scale, pl.Float64).alias("rate_scale")))
         if result.engine_stats is not None:
             stats.append(result.engine_stats.with_columns(pl.lit(scale, pl.Float64).alias("rate_scale")))
@@ -180,8 +181,10 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
     requests = pl.concat(frames, how="vertical")
     meta = {
         "trace_path": str(workload.trace_path),
-        "trace_sha256": trace_hash(workload.trace_path),
+        # a `[trace] synth` workload has no file (it is redrawn per replication from the scenario's seed)
+        "trace_sha256": trace_hash(workload.trace_path) if Path(workload.trace_path).is_file() else None,
         "wall_s": round(wall, 3),
+        "derived": derived,
     }
     return build_comparison(requests, name=s.name, seed=s.seed, slo=s.slo, baseline=base, meta=meta,
                             scenario_toml=scenario_to_toml(s), resamples=resamples,

@@ -7,12 +7,15 @@ predictions):
 - `oracle`: the true output length.
 - `lognormal`: true · exp(σ·Z), σ = ln(1 + median_error) / 0.6745, so the median of
   max(pred/true, true/pred) − 1 equals `predictor_median_error`.
-- `bucketed`: an SSJF-style classifier over buckets cut at `predictor_cuts` (default 42/141/294/503, the
-  Vicuna-13B p25/p50/p75/p99). The predicted bucket follows a confusion matrix: the true bucket with
-  probability `predictor_exact` (0.60), a neighbouring bucket with probability `predictor_within_one` −
-  `predictor_exact` (0.33, split equally between the neighbours that exist), any bucket two or more away
-  with the rest (spread equally). The ordering key is the bucket index (as in SSJF); the token estimate is
-  the bucket's midpoint (first bucket from 1, last bucket = 1.5 × its lower cut).
+- `bucketed`: an SSJF-style classifier over buckets cut at `predictor_cuts`. Default (empty): the
+  workload's own cuts, at the p25/p50/p75/p99 of output lengths the run does not score (`quantile_cuts`
+  of the runner's held-out requests; SSJF's cuts are those quantiles of its own data); `VICUNA_CUTS`
+  (42/141/294/503, SSJF's Vicuna-13B cuts) is an option. The predicted bucket follows a confusion
+  matrix: the true bucket with probability `predictor_exact` (0.60), a neighbouring bucket with
+  probability `predictor_within_one` − `predictor_exact` (0.33, split equally between the neighbours that
+  exist), any bucket two or more away with the rest (spread equally). The ordering key is the bucket
+  index (as in SSJF); the token estimate is the bucket's midpoint (first bucket from 1, last bucket =
+  1.5 × its lower cut).
 - `rank`: a score ln(true) + σ·Z with σ calibrated (bisection on the workload itself, at most 1500
   requests sampled deterministically) so that Kendall's τ_b between score and true length is
   `predictor_tau` (vllm-ltr reports 0.52–0.64); the token estimate is exp(score).
@@ -34,7 +37,8 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.state import EngineState
 
 LENGTH_PREDICTORS = ("oracle", "lognormal", "bucketed", "rank", "trace")
-DEFAULT_CUTS = (42, 141, 294, 503)
+VICUNA_CUTS = (42, 141, 294, 503)
+SSJF_QUANTILES = (0.25, 0.5, 0.75, 0.99)
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,10 @@ def check_length_params(where: str, kind: str, median_error: float, cuts: tuple,
     if not median_error >= 0:
         raise LapsbenchError(f"{where}.predictor_median_error: {median_error!r} — expected a number >= 0")
     cuts_t = tuple(cuts)
-    if (not cuts_t or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cuts_t)
+    if cuts_t and (not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cuts_t)
             or list(cuts_t) != sorted(set(cuts_t))):
-        raise LapsbenchError(f"{where}.predictor_cuts: {list(cuts_t)!r} — expected increasing integers >= 1")
+        raise LapsbenchError(f"{where}.predictor_cuts: {list(cuts_t)!r} — expected strictly increasing integers >= 1 "
+                             "(or [] for the workload's own cuts)")
     if not (0 < exact <= within_one <= 1):
         raise LapsbenchError(f"{where}.predictor_exact / predictor_within_one: {exact!r} / {within_one!r} — "
                              "expected 0 < exact <= within_one <= 1")
@@ -81,6 +86,13 @@ def confusion_matrix(n_buckets: int, exact: float, within_one: float) -> np.ndar
         for j in far:
             m[i, j] += rest_far / len(far)
     return m
+
+
+def quantile_cuts(lengths: np.ndarray, quantiles: tuple[float, ...] = SSJF_QUANTILES) -> tuple[int, ...]:
+    """Bucket cuts at length quantiles, as SSJF's are the p25/p50/p75/p99 of its data: cut = ⌊quantile⌋ + 1,
+    so bucket [cut_i, cut_{i+1}) starts just above a quantile; equal cuts merge (fewer buckets)."""
+    q = np.quantile(np.asarray(lengths, np.float64), quantiles)
+    return tuple(sorted({int(np.floor(v)) + 1 for v in q}))
 
 
 def bucket_of(tokens: np.ndarray, cuts: tuple[int, ...]) -> np.ndarray:
@@ -119,7 +131,7 @@ def _rank_sigma(log_true: np.ndarray, z: np.ndarray, tau: float) -> float:
 
 
 def predict_lengths(state: EngineState, kind: str, median_error: float = 0.25,
-                    cuts: tuple[int, ...] = DEFAULT_CUTS, exact: float = 0.60, within_one: float = 0.93,
+                    cuts: tuple[int, ...] = VICUNA_CUTS, exact: float = 0.60, within_one: float = 0.93,
                     tau: float = 0.6) -> Prediction:
     """One prediction per request of `state` (total output tokens), fixed at arrival."""
     true = state.output_tokens.astype(np.float64)
@@ -137,6 +149,8 @@ def predict_lengths(state: EngineState, kind: str, median_error: float = 0.25,
         pred = true * np.exp(sigma * normals(key, state.request_id, np.zeros(state.n, np.int64)))
         return Prediction(pred, pred)
     if kind == "bucketed":
+        if not cuts:  # no cuts fixed by the run (bare engine use): the scored requests' own, in-sample
+            cuts = quantile_cuts(state.output_tokens) if state.n else VICUNA_CUTS
         m = confusion_matrix(len(cuts) + 1, exact, within_one)
         cdf = np.cumsum(m, axis=1)
         cdf[:, -1] = 1.0

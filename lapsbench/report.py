@@ -49,6 +49,8 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
         "trace_sha256": trace_hash(result.workload.trace_path) if Path(result.workload.trace_path).is_file()
         else None,
         "wall_s": round(result.wall_s, 3),
+        # parameters schedulers fixed from the workload once per run (LAPS-SD's ladder, SSJF's bucket cuts)
+        "derived": result.derived or {},
         "command": command,
         **environment(),
     }

@@ -12,10 +12,18 @@ import polars as pl
 from lapsbench.batching import BatchedEngine
 from lapsbench.engine import simulate
 from lapsbench.policies import make_policy
+from lapsbench.policies.base import Policy
 from lapsbench.scenario import Scenario
 from lapsbench.state import EngineState
 from lapsbench.steptable import build_step_table
-from lapsbench.workload import Workload, build_acceptance, build_batch_config, build_cost, load_workload
+from lapsbench.workload import (
+    Workload,
+    build_acceptance,
+    build_batch_config,
+    build_cost,
+    held_out_output_tokens,
+    load_workload,
+)
 
 # progress(label, replication, finished, total)
 Progress = Callable[[str, int, int, int], None]
@@ -27,6 +35,7 @@ class RunResult:
     workload: Workload
     wall_s: float
     engine_stats: pl.DataFrame | None = None  # per (scheduler, replication): batch size, KV utilisation
+    derived: dict | None = None  # per scheduler label: the parameters its policy derived from the workload
 
 
 def records(state: EngineState, label: str, policy: str, replication: int) -> pl.DataFrame:
@@ -64,6 +73,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
     batching = build_batch_config(s, cost)
     frames = []
     stats = []
+    params, derived = derived_parameters(s, workload, cost)
     for replication in range(s.replications):
         if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
             workload = load_workload(s, replication)
@@ -76,7 +86,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
             table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
                                      s.speculation.k, cost, acceptance)
         for spec in s.scheduler:
-            policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
+            policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}")
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
                                 workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
                                 seed=s.seed, replication=replication, acceptance=acceptance, step_table=table)
@@ -102,4 +112,23 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
         requests = requests.join(workload.passthrough, on="request_id", how="left", maintain_order="left")
     engine_stats = pl.DataFrame(stats).with_columns(pl.col("replication").cast(pl.Int32))
     return RunResult(requests=requests, workload=workload, wall_s=time.perf_counter() - start,
-                     engine_stats=engine_stats)
+                     engine_stats=engine_stats, derived=derived)
+
+
+def derived_parameters(s: Scenario, workload: Workload, cost) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Per scheduler label: its parameters with what its policy derives from the workload (Policy.derive),
+    fixed once per run from the first replication's requests before any engine runs; and the derived part
+    alone (for meta.json)."""
+    state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens, workload.output_tokens,
+                        s.speculation.k, cost, columns=dict(workload.columns), seed=s.seed)
+    held_out = None
+    params, derived = {}, {}
+    for spec in s.scheduler:
+        policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
+        if held_out is None and type(policy).derive is not Policy.derive:
+            held_out = held_out_output_tokens(s, workload)
+        extra = policy.derive(state, held_out)
+        params[spec.label] = {**spec.params, **extra}
+        if extra:
+            derived[spec.label] = extra
+    return params, derived

@@ -64,18 +64,24 @@ def synth_seed(seed: int, replication: int) -> int:
     return int(np.random.SeedSequence([seed, replication, 7]).generate_state(1, np.uint32)[0])
 
 
+def _synth_options(s: Scenario) -> dict:
+    """`[trace] synth` as keyword arguments of synth_trace, with CSV paths resolved from the scenario."""
+    opts = dict(s.trace.synth)
+    for key in ("output", "prompt", "lengths"):
+        if key in opts and opts[key].startswith("csv:"):
+            rest = opts[key][4:]
+            file, sep, column = rest.partition(":") if not Path(rest).is_file() else (rest, "", "")
+            opts[key] = f"csv:{s.resolve(file)}{sep}{column}"
+    return opts
+
+
 def load_workload(s: Scenario, replication: int = 0) -> Workload:
     """The scenario's requests; with `[trace] synth` a fresh synthetic trace per replication."""
     if s.trace.synth:
         from lapsbench.trace.synth import synth_trace
 
-        opts = dict(s.trace.synth)
+        opts = _synth_options(s)
         n, rate = int(opts.pop("requests")), float(opts.pop("rate"))
-        for key in ("output", "prompt", "lengths"):
-            if key in opts and opts[key].startswith("csv:"):
-                rest = opts[key][4:]
-                file, sep, column = rest.partition(":") if not Path(rest).is_file() else (rest, "", "")
-                opts[key] = f"csv:{s.resolve(file)}{sep}{column}"
         try:
             df = synth_trace(n, rate, seed=synth_seed(s.seed, replication), **opts)
         except LapsbenchError as exc:
@@ -88,6 +94,21 @@ def load_workload(s: Scenario, replication: int = 0) -> Workload:
     df = slice_trace(df, start_s=s.trace.start_s, duration_s=s.trace.duration_s, rate_scale=s.trace.rate_scale,
                      max_requests=s.trace.max_requests)
     return workload_from_frame(df, path)
+
+
+def held_out_output_tokens(s: Scenario, w: Workload) -> np.ndarray:
+    """Output lengths of requests the run does not score, for predictors fitted once per run: with
+    `[trace] synth`, an independent draw of the same generator (its own seed); with a trace file, every
+    trace request outside the scored window (before and after it). Empty when the window is the whole trace."""
+    if s.trace.synth:
+        from lapsbench.trace.synth import synth_trace
+
+        opts = _synth_options(s)
+        n, rate = int(opts.pop("requests")), float(opts.pop("rate"))
+        seed = int(np.random.SeedSequence([s.seed, 0, 8]).generate_state(1, np.uint32)[0])
+        return synth_trace(n, rate, seed=seed, **opts)["output_tokens"].to_numpy()
+    df = read_trace(s.resolve(s.trace.path)).select("request_id", "output_tokens")
+    return df.filter(~pl.col("request_id").is_in(w.request_id))["output_tokens"].to_numpy()
 
 
 def build_cost(s: Scenario) -> CostModel:

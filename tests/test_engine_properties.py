@@ -1,8 +1,8 @@
 """Property-based check (hypothesis): on randomized small scenarios, the fast engines give exactly the
-per-request results of their step-by-step counterparts — across every registered policy, every batching
-mode (continuous with both admission rules) and the fixed, beta (drift + AR(1)) and empirical acceptance
-processes. The fast batched engine is the
-compiled loop (lapsbench/batching_compiled.py)."""
+per-request results of their step-by-step counterparts — across every registered policy (and LAPS-SD's
+three placements), every batching mode (continuous with both admission rules) and the fixed, beta
+(drift + AR(1)) and empirical acceptance processes. The fast batched engine is the compiled loop
+(lapsbench/batching_compiled.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ from lapsbench.policies import make_policy, registry
 from conftest import create_state
 from reference_engine import reference_simulate
 
+# every registered policy with its defaults, plus LAPS-SD's other placements (the default is "perceived")
+POLICIES = [(name, {}) for name in sorted(registry())] + [
+    ("laps-sd", {"perceptible_policy": "queue"}),
+    ("laps-sd", {"perceptible_policy": "global-srpt", "window": 2, "min_steps": 2, "tolerance": 0.3}),
+    ("laps-sd", {"perceptible_policy": "perceived", "unit": "steps", "window": 2, "min_steps": 2, "tolerance": 0.3}),
+]
 FIELDS = ("generated", "steps", "decode_steps", "attained_s", "first_token_s", "finish_s", "preemptions")
 
 
@@ -41,7 +47,7 @@ scenarios = st.fixed_dictionaries({
     "n": st.integers(1, 14),
     "seed": st.integers(0, 10_000),
     "k": st.integers(0, 4),
-    "policy": st.sampled_from(sorted(registry())),
+    "policy": st.sampled_from(POLICIES),
     "mode": st.sampled_from(["none", "static", "dynamic", "continuous"]),
     "acceptance": st.sampled_from(["fixed", "beta", "empirical"]),
     "max_batch": st.integers(1, 6),
@@ -64,7 +70,7 @@ def test_fast_engine_equals_stepwise_engine(case: dict) -> None:
     for stepwise in (False, True):
         state = create_state(**workload)
         state.acceptance = acceptance_for(case["acceptance"], state, case["seed"])
-        policy = make_policy(case["policy"])
+        policy = make_policy(*case["policy"])
         if case["mode"] == "none":
             (reference_simulate if stepwise else simulate)(state, policy, state.acceptance)
         else:

@@ -93,9 +93,91 @@ def test_laps_sd_global_srpt_lets_perceptible_requests_leave_the_ladder():
     state.steps[:] = [30, 2, 30]      # 0 and 2 deep in the ladder (queue 2), 1 fresh (queue 0)
     state.generated[:] = [100, 3, 100]
     state.decode_steps[:] = state.steps - 1
-    policy.perceptible[0] = True      # 0 perceptible: ahead of the non-perceptible 2 of its old queue
+    policy.perceptible[0] = True      # 0 perceptible: in the global class with 2, by estimate
     from lapsbench.engine import rank_order
     assert rank_order(policy, state, np.arange(3), 0.0).tolist() == [1, 0, 2]
+
+
+def test_laps_sd_global_srpt_does_not_strand_requests_that_never_turn_perceptible():
+    """A request demoted past the top queue before its acceptance is judged stable joins the global class by
+    its estimate (from the acceptance observed so far), instead of waiting behind every perceptible request
+    (the old placement: request 0 below request 1 for as long as perceptible requests keep coming)."""
+    state = create_state([0.0, 0.0], [60, 600], k=4, cost=fixed_profile(0.01))
+    policy = make_policy("laps-sd", {"predictor": "oracle", "unit": "steps", "base_quantum": 4.0,
+                                     "perceptible_policy": "global-srpt"})
+    policy.prepare(state)
+    state.steps[:] = [8, 30]
+    state.generated[:] = [20, 100]
+    state.decode_steps[:] = state.steps - 1
+    policy.perceptible[1] = True      # 1 perceptible with 500 tokens left; 0 not, with 40 left
+    from lapsbench.engine import rank_order
+    assert rank_order(policy, state, np.arange(2), 0.0).tolist() == [0, 1]
+
+
+def test_laps_sd_perceived_places_perceptible_requests_by_estimated_remaining_service():
+    """Ladder in steps with bounds 5 and 20. 0: 30 steps attained (level 2 by attained service), perceptible,
+    4 tokens left at A = 0.75 (1 step by estimate: level 0); 1: 10 steps attained (level 1), not perceptible;
+    2: fresh (level 0), not perceptible. "perceived": 0 joins level 0, ahead of 2 (perceptible first), then
+    1. "queue": 0 stays in level 2, behind both."""
+    state = create_state([0.0, 0.0, 0.0], [125, 300, 300], k=4, cost=fixed_profile(0.01, 0.001))
+    from lapsbench.engine import rank_order
+    orders = {}
+    for placement in ("perceived", "queue"):
+        policy = make_policy("laps-sd", {"predictor": "oracle", "unit": "steps", "thresholds": [5.0, 20.0],
+                                         "perceptible_policy": placement})
+        policy.prepare(state)
+        state.steps[:] = [31, 10, 0]
+        state.generated[:] = [121, 20, 0]   # 0: 30 speculative steps, 90 accepted drafts of 120: A = 0.75
+        state.decode_steps[:] = np.maximum(state.steps - 1, 0)
+        policy.perceptible[0] = True
+        assert policy.estimated_remaining(state, np.array([0]))[0] == pytest.approx(4 / 4)
+        orders[placement] = rank_order(policy, state, np.arange(3), 0.0).tolist()
+    assert orders == {"perceived": [0, 2, 1], "queue": [2, 1, 0]}
+    assert make_policy("laps-sd").perceptible_policy == "perceived"   # the default
+
+
+def test_laps_sd_default_ladder_covers_a_median_prefill_and_the_stability_rule():
+    """q0 = prefill of the median prompt + max(min_steps, window + 1) speculative steps at that context
+    (fixed profile: prefill 0.01 + 1e-4·prompt s, a step 4·0.001 + 0.01 s), then geometric (ratio 2)."""
+    state = create_state([0.0, 0.0, 0.0], [10, 10, 10], prompt_tokens=[100, 200, 900], k=4,
+                         cost=fixed_profile(0.01, 0.001, 1e-4))
+    policy = make_policy("laps-sd")
+    q0 = (0.01 + 1e-4 * 200) + 10 * (4 * 0.001 + 0.01)
+    assert policy.first_quantum_floor(state) == pytest.approx(q0)
+    derived = policy.derive(state)["thresholds"]
+    np.testing.assert_allclose(derived, q0 * (2.0 ** np.arange(1, 8) - 1))
+    steps = make_policy("laps-sd", {"unit": "steps", "window": 12})
+    assert steps.first_quantum_floor(state) == 1 + 13      # the rule first fires after window + 1 steps
+
+
+def test_laps_sd_warns_once_when_a_user_quantum_is_too_short(capsys):
+    state = create_state([0.0], [10], prompt_tokens=[100], k=4, cost=fixed_profile(0.01, 0.001))
+    make_policy("laps-sd", {"base_quantum": 0.02}).derive(state)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lapsbench: warning:") and "base_quantum" in err[0]
+    make_policy("laps-sd", {"base_quantum": 1.0}).derive(state)
+    assert capsys.readouterr().err == ""
+
+
+def test_perceptible_steps_match_the_policy():
+    """The schedule-free stability check (used by the report) gives the step the policy itself records."""
+    from lapsbench.engine import table_for
+    from lapsbench.policies.laps_sd import perceptible_steps
+
+    state, acc = laps_case()
+    policy = make_policy("laps-sd", {"window": 4, "tolerance": 0.05, "min_steps": 6})
+    table = table_for(state, acc)
+    simulate(state, policy, acc, compiled=False)
+    assert perceptible_steps(table, 4, 4, 0.05, 6).tolist() == policy.perceptible_at.tolist()
+    assert policy.perceptible_at[0] > 0
+
+
+def test_quantile_cuts_follow_ssjf():
+    """Cuts just above the p25/p50/p75/p99, as SSJF's Vicuna cuts sit just above its data's quantiles."""
+    from lapsbench.predictors import quantile_cuts
+
+    assert quantile_cuts(np.arange(1, 101)) == (26, 51, 76, 100)
+    assert quantile_cuts(np.full(50, 7)) == (8,)   # equal quantiles merge into one cut
 
 
 def test_skip_join_places_a_long_prompt_request_in_a_lower_queue():
@@ -139,6 +221,10 @@ def test_srpt_sd_uses_the_true_future_acceptance():
     ("mlfq", {"base_quantum_s": -0.1}, "scheduler.base_quantum_s"),
     ("laps-sd", {"window": -1}, "scheduler.window"),
     ("laps-sd", {"perceptible_policy": "lifo"}, "scheduler.perceptible_policy"),
+    ("laps-sd", {"thresholds": [0.5, 0.2]}, "scheduler.thresholds"),
+    ("laps-sd", {"thresholds": [0.0, 1.0]}, "scheduler.thresholds"),
+    ("laps-sd", {"base_quantum": -0.1}, "scheduler.base_quantum"),
+    ("ssjf", {"predictor_cuts": [141, 42]}, "scheduler.predictor_cuts"),
     ("ssjf", {"predictor": "crystal-ball"}, "scheduler.predictor"),
     ("ltr", {"predictor_tau": 2.0}, "scheduler.predictor_tau"),
     ("skip-join-mlfq", {"levels": 0}, "scheduler.levels"),
@@ -188,7 +274,8 @@ def ssjf_replications(rho: float, n_jobs: int, reps: int) -> np.ndarray:
         sizes = g.geometric(1 / 150, n_jobs)
         state = create_state(np.cumsum(g.exponential(1 / lam, n_jobs)), sizes, cost=fixed_profile(STEP_S))
         state.seed, state.replication = 77, r
-        simulate(state, make_policy("ssjf", {"starvation_guard": False}), create_acceptance(state))
+        simulate(state, make_policy("ssjf", {"starvation_guard": False, "predictor_cuts": list(CUTS)}),
+                 create_acceptance(state))
         means.append((state.finish_s - state.arrival_s)[n_jobs // 10:].mean())
     return np.array(means)
 

@@ -3,25 +3,31 @@ true-future oracle (for srpt-sd and SSJF's starvation guard)."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from lapsbench.costmodel import sd_step_s
+from lapsbench.costmodel import CostModel, sd_step_s
 from lapsbench.errors import LapsbenchError
 from lapsbench.policies.las import attained  # noqa: F401  (service measured in steps, tokens or seconds)
-from lapsbench.predictors import DEFAULT_CUTS, Prediction, check_length_params, predict_lengths
+from lapsbench.predictors import Prediction, check_length_params, predict_lengths, quantile_cuts
 from lapsbench.state import EngineState
 
 UNITS = ("seconds", "steps", "tokens")
 MARGIN = 1e-9
 
 
+def batch1_prefill_s(cost: CostModel, k: int, prompt: np.ndarray) -> np.ndarray:
+    """Batch-1 first (prefill) step time of prompts of the given lengths, from the cost profile."""
+    prompt = np.asarray(prompt, np.int64)
+    z = np.zeros_like(prompt)
+    return cost.prefill_s(np.ones_like(prompt), prompt, prompt * prompt, z, z, with_draft=k > 0)
+
+
 def prefill_step_s(state: EngineState, idx: np.ndarray) -> np.ndarray:
     """Batch-1 first (prefill) step time of requests `idx`, from the cost profile."""
-    prompt = state.prompt_tokens[idx]
-    z = np.zeros_like(prompt)
-    return state.cost.prefill_s(np.ones_like(prompt), prompt, prompt * prompt, z, z, with_draft=state.k > 0)
+    return batch1_prefill_s(state.cost, state.k, state.prompt_tokens[idx])
 
 
 def decode_step_s(state: EngineState, context: np.ndarray) -> np.ndarray:
@@ -73,7 +79,7 @@ class PredictorParams:
 
     predictor: str = "oracle"
     predictor_median_error: float = 0.25
-    predictor_cuts: tuple = DEFAULT_CUTS
+    predictor_cuts: tuple = ()   # () = the workload's own, from held-out requests (derive)
     predictor_exact: float = 0.60
     predictor_within_one: float = 0.93
     predictor_tau: float = 0.6
@@ -82,6 +88,17 @@ class PredictorParams:
         self.predictor_cuts = check_length_params("scheduler", self.predictor, self.predictor_median_error,
                                                   tuple(self.predictor_cuts), self.predictor_exact,
                                                   self.predictor_within_one, self.predictor_tau)
+
+    def derive(self, state: EngineState, held_out: np.ndarray | None = None) -> dict:
+        """A bucketed predictor without cuts gets the workload's own: quantile cuts of the held-out output
+        lengths (requests the run does not score); without any, of the scored ones, with a warning."""
+        if self.predictor != "bucketed" or self.predictor_cuts:
+            return {}
+        if held_out is None or not len(held_out):
+            warn("scheduler.predictor_cuts: no requests outside the scored window to cut buckets on; the cuts "
+                 "come from the scored requests themselves (in-sample)")
+            held_out = state.output_tokens
+        return {"predictor_cuts": list(quantile_cuts(held_out))}
 
     def predict(self, state: EngineState) -> Prediction:
         return predict_lengths(state, self.predictor, self.predictor_median_error, tuple(self.predictor_cuts),
@@ -96,6 +113,22 @@ def need_non_negative(name: str, value: float) -> None:
 def need_positive(name: str, value: float) -> None:
     if not value > 0:
         raise LapsbenchError(f"scheduler.{name}: {value!r} — expected a number > 0")
+
+
+def need_increasing(name: str, values: object) -> tuple[float, ...]:
+    """A list of thresholds: finite numbers > 0, strictly increasing (empty = derived by the policy)."""
+    items = list(values) if isinstance(values, (list, tuple)) else None
+    ok = items is not None and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0 for v in items
+    ) and all(a < b for a, b in zip(items, items[1:], strict=False))
+    if not ok:
+        raise LapsbenchError(f"scheduler.{name}: {values!r} — expected strictly increasing numbers > 0")
+    return tuple(float(v) for v in items)  # type: ignore[union-attr]
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (the run goes on)."""
+    print(f"lapsbench: warning: {message}", file=sys.stderr)
 
 
 def need_ratio(name: str, value: float) -> None:

@@ -39,6 +39,13 @@ class Policy:
     # time. (At batch size 1 the policy's own `plan` horizon already stops at every such event.)
     observes_each_step: ClassVar[bool] = False
 
+    def derive(self, state: EngineState, held_out: np.ndarray | None = None) -> dict[str, Any]:
+        """Parameters this policy fixes from the workload once per run, before the engine: the runner calls
+        it on the first replication's requests (`held_out`: output lengths of requests the run does not
+        score, for predictors), sets the returned parameters on every replication's policy and writes them
+        to meta.json. {} = nothing derived."""
+        return {}
+
     def prepare(self, state: EngineState) -> None:
         """Allocate per-request arrays before a run."""
 

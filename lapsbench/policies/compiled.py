@@ -84,33 +84,47 @@ def _attained(S, unit, i):
 
 # --------------------------------------------------------------------------------------------- laps-sd
 # fp: min_remaining_tokens, prior mean, prior strength, tolerance
-# ip: unit, placement (0 queue, 1 global-srpt), global_after_queue, window, min_steps, k, number of bounds
-# F: predicted tokens; I: perceptible, then the ring of generated tokens (window + 1); T: bounds, then the
-# step factor by context
+# ip: unit, placement (0 queue, 1 global-srpt, 2 perceived), global_after_queue, window, min_steps, k, number
+# of bounds. F: predicted tokens; I: perceptible, then the ring of generated tokens (window + 1); T: bounds,
+# then the step factor by context
+@njit(cache=True, inline="always")
+def _laps_estimate(P, S, i):
+    """(T seconds, remaining service in the ladder's unit), as LAPSSD.estimated_remaining_s / _remaining."""
+    ip, fp = P.ip, P.fp
+    k = ip[5]
+    m, w, min_left = fp[1], fp[2], fp[0]
+    generated, decode = S[3][i], S[5][i]
+    left = P.F[i, 0] - float(generated)
+    L = left if left > min_left else min_left
+    accepted = max(generated - 1 - decode, 0)
+    trials = float(k * decode)
+    a = min((float(accepted) + m * w) / (trials + w), 1.0) if trials + w > 0 else m
+    per = k * a + 1
+    t = L * P.T[ip[6] + S[1][i] + generated] / per
+    if ip[0] == UNIT_SECONDS:
+        return t, t
+    if ip[0] == UNIT_STEPS:
+        return t, L / per
+    return t, L
+
+
 @njit(cache=True, inline="always")
 def _laps_key(P, S, i):
-    ip, fp = P.ip, P.fp
+    ip = P.ip
     nb = ip[6]
     q = np.searchsorted(P.T[:nb], _attained(S, ip[0], i), side="right")
     perceptible = P.I[i, 0] != 0
-    if perceptible:
-        # T = L·(k·T_draft + T_verify) / (k·A + 1), as LAPSSD.estimated_remaining_s
-        k = ip[5]
-        m, w, min_left = fp[1], fp[2], fp[0]
-        generated, decode = S[3][i], S[5][i]
-        left = P.F[i, 0] - float(generated)
-        L = left if left > min_left else min_left
-        accepted = max(generated - 1 - decode, 0)
-        trials = float(k * decode)
-        a = min((float(accepted) + m * w) / (trials + w), 1.0) if trials + w > 0 else m
-        last = L * P.T[nb + S[1][i] + generated] / (k * a + 1)
-    else:
-        last = S[0][i]
-    if ip[1] == 0:  # queue placement
-        return float(q), 0.0 if perceptible else 1.0, last
-    g = ip[2]
-    cls = 2 * g + 1 if perceptible else 2 * min(q, g) + 2 * max(q - g, 0) + (1 if q > g else 0)
-    return float(cls), last, 0.0
+    if ip[1] == 1:  # global-srpt: levels 0..g by attained service, then one class by estimate
+        g = ip[2]
+        if perceptible or q > g:
+            return float(g + 1), _laps_estimate(P, S, i)[0], 0.0
+        return float(q), S[0][i], 0.0
+    if not perceptible:
+        return float(q), 1.0, S[0][i]
+    t, remaining = _laps_estimate(P, S, i)
+    if ip[1] == 2:  # perceived: the level of the estimated remaining service
+        q = np.searchsorted(P.T[:nb], remaining, side="right")
+    return float(q), 0.0, t
 
 
 @njit(cache=True, inline="always")

@@ -1,7 +1,9 @@
 """SSJF (Qiu et al., AIOps'24): non-preemptive shortest *predicted* job first.
 
 Ordering key: the length predictor's key (default `bucketed`: the predicted bucket index of a 5-class
-classifier with SSJF's measured 60% exact / 93% within-one accuracy); ties by arrival. Starvation guard
+classifier with SSJF's measured 60% exact / 93% within-one accuracy, its cuts at the p25/p50/p75/p99 of
+requests the run does not score, fixed once per run by `derive`; SSJF's Vicuna cuts via `predictor_cuts`);
+ties by arrival. Starvation guard
 (SSJF's util.py): at a scheduling decision, if the longest-waiting queued request has waited more than
 `starvation_s` (100 s) or more than `starvation_factor` (10) × its own *true* service time, the whole
 queue is ordered by waiting time (longest first) for that decision. `starvation_guard = false` turns it

@@ -133,6 +133,23 @@ def read_length_column(path: str, column: str, option: str) -> np.ndarray:
     return values.to_numpy()
 
 
+RECORD_COLUMN = "acceptance_record"  # carried from a lengths CSV: the request's acceptance record (mapping = "column")
+
+
+def _record_column(path: str) -> dict[str, np.ndarray]:
+    """A lengths CSV's `acceptance_record` column (record indices >= 0), if it has one."""
+    if RECORD_COLUMN not in pl.read_csv(path, n_rows=0).columns:
+        return {}
+    raw = pl.read_csv(path, columns=[RECORD_COLUMN], infer_schema=False)[RECORD_COLUMN]
+    values = raw.cast(pl.Int64, strict=False)
+    bad = (values.is_null() | (values < 0)).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise LapsbenchError(f"{path}: line {row + 2}, column {RECORD_COLUMN!r}: {raw[row]!r} — expected a record "
+                             "index >= 0")
+    return {RECORD_COLUMN: values.to_numpy()}
+
+
 def parse_length_spec(text: str, option: str = "--output-lengths", default_column: str = OUTPUT_COLUMN) -> LengthSpec:
     """Parse a length SPEC (see the module docstring); errors name the option, the spec and what is expected."""
     kind, _, rest = text.partition(":")
@@ -187,7 +204,9 @@ def synth_trace(n: int, rate: float, *, arrival: str = "poisson", cv: float | No
                 output: str | LengthSpec = DEFAULT_OUTPUT, prompt: str | LengthSpec = DEFAULT_PROMPT,
                 lengths: str | None = None, alpha: tuple[float, float] | None = None, seed: int = 0) -> pl.DataFrame:
     """A canonical trace of `n` requests. `lengths="csv:PATH"` resamples (prompt, output) pairs jointly from
-    a length-only CSV, keeping their correlation; otherwise `prompt` and `output` are drawn independently.
+    a length-only CSV, keeping their correlation, and carries the CSV's `acceptance_record` column along
+    (each request's record for `mapping = "column"` acceptance); otherwise `prompt` and `output` are drawn
+    independently.
     `alpha=(mean, concentration)` adds a per-request Beta acceptance column, kept inside [0, 1)."""
     if n < 1:
         raise LapsbenchError(f"--requests: {n!r} — expected an integer >= 1")
@@ -202,7 +221,9 @@ def synth_trace(n: int, rate: float, *, arrival: str = "poisson", cv: float | No
         outputs_all = read_length_column(path, OUTPUT_COLUMN, "--lengths")
         rows = np.random.default_rng(prompt_ss).integers(0, len(prompts_all), n)
         prompts, outputs = prompts_all[rows], outputs_all[rows]
+        extra = {c: v[rows] for c, v in _record_column(path).items()}
     else:
+        extra = {}
         if isinstance(prompt, str):
             prompt = parse_length_spec(prompt, "--prompt-lengths", PROMPT_COLUMN)
         if isinstance(output, str):
@@ -211,7 +232,7 @@ def synth_trace(n: int, rate: float, *, arrival: str = "poisson", cv: float | No
         outputs = output.sample(np.random.default_rng(output_ss), n)
     columns: dict[str, np.ndarray] = {
         "request_id": np.arange(n, dtype=np.int64), "arrival_s": times,
-        "prompt_tokens": prompts.astype(np.int64), "output_tokens": outputs.astype(np.int64)}
+        "prompt_tokens": prompts.astype(np.int64), "output_tokens": outputs.astype(np.int64), **extra}
     if alpha is not None:
         mean, conc = alpha
         draws = np.random.default_rng(alpha_ss).beta(mean * conc, (1.0 - mean) * conc, n)

@@ -43,7 +43,9 @@ def measure(
     from lapsbench.calibrate.measure import grid_from_options, import_torch
     from lapsbench.calibrate.measure import measure as run_measure
     from lapsbench.calibrate.models import parse_model_spec
+    from lapsbench.fsutil import check_output
 
+    check_output(out, "--out")
     specs = [parse_model_spec(m) for m in model]
     grid = grid_from_options(dict(batches=batches, query_tokens=query_tokens, draft_query_tokens=draft_query_tokens,
                                   contexts=contexts, prefill_lengths=prefill_lengths, prefill_batches=prefill_batches,
@@ -76,7 +78,9 @@ def fit(
 ) -> None:
     """Fit the cost model per model and phase; store coefficients and held-out error in a profile."""
     from lapsbench.calibrate.fit import fit_profile
+    from lapsbench.fsutil import check_output
 
+    check_output(out, "--out", inputs=(measured,))
     fits, top = fit_profile(measured, out, target, list(draft or []), name, gpu, gpu_memory_gb, host_link_gb_s,
                             list(model_config or []), test_frac, seed, _command())
     table = Table(title=f"{out}: held-out error ({top['gpu']})")

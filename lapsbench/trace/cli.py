@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lapsbench.errors import LapsbenchError
+from lapsbench.fsutil import check_output
 from lapsbench.trace.importers import FORMATS, ImportOptions, import_trace
 from lapsbench.trace.info import stats_table, trace_stats
 from lapsbench.trace.schema import read_trace, write_trace
@@ -43,6 +43,7 @@ def synth_cmd(
         "--alpha-beta", help="MEAN,CONCENTRATION: add a per-request alpha ~ Beta, in [0, 1).")] = None,
 ) -> None:
     """Write a synthetic trace: seeded Poisson/Gamma arrivals and length distributions."""
+    check_output(out, "--out")
     alpha = parse_alpha_beta(alpha_beta) if alpha_beta else None
     df = synth_trace(requests, rate, arrival=arrival, cv=cv, output=output_lengths, prompt=prompt_lengths,
                      lengths=lengths, alpha=alpha, seed=seed)
@@ -67,6 +68,7 @@ def import_cmd(
     seed: Annotated[int, typer.Option("--seed", help="lengths: seed of the arrivals.")] = 0,
 ) -> None:
     """Convert a raw trace (azure, burstgpt, mooncake, vidur, lengths) into a canonical trace."""
+    check_output(out, "--out", inputs=(source,))
     options = ImportOptions(models=tuple(m for spec in model or () for m in spec.split(",") if m),
                             keep_failed=keep_failed, drop_zero=drop_zero, rate=rate, arrival=arrival, cv=cv, seed=seed)
     report = import_trace(source, out, fmt, options)
@@ -88,8 +90,7 @@ def slice_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
 ) -> None:
     """Write a window / sample / rate-scaled copy of a canonical trace (request ids kept)."""
-    if Path(out).resolve() == Path(source).resolve():
-        raise LapsbenchError(f"--out: {out} — expected a path other than the input trace")
+    check_output(out, "--out", inputs=(source,))
     df = slice_trace(read_trace(source), start_s=start_s, duration_s=duration_s, rate_scale=rate_scale,
                      max_requests=first, sample_n=sample, sample_fraction=sample_fraction, seed=seed)
     write_trace(df, out)

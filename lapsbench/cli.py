@@ -53,7 +53,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_show_versio
 def run(
     scenario: Path = typer.Argument(..., help="scenario TOML"),
     out: Path | None = typer.Option(None, "--out", help="results directory (default: the scenario's output.dir)"),
-    seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="override the scenario's seed"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Simulate every scheduler of a scenario on the same requests; write results and print a table."""
@@ -65,8 +65,6 @@ def run(
 
     spec = load_scenario(scenario)
     if seed is not None:
-        if seed < 0:
-            raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
         spec = dataclasses.replace(spec, seed=seed)
     if out is not None:
         spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, dir=str(out)))
@@ -90,8 +88,8 @@ def compare(
                                      "(0.5,1,1.5) and/or absolute requests/s (2rps,4rps)"),
     out: Path | None = typer.Option(None, "--out", help="results directory (default: the scenario's output dir "
                                     "+ '-compare'; for results directories: print only unless given)"),
-    seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
-    replications: int | None = typer.Option(None, "--replications", help="override the scenario's replications"),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="override the scenario's seed"),
+    replications: int | None = typer.Option(None, "--replications", min=1, help="override the scenario's replications"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG and SVG plots under OUT/plots/"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
@@ -111,12 +109,8 @@ def compare(
     if len(sources) == 1 and sources[0].suffix == ".toml":
         spec = select_schedulers(load_scenario(sources[0]), wanted)
         if seed is not None:
-            if seed < 0:
-                raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
             spec = dataclasses.replace(spec, seed=seed)
         if replications is not None:
-            if replications < 1:
-                raise LapsbenchError(f"--replications: {replications} — expected an integer >= 1")
             spec = dataclasses.replace(spec, replications=replications)
         loads = parse_rates(rates) if rates is not None else None
         show = not quiet and console.is_terminal
@@ -229,7 +223,7 @@ def _usage_error(exc: typer.exceptions.TyperException) -> NoReturn:
 def sweep(
     sweep_file: Path = typer.Argument(..., help="sweep TOML (base scenario + axes; see docs/sweeps.md)"),
     backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
-    workers: int | None = typer.Option(None, "--workers", help="parallel points (default: CPU count)"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="parallel points (default: CPU count)"),
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)"),
     out: Path | None = typer.Option(None, "--out", help="sweep directory (default: out in the sweep file)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),

@@ -15,7 +15,14 @@ from lapsbench.policies import make_policy
 from lapsbench.scenario import Scenario
 from lapsbench.state import EngineState
 from lapsbench.steptable import build_step_table
-from lapsbench.workload import Workload, build_acceptance, build_batch_config, build_cost, load_workload
+from lapsbench.workload import (
+    Workload,
+    build_acceptance,
+    build_batch_config,
+    build_cost,
+    check_workload,
+    load_workload,
+)
 
 # progress(label, replication, finished, total)
 Progress = Callable[[str, int, int, int], None]
@@ -61,12 +68,14 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
     start = time.perf_counter()
     workload = first = load_workload(s)
     cost = build_cost(s)
+    check_workload(s, workload, cost)
     batching = build_batch_config(s, cost)
     frames = []
     stats = []
     for replication in range(s.replications):
         if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
             workload = load_workload(s, replication)
+            check_workload(s, workload, cost)
         acceptance = build_acceptance(s, workload, replication)
         # Every request's steps are drawn once per replication for all schedulers: at batch size 1 they are the
         # steps themselves (schedule-independent); batched, the compiled loop reads each decode step's tokens

@@ -74,7 +74,7 @@ def fit(
                                                               "NAME:hidden=..,intermediate=..,layers=..,"
                                                               "heads=..,kv_heads=..,vocab=..")] = None,
     test_frac: Annotated[float, typer.Option(help="Share of rows held out for the reported error.")] = 0.25,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the held-out split.")] = 0,
 ) -> None:
     """Fit the cost model per model and phase; store coefficients and held-out error in a profile."""
     from lapsbench.calibrate.fit import fit_profile

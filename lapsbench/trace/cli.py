@@ -29,10 +29,10 @@ def _done(out: Path, rows: int, span: float, note: str = "") -> None:
 
 @app.command("synth")
 def synth_cmd(
-    requests: Annotated[int, typer.Option("--requests", "-n", help="Number of requests.")],
+    requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Number of requests.")],
     rate: Annotated[float, typer.Option("--rate", help="Mean arrival rate (requests/s).")],
     out: Annotated[Path, typer.Option("--out", help="Output canonical Parquet trace.")],
-    seed: Annotated[int, typer.Option("--seed", help="Seed of numpy Generator(SeedSequence(seed)).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of numpy Generator(SeedSequence(seed)).")] = 0,
     arrival: Annotated[str, typer.Option("--arrival", help=f"Inter-arrival law: {'|'.join(ARRIVALS)}.")] = "poisson",
     cv: Annotated[float | None, typer.Option("--cv", help="Inter-arrival CV (gamma only).")] = None,
     output_lengths: Annotated[str, typer.Option("--output-lengths", help=LENGTH_HELP)] = DEFAULT_OUTPUT,
@@ -65,7 +65,7 @@ def import_cmd(
     rate: Annotated[float | None, typer.Option("--rate", help="lengths: arrival rate (requests/s).")] = None,
     arrival: Annotated[str, typer.Option("--arrival", help="lengths: poisson|gamma.")] = "poisson",
     cv: Annotated[float | None, typer.Option("--cv", help="lengths: inter-arrival CV (gamma).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="lengths: seed of the arrivals.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="lengths: seed of the arrivals.")] = 0,
 ) -> None:
     """Convert a raw trace (azure, burstgpt, mooncake, vidur, lengths) into a canonical trace."""
     check_output(out, "--out", inputs=(source,))
@@ -87,12 +87,14 @@ def slice_cmd(
     first: Annotated[int, typer.Option("--first", help="Keep the first N requests (0 = all), applied last.")] = 0,
     sample: Annotated[int, typer.Option("--sample", help="Keep a random N requests of the window (order kept).")] = 0,
     sample_fraction: Annotated[float, typer.Option("--sample-fraction", help="Keep a random fraction instead.")] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the sampling.")] = 0,
 ) -> None:
     """Write a window / sample / rate-scaled copy of a canonical trace (request ids kept)."""
     check_output(out, "--out", inputs=(source,))
+    flags = {"start_s": "--start-s", "duration_s": "--duration-s", "rate_scale": "--rate-scale",
+             "max_requests": "--first", "sample_n": "--sample", "sample_fraction": "--sample-fraction"}
     df = slice_trace(read_trace(source), start_s=start_s, duration_s=duration_s, rate_scale=rate_scale,
-                     max_requests=first, sample_n=sample, sample_fraction=sample_fraction, seed=seed)
+                     max_requests=first, sample_n=sample, sample_fraction=sample_fraction, seed=seed, names=flags)
     write_trace(df, out)
     _done(out, df.height, float(df["arrival_s"][-1]))
 

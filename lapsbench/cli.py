@@ -75,7 +75,7 @@ def run(
     print_summary(summary, f"{spec.name}: {result.workload.n} requests × {spec.replications} replication(s), "
                   f"k = {spec.speculation.k}")
     if not quiet:
-        console.print(f"results in {spec.out_dir}/ ({result.wall_s:.2f} s)")
+        console.print(f"results in {spec.out_dir}/ ({result.wall_s:.2f} s)", soft_wrap=True)
 
 
 @app.command()
@@ -136,7 +136,7 @@ def compare(
     if target is not None:
         write_comparison(target, comp, command_line(), plots=plots)
         if not quiet:
-            console.print(f"results in {target}/")
+            console.print(f"results in {target}/", soft_wrap=True)
 
 
 def _check_results_dir(path: Path, what: str, quiet: bool, console: Console) -> None:
@@ -145,7 +145,7 @@ def _check_results_dir(path: Path, what: str, quiet: bool, console: Console) -> 
     from lapsbench.fsutil import check_output
 
     if check_output(path, what, kind="dir", marker="meta.json") and not quiet:
-        console.print(f"replacing the earlier results in {path}/", highlight=False)
+        console.print(f"replacing the earlier results in {path}/", highlight=False, soft_wrap=True)
 
 
 def _compare_progress(console: Console) -> Callable[[float], Callable[[str, int, int, int], None]]:

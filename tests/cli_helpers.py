@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import polars as pl
@@ -34,9 +36,10 @@ def cli(*args: str | Path) -> tuple[int, str, str]:
     propagates to the test: that is the traceback a user would see."""
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    argv = ["lapsbench", *map(str, args)]  # as the console script sees it (meta.json records the command)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch.object(sys, "argv", argv):
         try:
-            main([str(a) for a in args])
+            main()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return code, out.getvalue(), err.getvalue()

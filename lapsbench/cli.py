@@ -126,7 +126,7 @@ def compare(
                 raise LapsbenchError(f"{flag}: only with a scenario .toml — results directories are not re-simulated")
         target = out
         if target is not None:
-            _check_results_dir(target, "--out", quiet, console)
+            _check_results_dir(target, "--out", quiet, console, inputs=tuple(sources))
         comp = load_results(sources, baseline, wanted)
     screen = Console()
     if not screen.is_terminal:
@@ -139,12 +139,12 @@ def compare(
             console.print(f"results in {target}/", soft_wrap=True)
 
 
-def _check_results_dir(path: Path, what: str, quiet: bool, console: Console) -> None:
+def _check_results_dir(path: Path, what: str, quiet: bool, console: Console, inputs: tuple[Path, ...] = ()) -> None:
     """Before any simulation: refuse a results directory that cannot be written (one line, exit 2), and say
     on stderr (unless --quiet) that earlier results there will be replaced."""
     from lapsbench.fsutil import check_output
 
-    if check_output(path, what, kind="dir", marker="meta.json") and not quiet:
+    if check_output(path, what, kind="dir", marker="meta.json", inputs=inputs) and not quiet:
         console.print(f"replacing the earlier results in {path}/", highlight=False, soft_wrap=True)
 
 
@@ -181,7 +181,8 @@ def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
 def main(args: list[str] | None = None) -> None:
     """Console entry point. Whatever goes wrong ends in one line on stderr, never a traceback: bad input
     (LapsbenchError) and usage errors (typer's: unknown option, missing argument, bad value) exit 2, a file
-    system error exits 2 naming the path, Ctrl-C exits 130. Help and --version exit 0."""
+    system error exits 2 naming the path, running out of memory exits 2, Ctrl-C exits 130. Help and --version
+    exit 0."""
     try:
         code = app(args=args, prog_name="lapsbench", standalone_mode=False)
     except LapsbenchError as exc:
@@ -195,6 +196,8 @@ def main(args: list[str] | None = None) -> None:
     except OSError as exc:  # a file that could not be read or written after the checks before work
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"{where}{exc.strerror or exc}", 2)
+    except MemoryError:
+        _fail("out of memory — expected a smaller workload (trace.max_requests, trace.duration_s)", 2)
     if isinstance(code, int) and code:  # typer returns exit codes here instead of raising (Ctrl-C: 130)
         if code == 130:
             print("lapsbench: interrupted", file=sys.stderr)
@@ -216,7 +219,7 @@ def _usage_error(exc: typer.exceptions.TyperException) -> NoReturn:
     if type(exc).__name__ == "NoArgsIsHelpError":
         print(exc.format_message())
         _fail(f"{where}missing command — expected one of the commands listed above", 2)
-    _fail(f"{where}{exc.format_message()} (see '{command} --help')", getattr(exc, "exit_code", 2) or 2)
+    _fail(f"{where}{exc.format_message()} (see '{command} --help')", 2)
 
 
 @app.command()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
+from lapsbench import __version__
 from lapsbench.calibrate.cli import app as calibrate_app
 from lapsbench.errors import LapsbenchError
 
@@ -21,22 +22,38 @@ if TYPE_CHECKING:
     from lapsbench.scenario import Scenario
 from lapsbench.trace.cli import app as trace_app
 
+# Plain (click-style) help: typer's rich help shows a `<bool>` metavar on every flag (`--quiet <bool>` invites
+# `--quiet true`) and reads `[output]` in help texts as markup. `-h` is `--help` everywhere.
 app = typer.Typer(
     name="lapsbench",
     help="Trace-replay benchmark for scheduling speculative-decoding LLM inference requests.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(trace_app, name="trace")
 app.add_typer(calibrate_app, name="calibrate")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"lapsbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Trace-replay benchmark for scheduling speculative-decoding LLM inference requests."""
+
+
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="scenario TOML"),
-    out: Path | None = typer.Option(None, "--out", help="results directory (default: [output] dir)"),
-    seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
+    out: Path | None = typer.Option(None, "--out", help="results directory (default: the scenario's output.dir)"),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="override the scenario's seed"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Simulate every scheduler of a scenario on the same requests; write results and print a table."""
@@ -48,18 +65,17 @@ def run(
 
     spec = load_scenario(scenario)
     if seed is not None:
-        if seed < 0:
-            raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
         spec = dataclasses.replace(spec, seed=seed)
     if out is not None:
         spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, dir=str(out)))
     console = Console(stderr=True)
+    _check_results_dir(spec.out_dir, "--out" if out is not None else f"{scenario}: output.dir", quiet, console)
     result = run_scenario(spec) if quiet or not console.is_terminal else _run_with_progress(spec, console)
     summary, _ = write_results(spec.out_dir, spec, result, command_line())
     print_summary(summary, f"{spec.name}: {result.workload.n} requests × {spec.replications} replication(s), "
                   f"k = {spec.speculation.k}")
     if not quiet:
-        console.print(f"results in {spec.out_dir}/ ({result.wall_s:.2f} s)")
+        console.print(f"results in {spec.out_dir}/ ({result.wall_s:.2f} s)", soft_wrap=True)
 
 
 @app.command()
@@ -72,8 +88,8 @@ def compare(
                                      "(0.5,1,1.5) and/or absolute requests/s (2rps,4rps)"),
     out: Path | None = typer.Option(None, "--out", help="results directory (default: the scenario's output dir "
                                     "+ '-compare'; for results directories: print only unless given)"),
-    seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
-    replications: int | None = typer.Option(None, "--replications", help="override the scenario's replications"),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="override the scenario's seed"),
+    replications: int | None = typer.Option(None, "--replications", min=1, help="override the scenario's replications"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG and SVG plots under OUT/plots/"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
@@ -93,25 +109,25 @@ def compare(
     if len(sources) == 1 and sources[0].suffix == ".toml":
         spec = select_schedulers(load_scenario(sources[0]), wanted)
         if seed is not None:
-            if seed < 0:
-                raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
             spec = dataclasses.replace(spec, seed=seed)
         if replications is not None:
-            if replications < 1:
-                raise LapsbenchError(f"--replications: {replications} — expected an integer >= 1")
             spec = dataclasses.replace(spec, replications=replications)
         loads = parse_rates(rates) if rates is not None else None
         show = not quiet and console.is_terminal
-        comp = run_comparison(spec, loads, baseline, _compare_progress(console) if show else None)
         target: Path | None = out or Path(f"{spec.out_dir}-compare")
+        _check_results_dir(target, "--out" if out is not None else f"{sources[0]}: output.dir + '-compare'",
+                           quiet, console)
+        comp = run_comparison(spec, loads, baseline, _compare_progress(console) if show else None)
     else:
         if any(src.suffix == ".toml" for src in sources):
             raise LapsbenchError("compare: give one scenario .toml, or results directories — not both")
         for flag, value in (("--rates", rates), ("--seed", seed), ("--replications", replications)):
             if value is not None:
                 raise LapsbenchError(f"{flag}: only with a scenario .toml — results directories are not re-simulated")
-        comp = load_results(sources, baseline, wanted)
         target = out
+        if target is not None:
+            _check_results_dir(target, "--out", quiet, console, inputs=tuple(sources))
+        comp = load_results(sources, baseline, wanted)
     screen = Console()
     if not screen.is_terminal:
         screen = Console(width=160)   # a pipe or a log: keep rows on one line rather than wrap at 80
@@ -120,7 +136,16 @@ def compare(
     if target is not None:
         write_comparison(target, comp, command_line(), plots=plots)
         if not quiet:
-            console.print(f"results in {target}/")
+            console.print(f"results in {target}/", soft_wrap=True)
+
+
+def _check_results_dir(path: Path, what: str, quiet: bool, console: Console, inputs: tuple[Path, ...] = ()) -> None:
+    """Before any simulation: refuse a results directory that cannot be written (one line, exit 2), and say
+    on stderr (unless --quiet) that earlier results there will be replaced."""
+    from lapsbench.fsutil import check_output
+
+    if check_output(path, what, kind="dir", marker="meta.json", inputs=inputs) and not quiet:
+        console.print(f"replacing the earlier results in {path}/", highlight=False, soft_wrap=True)
 
 
 def _compare_progress(console: Console) -> Callable[[float], Callable[[str, int, int, int], None]]:
@@ -153,46 +178,65 @@ def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
         return run_scenario(spec, progress)
 
 
-def main() -> None:
-    """Console entry point: LapsbenchError becomes `lapsbench: <message>` on stderr and exit code 2."""
+def main(args: list[str] | None = None) -> None:
+    """Console entry point. Whatever goes wrong ends in one line on stderr, never a traceback: bad input
+    (LapsbenchError) and usage errors (typer's: unknown option, missing argument, bad value) exit 2, a file
+    system error exits 2 naming the path, running out of memory exits 2, Ctrl-C exits 130. Help and --version
+    exit 0."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="lapsbench", standalone_mode=False)
     except LapsbenchError as exc:
-        print(f"lapsbench: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print("lapsbench: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and aborts
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        _fail("interrupted", 130, prefix="lapsbench: ")
+    except typer.exceptions.TyperException as exc:  # typer's usage errors (typer vendors click: never import it)
+        _usage_error(exc)
+    except typer.Abort:
+        _fail("aborted", 1, prefix="lapsbench: ")
+    except OSError as exc:  # a file that could not be read or written after the checks before work
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}", 2)
+    except MemoryError:
+        _fail("out of memory — expected a smaller workload (trace.max_requests, trace.duration_s)", 2)
     if isinstance(code, int) and code:  # typer returns exit codes here instead of raising (Ctrl-C: 130)
         if code == 130:
             print("lapsbench: interrupted", file=sys.stderr)
         sys.exit(code)
 
 
+def _fail(message: str, code: int, prefix: str = "lapsbench: error: ") -> NoReturn:
+    print(prefix + " ".join(message.split()), file=sys.stderr)  # one line, whatever the message holds
+    sys.exit(code)
+
+
+def _usage_error(exc: typer.exceptions.TyperException) -> NoReturn:
+    """One line for a usage error, with the command to ask for help; a group called without a command
+    (`lapsbench trace`) prints its help first."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "lapsbench"
+    where = command.removeprefix("lapsbench").strip()
+    where = f"{where}: " if where else ""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        print(exc.format_message())
+        _fail(f"{where}missing command — expected one of the commands listed above", 2)
+    _fail(f"{where}{exc.format_message()} (see '{command} --help')", 2)
+
+
 @app.command()
 def sweep(
     sweep_file: Path = typer.Argument(..., help="sweep TOML (base scenario + axes; see docs/sweeps.md)"),
     backend: str = typer.Option("local", "--backend", help="local (process pool) or ray"),
-    workers: int | None = typer.Option(None, "--workers", help="parallel points (default: CPU count)"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="parallel points (default: CPU count)"),
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)"),
     out: Path | None = typer.Option(None, "--out", help="sweep directory (default: out in the sweep file)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Run a scenario over a grid of overrides (resumable); merge results; optionally search capacity."""
+    from lapsbench.fsutil import check_output
     from lapsbench.sweep import load_sweep, print_sweep, run_sweep_with_progress
 
     spec = load_sweep(sweep_file, out)
+    check_output(spec.out, "--out" if out is not None else f"{sweep_file}: sweep.out", kind="dir")
     result = run_sweep_with_progress(spec, backend, workers, address, quiet)
     print_sweep(result)
     if result.failed:

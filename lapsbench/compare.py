@@ -401,7 +401,7 @@ def _changes(point: pl.DataFrame, baseline: str, seed: list[int], resamples: int
     return pl.DataFrame(rows), method
 
 
-_FIRST = ["rate_scale", "offered_rps", "scheduler", "policy", "replications", "requests"]
+_FIRST = ["rate_scale", "offered_rps", "scheduler", "policy", "replications", "requests", "requests_total"]
 
 
 def _order(summary: pl.DataFrame) -> pl.DataFrame:

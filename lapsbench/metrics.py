@@ -80,14 +80,19 @@ def summarize_replications(requests: pl.DataFrame, slo: SloSpec | None = None,
 
 def summarize(per_replication: pl.DataFrame) -> pl.DataFrame:
     """One row per scheduler: every metric averaged over replications, plus 95% CI half-widths of the
-    mean latencies across replications (NaN with a single replication)."""
+    mean latencies across replications (NaN with a single replication). `requests` is the request count of
+    a replication (their mean where `[trace] synth` windows differ), `requests_total` the sum over them."""
     metrics = [c for c in per_replication.columns if c not in ("scheduler", "replication")]
     rows = []
     for label in per_replication["scheduler"].unique(maintain_order=True):
         part = per_replication.filter(pl.col("scheduler") == label)
         row: dict[str, object] = {"scheduler": label, "replications": part.height}
         for m in metrics:
-            row[m] = float(part[m].mean()) if m != "requests" else int(part[m].sum())
+            row[m] = float(part[m].mean())
+            if m == "requests":
+                counts = part[m]
+                row[m] = int(counts[0]) if counts.n_unique() == 1 else float(counts.mean())
+                row["requests_total"] = int(counts.sum())
         for m in ("jct_mean_s", "ttft_mean_s", "tpot_mean_s"):
             row[m.replace("_mean_s", "_mean_ci95_s")] = ci95_halfwidth(part[m].to_numpy())
         rows.append(row)

@@ -133,8 +133,8 @@ def point_title(comp: Comparison, scale: float) -> str:
     part = comp.summary.filter(pl.col("rate_scale") == scale)
     offered = part["offered_rps"][0] if "offered_rps" in part.columns else math.nan
     reps = int(part["replications"][0])
-    requests = int(part["requests"][0]) // max(reps, 1)
-    return (f"{comp.name}: load ×{scale:g} of the trace rate ({_num(offered)} req/s offered), {requests} requests "
+    requests = part["requests"][0]
+    return (f"{comp.name}: load ×{scale:g} of the trace rate ({_num(offered)} req/s offered), {requests:g} requests "
             f"× {reps} replication(s); change CI: {comp.ci_method}")
 
 

@@ -21,6 +21,7 @@ from lapsbench.workload import (
     build_acceptance,
     build_batch_config,
     build_cost,
+    check_workload,
     held_out_output_tokens,
     load_workload,
 )
@@ -70,6 +71,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
     start = time.perf_counter()
     workload = first = load_workload(s)
     cost = build_cost(s)
+    check_workload(s, workload, cost)
     batching = build_batch_config(s, cost)
     frames = []
     stats = []
@@ -77,6 +79,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
     for replication in range(s.replications):
         if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
             workload = load_workload(s, replication)
+            check_workload(s, workload, cost)
         acceptance = build_acceptance(s, workload, replication)
         # Every request's steps are drawn once per replication for all schedulers: at batch size 1 they are the
         # steps themselves (schedule-independent); batched, the compiled loop reads each decode step's tokens

@@ -40,6 +40,16 @@ def _at_least_one(v: int) -> str | None:
     return None if v >= 1 else "an integer >= 1"
 
 
+# Hard bound on draft tokens per step. Speculative decoding uses k <= ~10 (EAGLE's draft trees verify <= ~64
+# tokens); the shipped profiles were measured with up to 8 verify tokens (k = 7), and a far larger k prices
+# steps by extrapolation and simulates for hours.
+K_MAX = 32
+
+
+def _draft_tokens(v: int) -> str | None:
+    return None if 0 <= v <= K_MAX else f"an integer in 0..{K_MAX} (draft tokens per step)"
+
+
 def _probability(v: float) -> str | None:
     return None if 0 <= v < 1 else "a probability in [0, 1)"
 
@@ -117,7 +127,7 @@ ACCEPTANCE_KINDS: dict[str, type] = {"fixed": FixedAcceptanceSpec, "beta": BetaA
 
 @dataclass(frozen=True)
 class SpeculationSpec:
-    k: int = _f(4, "draft tokens per step; 0 = plain decoding (no draft cost)", _non_negative)
+    k: int = _f(4, f"draft tokens per step, 0..{K_MAX}; 0 = plain decoding (no draft cost)", _draft_tokens)
     acceptance: Any = _f(FixedAcceptanceSpec(), "acceptance process table (kind = ...)")
 
 

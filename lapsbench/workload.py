@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,44 @@ def held_out_output_tokens(s: Scenario, w: Workload) -> np.ndarray:
     return df.filter(~pl.col("request_id").is_in(w.request_id))["output_tokens"].to_numpy()
 
 
+# Upper bound on a step table's bytes per step (int64 service time + int16/int32 tokens, with slack for the
+# drawing's temporaries): at batch size 1 every step emits at least one token, so a replication takes at most
+# sum(output_tokens) steps.
+STEP_TABLE_BYTES_PER_STEP = 16
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_workload(s: Scenario, w: Workload, cost: CostModel) -> None:
+    """Refuse, before any simulation, requests that cannot be served or simulated: one whose prompt + output
+    exceeds the KV-cache capacity (`engine.kv_capacity_tokens`, else the profile's; its KV must fit on the GPU,
+    at batch size 1 too), or a replication whose steps would not fit in this machine's memory."""
+    capacity = s.engine.kv_capacity_tokens or cost.kv_capacity_tokens
+    source = "trace.synth" if s.trace.synth else str(w.trace_path)
+    if capacity:
+        need = w.prompt_tokens + w.output_tokens
+        i = int(np.argmax(need))
+        if need[i] > capacity:
+            key = "engine.kv_capacity_tokens" if s.engine.kv_capacity_tokens else f"model.profile ({cost.name})"
+            raise LapsbenchError(
+                f"{source}: request {int(w.request_id[i])} needs {int(need[i]):,} tokens of KV cache (prompt "
+                f"{int(w.prompt_tokens[i]):,} + output {int(w.output_tokens[i]):,}), more than {key} holds "
+                f"({int(capacity):,} tokens); expected requests within the capacity (or a larger GPU)")
+    steps = int(np.maximum(w.output_tokens, 1).sum())
+    memory = physical_memory_bytes()
+    if memory and steps * STEP_TABLE_BYTES_PER_STEP > memory:
+        raise LapsbenchError(
+            f"{source}: {w.n:,} requests with {steps:,} output tokens in all would need up to "
+            f"{steps * STEP_TABLE_BYTES_PER_STEP / 2**30:,.1f} GiB of steps, more than this machine's "
+            f"{memory / 2**30:,.1f} GiB; expected fewer or shorter requests (trace.max_requests, trace.duration_s)")
+
+
 def build_cost(s: Scenario) -> CostModel:
     profile = s.model.profile
     if isinstance(profile, FixedProfileSpec):
@@ -132,7 +171,11 @@ def build_acceptance(s: Scenario, w: Workload, replication: int) -> Any:
     key = rng.stream_key(s.seed, replication, rng.Streams.ACCEPTANCE)
     if isinstance(spec, FixedAcceptanceSpec):
         alpha = np.full(w.n, spec.alpha)
-        if spec.use_trace_alpha and "alpha" in w.columns:
+        if spec.use_trace_alpha:
+            if "alpha" not in w.columns:
+                source = "the synthetic trace" if s.trace.synth else f"the trace {w.trace_path}"
+                raise LapsbenchError(f"speculation.acceptance.use_trace_alpha: true, but {source} has no alpha "
+                                     "column; expected a trace with per-request alpha, or use_trace_alpha = false")
             alpha = np.asarray(w.columns["alpha"], np.float64)
         return FixedAcceptance(alpha, w.request_id, k, key)
     if isinstance(spec, BetaAcceptanceSpec):

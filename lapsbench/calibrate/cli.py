@@ -43,7 +43,9 @@ def measure(
     from lapsbench.calibrate.measure import grid_from_options, import_torch
     from lapsbench.calibrate.measure import measure as run_measure
     from lapsbench.calibrate.models import parse_model_spec
+    from lapsbench.fsutil import check_output
 
+    check_output(out, "--out")
     specs = [parse_model_spec(m) for m in model]
     grid = grid_from_options(dict(batches=batches, query_tokens=query_tokens, draft_query_tokens=draft_query_tokens,
                                   contexts=contexts, prefill_lengths=prefill_lengths, prefill_batches=prefill_batches,
@@ -72,11 +74,13 @@ def fit(
                                                               "NAME:hidden=..,intermediate=..,layers=..,"
                                                               "heads=..,kv_heads=..,vocab=..")] = None,
     test_frac: Annotated[float, typer.Option(help="Share of rows held out for the reported error.")] = 0.25,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the held-out split.")] = 0,
 ) -> None:
     """Fit the cost model per model and phase; store coefficients and held-out error in a profile."""
     from lapsbench.calibrate.fit import fit_profile
+    from lapsbench.fsutil import check_output
 
+    check_output(out, "--out", inputs=(measured,))
     fits, top = fit_profile(measured, out, target, list(draft or []), name, gpu, gpu_memory_gb, host_link_gb_s,
                             list(model_config or []), test_frac, seed, _command())
     table = Table(title=f"{out}: held-out error ({top['gpu']})")

@@ -51,6 +51,8 @@ def read_measured(path: Path, gpu: str | None = None) -> pl.DataFrame:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise LapsbenchError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(REQUIRED)}")
+    if df.height == 0:
+        raise LapsbenchError(f"{path}: no measured rows (only a header); expected one row per measured configuration")
     cols = [c for c in (*REQUIRED, "ms_p10", "ms_p90") if c in df.columns]
     df = df.select(cols)
     for c in ("gpu", "model", "phase"):

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lapsbench.errors import LapsbenchError
+from lapsbench.fsutil import check_output
 from lapsbench.trace.importers import FORMATS, ImportOptions, import_trace
 from lapsbench.trace.info import stats_table, trace_stats
 from lapsbench.trace.schema import read_trace, write_trace
@@ -29,10 +29,10 @@ def _done(out: Path, rows: int, span: float, note: str = "") -> None:
 
 @app.command("synth")
 def synth_cmd(
-    requests: Annotated[int, typer.Option("--requests", "-n", help="Number of requests.")],
+    requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Number of requests.")],
     rate: Annotated[float, typer.Option("--rate", help="Mean arrival rate (requests/s).")],
     out: Annotated[Path, typer.Option("--out", help="Output canonical Parquet trace.")],
-    seed: Annotated[int, typer.Option("--seed", help="Seed of numpy Generator(SeedSequence(seed)).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of numpy Generator(SeedSequence(seed)).")] = 0,
     arrival: Annotated[str, typer.Option("--arrival", help=f"Inter-arrival law: {'|'.join(ARRIVALS)}.")] = "poisson",
     cv: Annotated[float | None, typer.Option("--cv", help="Inter-arrival CV (gamma only).")] = None,
     output_lengths: Annotated[str, typer.Option("--output-lengths", help=LENGTH_HELP)] = DEFAULT_OUTPUT,
@@ -43,6 +43,7 @@ def synth_cmd(
         "--alpha-beta", help="MEAN,CONCENTRATION: add a per-request alpha ~ Beta, in [0, 1).")] = None,
 ) -> None:
     """Write a synthetic trace: seeded Poisson/Gamma arrivals and length distributions."""
+    check_output(out, "--out")
     alpha = parse_alpha_beta(alpha_beta) if alpha_beta else None
     df = synth_trace(requests, rate, arrival=arrival, cv=cv, output=output_lengths, prompt=prompt_lengths,
                      lengths=lengths, alpha=alpha, seed=seed)
@@ -64,9 +65,10 @@ def import_cmd(
     rate: Annotated[float | None, typer.Option("--rate", help="lengths: arrival rate (requests/s).")] = None,
     arrival: Annotated[str, typer.Option("--arrival", help="lengths: poisson|gamma.")] = "poisson",
     cv: Annotated[float | None, typer.Option("--cv", help="lengths: inter-arrival CV (gamma).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="lengths: seed of the arrivals.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="lengths: seed of the arrivals.")] = 0,
 ) -> None:
     """Convert a raw trace (azure, burstgpt, mooncake, vidur, lengths) into a canonical trace."""
+    check_output(out, "--out", inputs=(source,))
     options = ImportOptions(models=tuple(m for spec in model or () for m in spec.split(",") if m),
                             keep_failed=keep_failed, drop_zero=drop_zero, rate=rate, arrival=arrival, cv=cv, seed=seed)
     report = import_trace(source, out, fmt, options)
@@ -85,13 +87,14 @@ def slice_cmd(
     first: Annotated[int, typer.Option("--first", help="Keep the first N requests (0 = all), applied last.")] = 0,
     sample: Annotated[int, typer.Option("--sample", help="Keep a random N requests of the window (order kept).")] = 0,
     sample_fraction: Annotated[float, typer.Option("--sample-fraction", help="Keep a random fraction instead.")] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the sampling.")] = 0,
 ) -> None:
     """Write a window / sample / rate-scaled copy of a canonical trace (request ids kept)."""
-    if Path(out).resolve() == Path(source).resolve():
-        raise LapsbenchError(f"--out: {out} — expected a path other than the input trace")
+    check_output(out, "--out", inputs=(source,))
+    flags = {"start_s": "--start-s", "duration_s": "--duration-s", "rate_scale": "--rate-scale",
+             "max_requests": "--first", "sample_n": "--sample", "sample_fraction": "--sample-fraction"}
     df = slice_trace(read_trace(source), start_s=start_s, duration_s=duration_s, rate_scale=rate_scale,
-                     max_requests=first, sample_n=sample, sample_fraction=sample_fraction, seed=seed)
+                     max_requests=first, sample_n=sample, sample_fraction=sample_fraction, seed=seed, names=flags)
     write_trace(df, out)
     _done(out, df.height, float(df["arrival_s"][-1]))
 

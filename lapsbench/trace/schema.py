@@ -18,6 +18,9 @@ from lapsbench.fsutil import atomic_file
 REQUIRED = {"request_id": "int", "arrival_s": "float", "prompt_tokens": "int", "output_tokens": "int"}
 OPTIONAL = {"alpha": "float", "acc_len": "list[int]", "predicted_output_tokens": "float"}
 CORE_COLUMNS = tuple(REQUIRED) + tuple(OPTIONAL)
+# Most tokens a request's prompt or output may have: 2^20, a 1M-token context (the longest of current models).
+# Far larger counts are not requests but corrupt data, and their steps would not fit in memory.
+MAX_TOKENS = 1 << 20
 
 
 def _bad(source: str, column: str, row: int, value: object, expected: str) -> LapsbenchError:
@@ -69,9 +72,10 @@ def validate_trace(df: pl.DataFrame, source: str = "trace") -> pl.DataFrame:
                    f"non-decreasing arrivals (previous row has {arrival[row - 1]!r})")
     for column in ("prompt_tokens", "output_tokens"):
         values = df[column].to_numpy()
-        if (values < 1).any():
-            row = _first(values < 1)
-            raise _bad(source, column, row, int(values[row]), "an integer >= 1")
+        bad = (values < 1) | (values > MAX_TOKENS)
+        if bad.any():
+            row = _first(bad)
+            raise _bad(source, column, row, int(values[row]), f"an integer in 1..{MAX_TOKENS:,}")
     if "alpha" in df.columns:
         alpha = df["alpha"].cast(pl.Float64).to_numpy()
         bad = ~(np.isfinite(alpha) & (alpha >= 0) & (alpha < 1))

@@ -157,7 +157,7 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
     """Simulate every scheduler × replication at every load point (the scenario's own rate_scale when
     `loads` is None) and build the paired comparison."""
     from lapsbench.runner import run_scenario
-    from lapsbench.workload import trace_identity
+    from lapsbench.workload import trace_identity, with_absolute_paths
 
     labels = [spec.label for spec in s.scheduler]
     base = resolve_baseline(labels, baseline)
@@ -181,7 +181,7 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
     requests = pl.concat(frames, how="vertical")
     meta = {**trace_identity(s), "wall_s": round(wall, 3)}
     return build_comparison(requests, name=s.name, seed=s.seed, slo=s.slo, baseline=base, meta=meta,
-                            scenario_toml=scenario_to_toml(s), resamples=resamples,
+                            scenario_toml=scenario_to_toml(with_absolute_paths(s)), resamples=resamples,
                             engine_stats=pl.concat(stats) if stats else None)
 
 

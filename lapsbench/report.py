@@ -18,7 +18,7 @@ from lapsbench.fsutil import atomic_dir
 from lapsbench.metrics import summarize, summarize_replications
 from lapsbench.runner import RunResult
 from lapsbench.scenario import Scenario, scenario_to_toml
-from lapsbench.workload import trace_identity
+from lapsbench.workload import trace_identity, with_absolute_paths
 
 
 def environment() -> dict[str, str]:
@@ -60,7 +60,7 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
             "by_replication": [{k: _json_safe(v) for k, v in row.items()} for row in per_rep.to_dicts()],
         }
         (tmp / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (tmp / "scenario.toml").write_text(scenario_to_toml(scenario))
+        (tmp / "scenario.toml").write_text(scenario_to_toml(with_absolute_paths(scenario)))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return summary, per_rep
 

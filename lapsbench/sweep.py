@@ -277,13 +277,10 @@ def _file_hash(sweep: Sweep, path: str) -> str:
 def _pin_files(sweep: Sweep, s: Scenario) -> tuple[Scenario, Scenario]:
     """(the scenario with absolute file paths for any worker, the same with its trace and profile named by
     content: the trace file's hash, or a `[trace] synth` table's hash of its parameters and seed)."""
-    from lapsbench.workload import profile_path, synth_options, trace_sha256
+    from lapsbench.workload import profile_path, trace_sha256, with_absolute_paths
 
     digest = trace_sha256(s, lambda path: _file_hash(sweep, str(path.resolve())))
-    if s.trace.synth:
-        run = dataclasses.replace(s, trace=dataclasses.replace(s.trace, synth=synth_options(s)))
-    else:
-        run = dataclasses.replace(s, trace=dataclasses.replace(s.trace, path=str(s.resolve(s.trace.path).resolve())))
+    run = with_absolute_paths(s)
     ident = dataclasses.replace(s, trace=dataclasses.replace(s.trace, path=f"sha256:{digest}", synth={}))
     if isinstance(s.model.profile, str):
         prof = profile_path(s).resolve()

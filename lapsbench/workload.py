@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -136,17 +137,39 @@ def trace_identity(s: Scenario) -> dict[str, str]:
     return {"trace_path": path, "trace_sha256": trace_sha256(s)}
 
 
+def _is_profile_path(profile: str) -> bool:
+    return profile.endswith(".toml") or "/" in profile or os.sep in profile
+
+
 def profile_path(s: Scenario) -> Path:
     """The profile file of a named or path profile: a value ending in .toml or holding a directory is a path
     (resolved like every scenario path), anything else a name looked up by `find_profile`."""
     profile = s.model.profile
     assert isinstance(profile, str)
-    if profile.endswith(".toml") or "/" in profile or os.sep in profile:
+    if _is_profile_path(profile):
         path = s.resolve(profile)
         if not path.is_file():
             raise LapsbenchError(f"model.profile: {profile!r} — no such profile file")
         return path
     return find_profile(profile)
+
+
+def with_absolute_paths(s: Scenario) -> Scenario:
+    """The scenario with its file paths (trace or `csv:` lengths, a profile given as a path, acceptance
+    records) resolved and absolute, so that a saved copy (results' scenario.toml, a sweep point) runs from
+    any directory. Profile names stay names."""
+    if s.trace.synth:
+        trace = dataclasses.replace(s.trace, synth=synth_options(s))
+    else:
+        trace = dataclasses.replace(s.trace, path=str(s.resolve(s.trace.path).resolve()))
+    model = s.model
+    if isinstance(model.profile, str) and _is_profile_path(model.profile):
+        model = dataclasses.replace(model, profile=str(profile_path(s).resolve()))
+    acceptance = s.speculation.acceptance
+    if isinstance(acceptance, EmpiricalAcceptanceSpec) and acceptance.path:
+        acceptance = dataclasses.replace(acceptance, path=str(s.resolve(acceptance.path).resolve()))
+    return dataclasses.replace(s, trace=trace, model=model,
+                               speculation=dataclasses.replace(s.speculation, acceptance=acceptance))
 
 
 def build_cost(s: Scenario) -> CostModel:

@@ -6,6 +6,7 @@ wheel, installs it in a fresh virtual environment and runs the quickstart from a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import site
@@ -24,7 +25,14 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.resources import ACCEPTANCE_FILE, DATA_DIR, PROFILES_DIR, SCENARIOS_DIR, write_quickstart
 from lapsbench.scenario import EmpiricalAcceptanceSpec, load_scenario
 from lapsbench.sweep import grid_points, load_sweep
-from lapsbench.workload import build_acceptance, build_cost, load_workload, profile_path, synth_options
+from lapsbench.workload import (
+    build_acceptance,
+    build_cost,
+    load_workload,
+    profile_path,
+    synth_options,
+    trace_sha256,
+)
 
 from conftest import REPO
 
@@ -157,6 +165,11 @@ def test_packaged_quickstart_runs_from_an_empty_directory(elsewhere: Path):
     assert proc.returncode == 0, proc.stderr
     assert "quickstart: 1445 requests" in proc.stdout and "laps-sd" in proc.stdout
     assert pl.read_csv(elsewhere / "qs" / "summary.csv")["scheduler"].to_list() == SCHEDULERS
+    # the saved scenario names its files by absolute path, so it runs again from anywhere
+    saved = load_scenario(elsewhere / "qs" / "scenario.toml")
+    assert Path(saved.trace.path).is_absolute() and Path(saved.trace.path).is_file()
+    meta = json.loads((elsewhere / "qs" / "meta.json").read_text())
+    assert meta["trace_sha256"] == trace_sha256(saved)
 
 
 def _site_packages() -> list[str]:

@@ -274,7 +274,9 @@ def _read_dir(d: Path) -> tuple[Path, dict[str, Any], dict[str, Any], pl.DataFra
 
 def _pairing_keys(raw: dict[str, Any]) -> list[str]:
     keys = ["seed", "replications"]
-    keys += [f"trace.{k}" for k in raw.get("trace", {}) if k not in ("rate_scale", "path")]  # path: the hash decides
+    # path and synth: the trace hash decides (a synth table names its csv: files by absolute path, by content in
+    # the hash)
+    keys += [f"trace.{k}" for k in raw.get("trace", {}) if k not in ("rate_scale", "path", "synth")]
     keys += [t for t in ("model", "speculation", "engine", "slo")]
     return keys
 

@@ -64,7 +64,7 @@ def run(
 
 @app.command()
 def init(
-    directory: Path = typer.Argument(Path("."), help="folder to write into (created if missing)"),
+    directory: Path = typer.Argument(Path("."), metavar="DIR", help="folder to write into (created if missing)"),
 ) -> None:
     """Write a runnable quickstart for a new project: DIR/scenarios/quickstart.toml and the trace it replays
     (its profile, h100-llama2-7b, ships with lapsbench). Existing files are never overwritten."""

@@ -79,6 +79,19 @@ def run(
 
 
 @app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), metavar="DIR", help="folder to write into (created if missing)"),
+) -> None:
+    """Write a runnable quickstart for a new project: DIR/scenarios/quickstart.toml and the trace it replays
+    (its profile, h100-llama2-7b, ships with lapsbench). Existing files are never overwritten."""
+    from lapsbench.resources import write_quickstart
+
+    written = write_quickstart(directory)
+    print("wrote " + ", ".join(str(path) for path in written))
+    print(f"next: cd {directory} && lapsbench run scenarios/quickstart.toml")
+
+
+@app.command()
 def compare(
     sources: list[Path] = typer.Argument(..., help="a scenario TOML, or one or more results directories"),
     schedulers: str | None = typer.Option(None, "--schedulers", help="comma-separated labels (or names) to keep"),

@@ -119,7 +119,8 @@ def native_rate(s: Scenario) -> float:
     w = load_workload(dataclasses.replace(s, trace=dataclasses.replace(s.trace, rate_scale=1.0)))
     rate = offered_rate(w.arrival_s)
     if not math.isfinite(rate):
-        raise LapsbenchError(f"trace.path: {s.trace.path} — the window has fewer than two distinct arrival "
+        where = "trace.synth" if s.trace.synth else f"trace.path: {s.trace.path}"
+        raise LapsbenchError(f"{where} — the window has fewer than two distinct arrival "
                              f"times, so an absolute rate in rps cannot be converted to a rate_scale")
     return rate
 
@@ -156,7 +157,7 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
     """Simulate every scheduler × replication at every load point (the scenario's own rate_scale when
     `loads` is None) and build the paired comparison."""
     from lapsbench.runner import run_scenario
-    from lapsbench.trace.schema import trace_hash
+    from lapsbench.workload import trace_identity, with_absolute_paths
 
     labels = [spec.label for spec in s.scheduler]
     base = resolve_baseline(labels, baseline)
@@ -179,15 +180,9 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
             stats.append(result.engine_stats.with_columns(pl.lit(scale, pl.Float64).alias("rate_scale")))
     assert workload is not None
     requests = pl.concat(frames, how="vertical")
-    meta = {
-        "trace_path": str(workload.trace_path),
-        # a `[trace] synth` workload has no file (it is redrawn per replication from the scenario's seed)
-        "trace_sha256": trace_hash(workload.trace_path) if Path(workload.trace_path).is_file() else None,
-        "wall_s": round(wall, 3),
-        "derived": derived,
-    }
+    meta = {**trace_identity(s), "wall_s": round(wall, 3), "derived": derived}
     return build_comparison(requests, name=s.name, seed=s.seed, slo=s.slo, baseline=base, meta=meta,
-                            scenario_toml=scenario_to_toml(s), resamples=resamples,
+                            scenario_toml=scenario_to_toml(with_absolute_paths(s)), resamples=resamples,
                             engine_stats=pl.concat(stats) if stats else None)
 
 
@@ -280,7 +275,9 @@ def _read_dir(d: Path) -> tuple[Path, dict[str, Any], dict[str, Any], pl.DataFra
 
 def _pairing_keys(raw: dict[str, Any]) -> list[str]:
     keys = ["seed", "replications"]
-    keys += [f"trace.{k}" for k in raw.get("trace", {}) if k not in ("rate_scale", "path")]  # path: the hash decides
+    # path and synth: the trace hash decides (a synth table names its csv: files by absolute path, by content in
+    # the hash)
+    keys += [f"trace.{k}" for k in raw.get("trace", {}) if k not in ("rate_scale", "path", "synth")]
     keys += [t for t in ("model", "speculation", "engine", "slo")]
     return keys
 

@@ -17,6 +17,7 @@ Phase-model times are in milliseconds in profile files and seconds in the API.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.resources import PROFILES_DIR
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -222,13 +224,24 @@ def load_profile_file(path: Path, draft: str | None = None) -> CostModel:
     )
 
 
-def find_profile(name: str, search_dirs: list[Path]) -> Path:
-    """A profile given by path, or by name looked up as `profiles/NAME.toml` in the search dirs."""
-    candidates = [Path(name)] if name.endswith(".toml") else []
-    candidates += [d / "profiles" / f"{name}.toml" for d in search_dirs]
-    candidates += [d / f"{name}.toml" for d in search_dirs]
-    for c in candidates:
-        if c.is_file():
-            return c
-    known = sorted({p.stem for d in search_dirs for p in (d / "profiles").glob("*.toml")})
-    raise LapsbenchError(f"model.profile: no profile {name!r}; expected a .toml path or one of {known}")
+PROFILES_ENV = "LAPSBENCH_PROFILES"
+
+
+def profile_dirs() -> list[Path]:
+    """Where a profile name is looked up, first match wins: the folders in $LAPSBENCH_PROFILES (separated
+    by os.pathsep), `profiles/` in the current directory, the user folder (~/.config/lapsbench/profiles,
+    or under $XDG_CONFIG_HOME), and the profiles shipped in the package."""
+    dirs = [Path(d).expanduser() for d in os.environ.get(PROFILES_ENV, "").split(os.pathsep) if d]
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [*dirs, Path("profiles"), config / "lapsbench" / "profiles", PROFILES_DIR]
+
+
+def find_profile(name: str) -> Path:
+    """The file of the profile called `name`: NAME.toml in the first of `profile_dirs()` that has it."""
+    dirs = profile_dirs()
+    for d in dirs:
+        if (d / f"{name}.toml").is_file():
+            return d / f"{name}.toml"
+    known = sorted({p.stem for d in dirs for p in d.glob("*.toml")})
+    raise LapsbenchError(f"model.profile: no profile {name!r} in {', '.join(str(d) for d in dirs)}; expected "
+                         f"a .toml path or one of {known}")

@@ -18,7 +18,7 @@ from lapsbench.fsutil import atomic_dir
 from lapsbench.metrics import summarize, summarize_replications
 from lapsbench.runner import RunResult
 from lapsbench.scenario import Scenario, scenario_to_toml
-from lapsbench.trace.schema import trace_hash
+from lapsbench.workload import trace_identity, with_absolute_paths
 
 
 def environment() -> dict[str, str]:
@@ -44,10 +44,7 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
         "replications": scenario.replications,
         "schedulers": [s.label for s in scenario.scheduler],
         "requests": result.workload.n,
-        "trace_path": str(result.workload.trace_path),
-        # a `[trace] synth` workload has no file (it is redrawn per replication from the scenario's seed)
-        "trace_sha256": trace_hash(result.workload.trace_path) if Path(result.workload.trace_path).is_file()
-        else None,
+        **trace_identity(scenario),
         "wall_s": round(result.wall_s, 3),
         # parameters schedulers fixed from the workload once per run (LAPS-SD's ladder, SSJF's bucket cuts)
         "derived": result.derived or {},
@@ -65,7 +62,7 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
             "by_replication": [{k: _json_safe(v) for k, v in row.items()} for row in per_rep.to_dicts()],
         }
         (tmp / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (tmp / "scenario.toml").write_text(scenario_to_toml(scenario))
+        (tmp / "scenario.toml").write_text(scenario_to_toml(with_absolute_paths(scenario)))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return summary, per_rep
 

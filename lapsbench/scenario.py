@@ -1,8 +1,9 @@
 """Scenario TOML → frozen dataclasses, validated once at the edge.
 
 Every field carries a `help` text (reused by docs) and a check; an unknown key or a bad value raises
-LapsbenchError naming the key path, the value and the valid choices. Relative paths are resolved
-against the current directory first, then the scenario file's directory."""
+LapsbenchError naming the key path, the value and the valid choices. Relative paths in a scenario that
+ships with lapsbench (lapsbench/data/scenarios) are resolved against its own directory; in any other
+scenario against the current directory first, then the scenario file's directory."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.resources import is_shipped
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,8 +114,8 @@ class BetaAcceptanceSpec:
 class EmpiricalAcceptanceSpec:
     kind: str = _f("empirical", "replay measured per-position acceptance lengths (docs/acceptance.md)",
                    choices=("empirical",))
-    path: str = _f("data/acceptance/specdecode_bench_llama31_8b_h100.parquet",
-                   "acceptance records: JSONL (data.md format) or its Parquet conversion")
+    path: str = _f("", "acceptance records: JSONL (data.md format) or its Parquet conversion; \"\" = the shipped "
+                   "SpecDecode-Bench records (lapsbench/data/acceptance/)")
     dataset: str = _f("sharegpt", "dataset of the records (sharegpt, cnn, instructcoder in the shipped file)")
     method: str = _f("eagle", "drafting method of the records (eagle, ngram in the shipped file)")
     mapping: str = _f("resample", "request → record: seeded resampling per replication, a trace column of "
@@ -185,9 +187,14 @@ class Scenario:
     base_dir: str = _f("", "directory of the scenario file (set by the loader)")
 
     def resolve(self, path: str) -> Path:
-        """A relative path from the scenario: the current directory first, then the scenario's dir."""
+        """A relative path from the scenario: next to a shipped scenario (the current directory has no say);
+        otherwise the current directory first, then the scenario's dir."""
         p = Path(path)
-        if p.is_absolute() or p.exists() or not self.base_dir:
+        if p.is_absolute() or not self.base_dir:
+            return p
+        if is_shipped(self.base_dir):
+            return (Path(self.base_dir) / p).resolve()
+        if p.exists():
             return p
         alt = Path(self.base_dir) / p
         return alt if alt.exists() else p

@@ -275,18 +275,15 @@ def _file_hash(sweep: Sweep, path: str) -> str:
 
 
 def _pin_files(sweep: Sweep, s: Scenario) -> tuple[Scenario, Scenario]:
-    """(the scenario with absolute file paths for any worker, the same with files named by content)."""
-    from lapsbench.costmodel import find_profile
+    """(the scenario with absolute file paths for any worker, the same with its trace and profile named by
+    content: the trace file's hash, or a `[trace] synth` table's hash of its parameters and seed)."""
+    from lapsbench.workload import profile_path, trace_sha256, with_absolute_paths
 
-    trace = s.resolve(s.trace.path).resolve()
-    if not trace.is_file():
-        raise LapsbenchError(f"trace.path: {s.trace.path!r} — no such trace file")
-    run = dataclasses.replace(s, trace=dataclasses.replace(s.trace, path=str(trace)))
-    ident = dataclasses.replace(s, trace=dataclasses.replace(s.trace, path=f"sha256:{_file_hash(sweep, str(trace))}"))
+    digest = trace_sha256(s, lambda path: _file_hash(sweep, str(path.resolve())))
+    run = with_absolute_paths(s)
+    ident = dataclasses.replace(s, trace=dataclasses.replace(s.trace, path=f"sha256:{digest}", synth={}))
     if isinstance(s.model.profile, str):
-        dirs = [Path.cwd(), Path(s.base_dir), Path(s.base_dir).parent]
-        prof = Path(s.model.profile)
-        prof = (prof if prof.is_file() else find_profile(s.model.profile, dirs)).resolve()
+        prof = profile_path(s).resolve()
         run = dataclasses.replace(run, model=dataclasses.replace(run.model, profile=str(prof)))
         ident = dataclasses.replace(ident, model=dataclasses.replace(
             ident.model, profile=f"sha256:{_file_hash(sweep, str(prof))}"))

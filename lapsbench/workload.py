@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAccep
 from lapsbench.batching import BatchConfig
 from lapsbench.costmodel import CostModel, find_profile, fixed_profile, load_profile_file
 from lapsbench.errors import LapsbenchError
+from lapsbench.resources import ACCEPTANCE_FILE
 from lapsbench.scenario import (
     BetaAcceptanceSpec,
     EmpiricalAcceptanceSpec,
@@ -22,7 +27,7 @@ from lapsbench.scenario import (
     FixedProfileSpec,
     Scenario,
 )
-from lapsbench.trace.schema import CORE_COLUMNS, read_trace
+from lapsbench.trace.schema import CORE_COLUMNS, read_trace, trace_hash
 from lapsbench.trace.slicing import slice_trace
 
 
@@ -65,14 +70,23 @@ def synth_seed(seed: int, replication: int) -> int:
     return int(np.random.SeedSequence([seed, replication, 7]).generate_state(1, np.uint32)[0])
 
 
-def _synth_options(s: Scenario) -> dict:
-    """`[trace] synth` as keyword arguments of synth_trace, with CSV paths resolved from the scenario."""
+def _csv_spec(value: str) -> tuple[str, str] | None:
+    """(PATH, ":COLUMN" or "") of a `csv:PATH[:COLUMN]` length spec; None for any other spec."""
+    if not value.startswith("csv:"):
+        return None
+    rest = value[4:]
+    file, sep, column = rest.partition(":") if not Path(rest).is_file() else (rest, "", "")
+    return file, sep + column
+
+
+def synth_options(s: Scenario) -> dict[str, Any]:
+    """The `[trace] synth` table with the files of its `csv:` lengths resolved like every scenario path
+    (absolute, so that a sweep worker anywhere finds them)."""
     opts = dict(s.trace.synth)
     for key in ("output", "prompt", "lengths"):
-        if key in opts and opts[key].startswith("csv:"):
-            rest = opts[key][4:]
-            file, sep, column = rest.partition(":") if not Path(rest).is_file() else (rest, "", "")
-            opts[key] = f"csv:{s.resolve(file)}{sep}{column}"
+        csv = _csv_spec(opts[key]) if key in opts else None
+        if csv:
+            opts[key] = f"csv:{s.resolve(csv[0]).resolve()}{csv[1]}"
     return opts
 
 
@@ -81,7 +95,7 @@ def load_workload(s: Scenario, replication: int = 0) -> Workload:
     if s.trace.synth:
         from lapsbench.trace.synth import synth_trace
 
-        opts = _synth_options(s)
+        opts = synth_options(s)
         n, rate = int(opts.pop("requests")), float(opts.pop("rate"))
         try:
             df = synth_trace(n, rate, seed=synth_seed(s.seed, replication), **opts)
@@ -104,7 +118,7 @@ def held_out_output_tokens(s: Scenario, w: Workload) -> np.ndarray:
     if s.trace.synth:
         from lapsbench.trace.synth import synth_trace
 
-        opts = _synth_options(s)
+        opts = synth_options(s)
         n, rate = int(opts.pop("requests")), float(opts.pop("rate"))
         seed = int(np.random.SeedSequence([s.seed, 0, 8]).generate_state(1, np.uint32)[0])
         return synth_trace(n, rate, seed=seed, **opts)["output_tokens"].to_numpy()
@@ -150,14 +164,72 @@ def check_workload(s: Scenario, w: Workload, cost: CostModel) -> None:
             f"{memory / 2**30:,.1f} GiB; expected fewer or shorter requests (trace.max_requests, trace.duration_s)")
 
 
+def trace_sha256(s: Scenario, file_hash: Callable[[Path], str] = trace_hash) -> str:
+    """What identifies the scenario's requests (before its window and rate scale), as recorded in meta.json
+    and in sweep point ids: the SHA-256 of the trace file; for `[trace] synth`, the SHA-256 of its
+    parameters (`csv:` files by content) and the scenario seed, from which every replication's trace is drawn."""
+    if not s.trace.synth:
+        path = s.resolve(s.trace.path)
+        if not path.is_file():
+            raise LapsbenchError(f"trace.path: {s.trace.path!r} — no such trace file")
+        return file_hash(path)
+    params = synth_options(s)
+    for key in ("output", "prompt", "lengths"):
+        csv = _csv_spec(params[key]) if key in params else None
+        if csv:
+            if not Path(csv[0]).is_file():
+                raise LapsbenchError(f"trace.synth.{key}: {s.trace.synth[key]!r} — no such file {csv[0]}")
+            params[key] = f"csv:sha256:{file_hash(Path(csv[0]))}{csv[1]}"
+    payload = json.dumps({"synth": params, "seed": s.seed}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def trace_identity(s: Scenario) -> dict[str, str]:
+    """meta.json's `trace_path` and `trace_sha256` (see `trace_sha256`)."""
+    path = "[trace] synth" if s.trace.synth else str(s.resolve(s.trace.path))
+    return {"trace_path": path, "trace_sha256": trace_sha256(s)}
+
+
+def _is_profile_path(profile: str) -> bool:
+    return profile.endswith(".toml") or "/" in profile or os.sep in profile
+
+
+def profile_path(s: Scenario) -> Path:
+    """The profile file of a named or path profile: a value ending in .toml or holding a directory is a path
+    (resolved like every scenario path), anything else a name looked up by `find_profile`."""
+    profile = s.model.profile
+    assert isinstance(profile, str)
+    if _is_profile_path(profile):
+        path = s.resolve(profile)
+        if not path.is_file():
+            raise LapsbenchError(f"model.profile: {profile!r} — no such profile file")
+        return path
+    return find_profile(profile)
+
+
+def with_absolute_paths(s: Scenario) -> Scenario:
+    """The scenario with its file paths (trace or `csv:` lengths, a profile given as a path, acceptance
+    records) resolved and absolute, so that a saved copy (results' scenario.toml, a sweep point) runs from
+    any directory. Profile names stay names."""
+    if s.trace.synth:
+        trace = dataclasses.replace(s.trace, synth=synth_options(s))
+    else:
+        trace = dataclasses.replace(s.trace, path=str(s.resolve(s.trace.path).resolve()))
+    model = s.model
+    if isinstance(model.profile, str) and _is_profile_path(model.profile):
+        model = dataclasses.replace(model, profile=str(profile_path(s).resolve()))
+    acceptance = s.speculation.acceptance
+    if isinstance(acceptance, EmpiricalAcceptanceSpec) and acceptance.path:
+        acceptance = dataclasses.replace(acceptance, path=str(s.resolve(acceptance.path).resolve()))
+    return dataclasses.replace(s, trace=trace, model=model,
+                               speculation=dataclasses.replace(s.speculation, acceptance=acceptance))
+
+
 def build_cost(s: Scenario) -> CostModel:
     profile = s.model.profile
     if isinstance(profile, FixedProfileSpec):
         return fixed_profile(profile.step_s, profile.draft_step_s, profile.prefill_s_per_token)
-    dirs = [Path.cwd()]
-    if s.base_dir:
-        dirs += [Path(s.base_dir), Path(s.base_dir).parent]
-    path = find_profile(profile, dirs) if not Path(profile).is_file() else Path(profile)
+    path = profile_path(s)
     cost = load_profile_file(path, draft=s.model.draft or None)
     if s.speculation.k > 0 and cost.draft is None:
         raise LapsbenchError(f"model.profile: {path} has no draft model, but speculation.k = {s.speculation.k}")
@@ -192,7 +264,8 @@ def build_acceptance(s: Scenario, w: Workload, replication: int) -> Any:
                                      "expected one of ['resample', 'column'] or a trace with acc_len")
             lists = w.acc_len
         else:
-            records = acceptance_records(str(s.resolve(spec.path)), spec.dataset, spec.method)
+            path = s.resolve(spec.path) if spec.path else ACCEPTANCE_FILE
+            records = acceptance_records(str(path), spec.dataset, spec.method)
             if spec.mapping == "column":
                 if spec.column not in w.passthrough.columns:
                     raise LapsbenchError(f"speculation.acceptance.column: {spec.column!r} is not a trace column; "

@@ -130,14 +130,14 @@ rate_scale = 0.8
 requests = {REQUESTS}
 rate = {rate:.6g}
 arrival = "{arrival}"
-{cv}lengths = "csv:data/workloads/{name}.csv"
+{cv}lengths = "csv:../../workloads/{name}.csv"
 
 [model]
 profile = "{PROFILE}"
 
 [speculation]
 k = {K}
-acceptance = {{ kind = "empirical", path = "{RECORDS}", dataset = "{dataset}", method = "eagle", mapping = "column" }}
+acceptance = {{ kind = "empirical", path = "../../acceptance/{Path(RECORDS).name}", dataset = "{dataset}", method = "eagle", mapping = "column" }}
 {SCHEDULERS}
 [output]
 dir = "results/papers/{name}_{'poisson' if arrival == 'poisson' else 'bursty'}"

@@ -13,6 +13,7 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.paper_metrics import thr25, versus_baseline
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import load_scenario, parse_scenario
+from lapsbench.workload import trace_sha256
 
 from conftest import REPO
 
@@ -76,7 +77,9 @@ def test_cli_runs_a_synth_scenario(tmp_path):
                            "--quiet", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["trace_sha256"] is None and meta["replications"] == 20
+    # identified by a hash of the synth parameters, the csv file's content and the seed
+    assert meta["trace_sha256"] == trace_sha256(load_scenario(REPO / "scenarios/papers/ssjf_no_batching.toml"))
+    assert meta["replications"] == 20
 
 
 LADDER_SCENARIO = """

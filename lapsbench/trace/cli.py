@@ -20,7 +20,8 @@ app = typer.Typer(help="Create, import, slice and inspect canonical traces.", no
 console = Console()
 
 LENGTH_HELP = ("fixed:N | lognormal:median=M,sigma=S[,min=A,max=B] | geometric:mean=M[,max=B] | "
-               "uniform:min=A,max=B | csv:PATH[:COLUMN]")
+               "uniform:min=A,max=B | csv:PATH[:COLUMN]. The defaults follow the Azure conversation trace, "
+               "clipped so that prompt + output <= 4096 tokens (Llama-2-7B's context, the default profile).")
 
 
 def _done(out: Path, rows: int, span: float, note: str = "") -> None:

@@ -28,8 +28,11 @@ ARRIVALS = ("poisson", "gamma")
 LENGTH_KINDS = {"fixed": (), "lognormal": ("median", "sigma"), "geometric": ("mean",), "uniform": ("min", "max"),
                 "csv": ()}
 BOUNDS = ("min", "max")
-DEFAULT_PROMPT = "lognormal:median=1020,sigma=1.0"
-DEFAULT_OUTPUT = "lognormal:median=130,sigma=1.0"
+# Default lengths: the Azure LLM conversation trace 2023 (prompt median 1020 and p90 2735; output median 129
+# and p90 424) as lognormals, clipped so that prompt + output <= 4096 tokens, the context of Llama-2-7B, the
+# default profile's target: unclipped, 100,000 prompts reach 10^5 tokens and exceed its KV capacity.
+DEFAULT_PROMPT = "lognormal:median=1020,sigma=0.75,max=3072"
+DEFAULT_OUTPUT = "lognormal:median=130,sigma=0.9,max=1024"
 PROMPT_COLUMN = "num_prefill_tokens"
 OUTPUT_COLUMN = "num_decode_tokens"
 

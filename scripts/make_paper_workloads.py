@@ -35,7 +35,7 @@ from lapsbench.costmodel import load_profile_file
 from lapsbench.steptable import NS, build_step_table
 
 RECORDS = "data/acceptance/specdecode_bench_llama31_8b_h100.parquet"
-RECORDS_FROM_SCENARIO = "../../acceptance/specdecode_bench_llama31_8b_h100.parquet"  # scenarios/papers/ -> data/
+ACC = "../../acceptance/specdecode_bench_llama31_8b_h100.parquet"  # scenarios/papers/ -> data/
 PROFILE = "h100-llama3-8b"
 K = 4
 CAP = 8192
@@ -138,7 +138,7 @@ profile = "{PROFILE}"
 
 [speculation]
 k = {K}
-acceptance = {{ kind = "empirical", path = "{RECORDS_FROM_SCENARIO}", dataset = "{dataset}", method = "eagle", mapping = "column" }}
+acceptance = {{ kind = "empirical", path = "{ACC}", dataset = "{dataset}", method = "eagle", mapping = "column" }}
 {SCHEDULERS}
 [output]
 dir = "results/papers/{name}_{'poisson' if arrival == 'poisson' else 'bursty'}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,9 +14,10 @@ from lapsbench.calibrate.cli import app as calibrate_app
 from lapsbench.errors import LapsbenchError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
 
     from lapsbench.runner import RunResult
     from lapsbench.scenario import Scenario
@@ -102,7 +104,8 @@ def compare(
             spec = dataclasses.replace(spec, replications=replications)
         loads = parse_rates(rates) if rates is not None else None
         show = not quiet and console.is_terminal
-        comp = run_comparison(spec, loads, baseline, _compare_progress(console) if show else None)
+        with _compare_progress(console) if show else nullcontext() as factory:
+            comp = run_comparison(spec, loads, baseline, factory)
         target: Path | None = out or Path(f"{spec.out_dir}-compare")
     else:
         if any(src.suffix == ".toml" for src in sources):
@@ -123,25 +126,57 @@ def compare(
             console.print(f"results in {target}/")
 
 
-def _compare_progress(console: Console) -> Callable[[float], Callable[[str, int, int, int], None]]:
+@contextmanager
+def _progress_display(console: Console, *columns: ProgressColumn) -> Iterator[Progress]:
+    """A transient rich Progress (spinner, `columns`, elapsed time) on `console`, with a row "compiling the
+    engines ..." shown while numba compiles (a cold cache: the first run after installing or changing
+    lapsbench) — nothing on a warm cache."""
+    from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+
+    from lapsbench.progress import on_compile
+
+    with Progress(SpinnerColumn(), *columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        notice = bar.add_task("compiling the engines (first run after install, ~30 s)", total=None, visible=False)
+
+        def compiling(started: bool) -> None:
+            if started:
+                bar.reset(notice, visible=True)
+            else:
+                bar.update(notice, visible=False)
+
+        with on_compile(compiling):
+            yield bar
+
+
+@contextmanager
+def _compare_progress(console: Console) -> Iterator[Callable[[float], Callable[[str, int, int, int], None]]]:
     """A factory of runner progress callbacks, one per load point, printing a line per finished
     (scheduler, replication): a sweep has many short runs, for which one line each reads better than
-    a stack of bars."""
+    a stack of bars. The compile notice shows below the lines while numba compiles."""
+    from rich.progress import TextColumn
+
     def factory(scale: float) -> Callable[[str, int, int, int], None]:
         def progress(label: str, replication: int, done: int, total: int) -> None:
             if done == total:
                 console.print(f"  load ×{scale:g}: {label} (rep {replication}) done", highlight=False)
         return progress
-    return factory
+
+    with _progress_display(console, TextColumn("{task.description}")):
+        yield factory
 
 
 def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """`run_scenario` under a bar per (scheduler, replication), updated ~10 times a second by the engines."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Task, TextColumn
+    from rich.text import Text
 
     from lapsbench.runner import run_scenario
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    class Count(MofNCompleteColumn):
+        def render(self, task: Task) -> Text:
+            return Text("") if task.total is None else super().render(task)  # the compile notice has no count
+
+    with _progress_display(console, TextColumn("{task.description}"), BarColumn(), Count()) as bar:
         tasks: dict[tuple[str, int], int] = {}
 
         def progress(label: str, replication: int, done: int, total: int) -> None:

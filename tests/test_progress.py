@@ -158,7 +158,7 @@ def in_terminal(args: list[str], env: dict[str, str], interrupt_on: bytes | None
     appears in its output, send SIGINT to its process group (Ctrl-C). Returns (exit code, output)."""
     controller, terminal = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "lapsbench", *args], stdin=terminal, stdout=terminal,
-                            stderr=terminal, cwd=REPO, env=env, start_new_session=True)
+                            stderr=terminal, cwd=REPO, env={**env, "TERM": "xterm-256color"}, start_new_session=True)
     os.close(terminal)
     output = b""
     deadline = time.monotonic() + timeout

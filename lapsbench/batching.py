@@ -42,6 +42,7 @@ from lapsbench.costmodel import sd_step_s
 from lapsbench.engine import Acceptance, rank_order
 from lapsbench.errors import LapsbenchError
 from lapsbench.policies.base import Policy
+from lapsbench.progress import Throttled
 from lapsbench.state import EngineState
 from lapsbench.steptable import StepTable
 
@@ -426,7 +427,7 @@ class BatchedEngine:
             return s
         now, admitted, finished = 0.0, 0, 0
         active = np.empty(0, np.int64)
-        report_every = max(1, n // 200)
+        report = Throttled(progress, n) if progress is not None else None
         # Livelock guard: prefill tokens computed since a step last emitted a token, against the whole work
         # (prompt + output tokens) of the requests present. Without evictions a prefill-only streak is at
         # most that work; only recompute preemption can throw prefill away, over and over.
@@ -477,12 +478,11 @@ class BatchedEngine:
             if done.size:
                 work -= int(work_of[done].sum())
                 active = active[~np.isin(active, done)]
-                before = finished
                 finished += done.size
-                if progress is not None and finished // report_every != before // report_every:
-                    progress(finished)
-        if progress is not None:
-            progress(finished)
+                if report is not None:
+                    report(finished)
+        if report is not None:
+            report(finished)
         return s
 
     def _count_deselected(self, members: np.ndarray) -> None:

@@ -20,8 +20,9 @@ total order as engine.rank_order. A request's keys change only when it is served
 `observe` return True (policies/compiled.py's contract), so after a step only the served requests are
 re-keyed and merged back; a True return re-keys and re-sorts everyone present.
 
-The loop keeps its scalars in small arrays (`li`, `lf`) so it can return to Python whenever the finished
-count crosses a progress mark and resume where it stopped.
+A run is one call: the loop keeps the finished count current in `li` and releases the GIL, and
+lapsbench.progress.run_polled reads it from the calling thread (progress without leaving the loop); its
+other scalars are written back to `li` / `lf` at the end.
 """
 
 from __future__ import annotations
@@ -43,20 +44,21 @@ from lapsbench.policies.compiled import (
     ranks_with_side_effects,
     state_tuple,
 )
+from lapsbench.progress import run_polled
 
 STATIC, DYNAMIC, CONTINUOUS = 0, 1, 2
 MODE_CODE = {"static": STATIC, "dynamic": DYNAMIC, "continuous": CONTINUOUS}
 
 # configuration ints (ci) and floats (cf)
-(CI_MODE, CI_MAX_BATCH, CI_BUDGET, CI_BLOCK, CI_RECOMPUTE, CI_K, CI_PREEMPTIVE, CI_REPORT, CI_CHECK,
- CI_GUARDED) = range(10)
+(CI_MODE, CI_MAX_BATCH, CI_BUDGET, CI_BLOCK, CI_RECOMPUTE, CI_K, CI_PREEMPTIVE, CI_CHECK, CI_GUARDED) = range(9)
 CF_KV_CAP, CF_KV_BYTES, CF_LINK, CF_SHARE = range(4)
-# loop state ints (li) and floats (lf)
+# loop state ints (li) and floats (lf); LI_FINISHED is kept current (read by another thread for progress),
+# LI_STOP set by the caller ends the run early (Ctrl-C)
 (LI_ADMITTED, LI_FINISHED, LI_NA, LI_NO, LI_USED, LI_MAX_USED, LI_MAX_BATCH, LI_STATIC_N, LI_PREV_N, LI_STEPS,
- LI_NADD, LI_DROPPED, LI_EVERYONE, LI_STUCK, LI_WORK, LI_EVICTIONS, LI_DISPLACED) = range(17)
+ LI_NADD, LI_DROPPED, LI_EVERYONE, LI_STUCK, LI_WORK, LI_EVICTIONS, LI_DISPLACED, LI_STOP) = range(18)
 LF_NOW, LF_BUSY, LF_BATCH_TIME, LF_KV_TIME = range(4)
 
-DONE, PROGRESS, ERR_EMPTY, ERR_TABLE, ERR_INVARIANT, ERR_LIVELOCK = 0, 1, -1, -2, -3, -4
+DONE, STOPPED, ERR_EMPTY, ERR_TABLE, ERR_INVARIANT, ERR_LIVELOCK = 0, 1, -1, -2, -3, -4
 LIVELOCK_FACTOR = 8  # prefill tokens without progress, in units of the present requests' whole work (batching.py)
 NO_BUDGET = np.iinfo(np.int64).max
 
@@ -376,10 +378,10 @@ def _invariants_hold(E, cap, used, n):
 # emits no reference counting — with it, the ~50 arrays of the P / S / E / W tuples are incref'd and decref'd
 # (atomically) around tuple accesses and helper calls, many times per step: measured ~7x slower. Helpers it
 # calls inherit the setting; the step pricing, which may allocate, runs with the runtime (_step_time_s).
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, nogil=True)
 def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
-    """Serve until every request has finished (returns DONE), or until the finished count crosses a
-    multiple of ci[CI_REPORT] when that is > 0 (returns PROGRESS; call again to resume); < 0 = error."""
+    """Serve until every request has finished (returns DONE), or until li[LI_STOP] is set (returns STOPPED);
+    < 0 = error."""
     code = P.code
     ranks, observes_steps, rekey = ranks_with_side_effects(code), observes(code), not keys_static(code)
     arrival, prompt, output, generated, steps, decode_steps, attained, last_service, done = S
@@ -390,7 +392,7 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
     offset, cum = T
     n = arrival.size
     mode, max_batch, budget = ci[CI_MODE], ci[CI_MAX_BATCH], ci[CI_BUDGET]
-    preemptive, report, check = ci[CI_PREEMPTIVE] != 0, ci[CI_REPORT], ci[CI_CHECK] != 0
+    preemptive, check = ci[CI_PREEMPTIVE] != 0, ci[CI_CHECK] != 0
     cap = cf[CF_KV_CAP]
     admitted, finished, na, no = li[LI_ADMITTED], li[LI_FINISHED], li[LI_NA], li[LI_NO]
     static_n, prev_n, nadd = li[LI_STATIC_N], li[LI_PREV_N], li[LI_NADD]
@@ -399,6 +401,9 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
     now, busy, batch_time, kv_time = lf[LF_NOW], lf[LF_BUSY], lf[LF_BATCH_TIME], lf[LF_KV_TIME]
     status = DONE
     while finished < n:
+        if li[LI_STOP] != 0:
+            status = STOPPED
+            break
         # arrivals join the requests to (re-)key: those served by the previous step
         while admitted < n and arrival[admitted] <= now:
             active[na] = admitted
@@ -587,12 +592,8 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
                 if not done[i]:
                     add[nadd] = i
                     nadd += 1
-        if n_done:
-            before = finished
-            finished += n_done
-            if report > 0 and finished // report != before // report:
-                status = PROGRESS
-                break
+        finished += n_done
+        li[LI_FINISHED] = finished
     li[LI_ADMITTED], li[LI_FINISHED], li[LI_NA], li[LI_NO] = admitted, finished, na, no
     li[LI_STATIC_N], li[LI_PREV_N], li[LI_NADD] = static_n, prev_n, nadd
     li[LI_DROPPED], li[LI_EVERYONE] = dropped, everyone
@@ -637,7 +638,9 @@ def supported(engine) -> str | None:
 
 def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> bool:
     """Run `engine` (its policy already prepared) on the compiled loop; False (nothing changed) when it
-    cannot, so the caller runs the Python loop. Sets the engine's statistics as the Python loop would."""
+    cannot, so the caller runs the Python loop. Sets the engine's statistics as the Python loop would.
+    `progress(finished)` is called from this thread about 10 times a second while the loop runs, and at
+    the end."""
     s, cfg = engine.s, engine.cfg
     if supported(engine) is not None:
         return False
@@ -669,21 +672,15 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
     # the tokens in the table's own dtype (int16 for outputs below 32,767 tokens, else int32): numba compiles
     # one loop per dtype, and a 64-bit copy would cost ~10 ns per table row on every run
     T = (_i8(table.offset), np.require(table.cum_tokens, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
-    report = max(1, n // 200) if progress is not None else 0
     ci = np.array([MODE_CODE[cfg.mode], cfg.max_batch, cfg.max_batch_tokens, cfg.block_size,
-                   int(cfg.preemption == "recompute"), s.k, int(engine.policy.preemptive), report,
+                   int(cfg.preemption == "recompute"), s.k, int(engine.policy.preemptive),
                    int(engine.check), int(cfg.admission == "guarded")], np.int64)
     cf = np.array([float(cfg.kv_capacity_tokens), float(engine.kv_bytes), float(engine.link_bytes_s),
                    float(cfg.admission_share)], np.float64)
-    li = np.zeros(17, np.int64)
+    li = np.zeros(18, np.int64)
     li[LI_USED] = engine.used
     lf = np.zeros(4, np.float64)
-    while True:
-        status = run_loop(P, S, E, W, T, packed, ci, cf, li, lf)
-        if status == PROGRESS and progress is not None:
-            progress(int(li[LI_FINISHED]))
-            continue
-        break
+    status = run_polled(run_loop, (P, S, E, W, T, packed, ci, cf, li, lf), li, LI_FINISHED, LI_STOP, progress)
     if status == ERR_EMPTY:
         raise AssertionError("no request fits an empty engine: capacity checks are wrong")
     if status == ERR_TABLE:
@@ -704,6 +701,4 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
     engine.compiled_steps = int(li[LI_STEPS])
     engine.evictions += int(li[LI_EVICTIONS])
     engine.displacements += int(li[LI_DISPLACED])
-    if progress is not None:
-        progress(int(li[LI_FINISHED]))
     return True

@@ -20,6 +20,7 @@ import numpy as np
 
 from lapsbench.engine_compiled import run_compiled
 from lapsbench.policies.base import Plan, Policy
+from lapsbench.progress import Throttled
 from lapsbench.state import EngineState
 from lapsbench.steptable import NS, StepTable, build_step_table, to_ns
 
@@ -152,7 +153,7 @@ class SingleServer:
         finished_count = 0
         active = np.empty(0, np.int64)
         last_served = -1
-        report_every = max(1, n // 200)
+        report = Throttled(progress, n) if progress is not None else None
         preemptive = policy.preemptive
         while finished_count < n:
             if admitted < n and arrival[admitted] <= now:
@@ -182,10 +183,10 @@ class SingleServer:
             if finished >= 0:
                 active = active[active != finished]
                 finished_count += 1
-                if progress is not None and finished_count % report_every == 0:
-                    progress(finished_count)
-        if progress is not None:
-            progress(finished_count)
+                if report is not None:
+                    report(finished_count)
+        if report is not None:
+            report(finished_count)
         return s
 
 

@@ -6,22 +6,28 @@ table lookups; the policy's keys come from its compiled restatement (lapsbench/p
 are cached per request (a request's keys change only when it is served or when the policy says all may
 have changed), so choosing the next request is one scan over the present ones. Same integer-nanosecond
 clock and the same bookkeeping as tests/reference_engine.py, so results are identical bit for bit.
+
+A run is one call: the loop publishes its finished count in `reg` and releases the GIL, and
+lapsbench.progress.run_polled reads the count from the calling thread (progress without leaving the loop).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
 from numba import literally, njit
 
 from lapsbench.policies import compiled as pc
+from lapsbench.progress import run_polled
 from lapsbench.state import EngineState
 from lapsbench.steptable import StepTable, to_ns
 
 NS = 1_000_000_000
-# registers of a run, kept in an array so a run can return to Python (progress) and resume
-NOW, ADMITTED, PRESENT, LAST, FINISHED = range(5)
+# registers of a run: FINISHED is kept current (read by another thread for progress), STOP set by the caller
+# ends the run early (Ctrl-C); the others are written at the end
+NOW, ADMITTED, PRESENT, LAST, FINISHED, STOP = range(6)
 
 
 @njit(cache=True)
@@ -33,8 +39,8 @@ def _refresh(code, P, S, active, na, keys):
 
 @njit(cache=True)
 def _run(code, P, S, arrival_ns, offset, cum_tokens, cum_ns, preemptive, first_token_s, finish_s, preemptions,
-         active, keys, reg, stop_at):
-    """Serve until `stop_at` requests have finished (or all have); state lives in the arrays.
+         active, keys, reg):
+    """Serve every request (or until reg[STOP] is set); state lives in the arrays.
 
     Same decisions as the reference engine, which ranks everyone before every step; but a request's keys
     change only when it is served (or when prerank/observe say all may have), so after a step the choice
@@ -50,7 +56,7 @@ def _run(code, P, S, arrival_ns, offset, cum_tokens, cum_ns, preemptive, first_t
     now, admitted, na, last, finished = reg[NOW], reg[ADMITTED], reg[PRESENT], reg[LAST], reg[FINISHED]
     served = np.empty(1, np.int64)
     ranked = False  # prerank already called for the coming choice
-    while finished < n and finished < stop_at:
+    while finished < n and reg[STOP] == 0:
         while admitted < n and arrival_ns[admitted] <= now:
             active[na] = admitted
             keys[admitted, 0], keys[admitted, 1], keys[admitted, 2] = pc.key(code, P, S, admitted)
@@ -104,6 +110,7 @@ def _run(code, P, S, arrival_ns, offset, cum_tokens, cum_ns, preemptive, first_t
                 done[chosen] = True
                 finish_s[chosen] = now_s
                 finished += 1
+                reg[FINISHED] = finished
                 j = 0
                 while active[j] != chosen:
                     j += 1
@@ -132,21 +139,32 @@ def _run(code, P, S, arrival_ns, offset, cum_tokens, cum_ns, preemptive, first_t
     reg[NOW], reg[ADMITTED], reg[PRESENT], reg[LAST], reg[FINISHED] = now, admitted, na, last, finished
 
 
+@functools.cache
+def _loop(code: int):
+    """`_run` specialised to one policy as a dispatcher of its own: `code` is a constant of this closure, so a
+    call dispatches in microseconds, where calling `_run` from Python re-runs numba's typing to resolve
+    `literally` (~100 ms a call). Cached on disk per code (numba keys a closure's cache by its values)."""
+    @njit(cache=True, nogil=True)
+    def run(P, S, arrival_ns, offset, cum_tokens, cum_ns, preemptive, first_token_s, finish_s, preemptions,
+            active, keys, reg):
+        _run(code, P, S, arrival_ns, offset, cum_tokens, cum_ns, preemptive, first_token_s, finish_s, preemptions,
+             active, keys, reg)
+    return run
+
+
 def run_compiled(state: EngineState, kernel: pc.PolicyKernel, preemptive: bool, table: StepTable,
                  progress: Callable[[int], None] | None = None) -> EngineState:
     """Serve every request of `state` at batch size 1 (the policy already prepared, `kernel` its
-    compiled form); fills the state's result arrays like lapsbench.engine.simulate."""
+    compiled form); fills the state's result arrays like lapsbench.engine.simulate. `progress(finished)`
+    is called from this thread about 10 times a second while the loop runs, and at the end."""
     n = state.n
     S = pc.state_tuple(state)
     arrival_ns = to_ns(state.arrival_s)
     active = np.empty(max(n, 1), np.int64)
     keys = np.zeros((max(n, 1), 3))
-    reg = np.zeros(5, np.int64)
+    reg = np.zeros(6, np.int64)
     reg[LAST] = -1
-    chunk = n if progress is None else max(1, n // 200)
-    while reg[FINISHED] < n:
-        _run(kernel.code, kernel, S, arrival_ns, table.offset, table.cum_tokens, table.cum_ns, preemptive,
-             state.first_token_s, state.finish_s, state.preemptions, active, keys, reg, int(reg[FINISHED]) + chunk)
-        if progress is not None:
-            progress(int(reg[FINISHED]))
+    run_polled(_loop(kernel.code), (kernel, S, arrival_ns, table.offset, table.cum_tokens, table.cum_ns, preemptive,
+                                    state.first_token_s, state.finish_s, state.preemptions, active, keys, reg),
+               reg, FINISHED, STOP, progress)
     return state

@@ -32,21 +32,41 @@ app.add_typer(trace_app, name="trace")
 app.add_typer(calibrate_app, name="calibrate")
 
 
+SCHEDULERS_HELP = ("comma-separated schedulers to run, in this order: labels of the scenario (with their "
+                   "parameters), or any registered scheduler name (default parameters)")
+SET_HELP = ("override a scenario key, e.g. --set speculation.k=2 --set trace.rate_scale=0.3 "
+            "--set 'speculation.acceptance={kind=\"fixed\",alpha=0.6}' (a TOML value; repeatable)")
+
+
+def _scheduler_list(text: str | None) -> list[str] | None:
+    """--schedulers a,b → ["a", "b"] (None when not given)."""
+    if text is None:
+        return None
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    if not wanted:
+        raise LapsbenchError(f"--schedulers: {text!r} — expected comma-separated scheduler labels or names")
+    return wanted
+
+
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="scenario TOML"),
     out: Path | None = typer.Option(None, "--out", help="results directory (default: [output] dir)"),
     seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
+    schedulers: str | None = typer.Option(None, "--schedulers", help=SCHEDULERS_HELP),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    plots: bool = typer.Option(False, "--plots", help="also write the plots of compare under OUT/plots/"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Simulate every scheduler of a scenario on the same requests; write results and print a table."""
     from rich.console import Console
 
+    from lapsbench.compare import select_schedulers
     from lapsbench.report import command_line, print_summary, write_results
     from lapsbench.runner import run_scenario
     from lapsbench.scenario import load_scenario
 
-    spec = load_scenario(scenario)
+    spec = select_schedulers(load_scenario(scenario, overrides or ()), _scheduler_list(schedulers))
     if seed is not None:
         if seed < 0:
             raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
@@ -56,6 +76,13 @@ def run(
     console = Console(stderr=True)
     result = run_scenario(spec) if quiet or not console.is_terminal else _run_with_progress(spec, console)
     summary, _ = write_results(spec.out_dir, spec, result, command_line())
+    if plots:
+        from lapsbench.compare import comparison_of_run
+        from lapsbench.fsutil import atomic_dir
+        from lapsbench.plots import write_plots
+
+        with atomic_dir(spec.out_dir / "plots") as tmp:
+            write_plots(comparison_of_run(spec, result), tmp)
     print_summary(summary, f"{spec.name}: {result.workload.n} requests × {spec.replications} replication(s), "
                   f"k = {spec.speculation.k}")
     if not quiet:
@@ -65,7 +92,8 @@ def run(
 @app.command()
 def compare(
     sources: list[Path] = typer.Argument(..., help="a scenario TOML, or one or more results directories"),
-    schedulers: str | None = typer.Option(None, "--schedulers", help="comma-separated labels (or names) to keep"),
+    schedulers: str | None = typer.Option(None, "--schedulers", help=SCHEDULERS_HELP + "; for results "
+                                          "directories, labels to keep"),
     baseline: str | None = typer.Option(None, "--baseline", help="label to compare against (default fcfs, "
                                         "else the first scheduler)"),
     rates: str | None = typer.Option(None, "--rates", help="load sweep: multiples of the trace's rate "
@@ -74,6 +102,7 @@ def compare(
                                     "+ '-compare'; for results directories: print only unless given)"),
     seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
     replications: int | None = typer.Option(None, "--replications", help="override the scenario's replications"),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG and SVG plots under OUT/plots/"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
@@ -86,12 +115,10 @@ def compare(
     from lapsbench.report_compare import rich_tables
     from lapsbench.scenario import load_scenario
 
-    wanted = [w.strip() for w in schedulers.split(",") if w.strip()] if schedulers is not None else None
-    if wanted is not None and not wanted:
-        raise LapsbenchError(f"--schedulers: {schedulers!r} — expected comma-separated scheduler labels")
+    wanted = _scheduler_list(schedulers)
     console = Console(stderr=True)
     if len(sources) == 1 and sources[0].suffix == ".toml":
-        spec = select_schedulers(load_scenario(sources[0]), wanted)
+        spec = select_schedulers(load_scenario(sources[0], overrides or ()), wanted)
         if seed is not None:
             if seed < 0:
                 raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
@@ -107,7 +134,8 @@ def compare(
     else:
         if any(src.suffix == ".toml" for src in sources):
             raise LapsbenchError("compare: give one scenario .toml, or results directories — not both")
-        for flag, value in (("--rates", rates), ("--seed", seed), ("--replications", replications)):
+        for flag, value in (("--rates", rates), ("--seed", seed), ("--replications", replications),
+                            ("--set", overrides)):
             if value is not None:
                 raise LapsbenchError(f"{flag}: only with a scenario .toml — results directories are not re-simulated")
         comp = load_results(sources, baseline, wanted)
@@ -187,13 +215,17 @@ def sweep(
     workers: int | None = typer.Option(None, "--workers", help="parallel points (default: CPU count)"),
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)"),
     out: Path | None = typer.Option(None, "--out", help="sweep directory (default: out in the sweep file)"),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP + "; applies to the base scenario"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="plot each main metric against each numeric "
+                               "axis under OUT/plots/"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
-    """Run a scenario over a grid of overrides (resumable); merge results; optionally search capacity."""
+    """Run a scenario over a grid of overrides (resumable); merge results; print a table per point and
+    scheduler; plot the metrics against the axes; optionally search capacity."""
     from lapsbench.sweep import load_sweep, print_sweep, run_sweep_with_progress
 
-    spec = load_sweep(sweep_file, out)
-    result = run_sweep_with_progress(spec, backend, workers, address, quiet)
+    spec = load_sweep(sweep_file, out, overrides or ())
+    result = run_sweep_with_progress(spec, backend, workers, address, quiet, plots)
     print_sweep(result)
     if result.failed:
         sys.exit(1)  # the other points' results are written; re-running retries the failed ones

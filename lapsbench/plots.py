@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +84,23 @@ def _legend(fig: Any, axes: Any, entries: int) -> None:
     fig.legend(handles, labels, loc="outside lower center", frameon=False, ncols=min(entries, 4))
 
 
-def write_plots(comp: Comparison, out: Path) -> list[Path]:
-    """Every plot of a comparison; the load plot only for a sweep (two or more load points)."""
+def figures(comp: Comparison) -> Iterator[tuple[str, Any]]:
+    """(name, matplotlib figure) of every plot of a comparison; the load plot only for a sweep (two or
+    more load points). The caller closes each figure."""
     plt = _setup()
-    out.mkdir(parents=True, exist_ok=True)
     policies = _policies(comp)
-    paths = []
     for name, draw in (("jct_cdf", _jct_cdf), ("ttft_tpot", _ttft_tpot), ("jct_vs_load", _jct_vs_load)):
         if name == "jct_vs_load" and len(comp.rate_scales) < 2:
             continue
-        fig = draw(plt, comp, policies)
+        yield name, draw(plt, comp, policies)
+
+
+def write_plots(comp: Comparison, out: Path) -> list[Path]:
+    """Every plot of a comparison as PNG and SVG under `out`."""
+    plt = _setup()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures(comp):
         paths += _save(fig, out, name)
         plt.close(fig)
     return paths
@@ -241,7 +249,7 @@ def write_sweep_plots(summary: pl.DataFrame, axes: list[str], mode: str, out: Pa
     paths = []
     labels = list(dict.fromkeys(summary["scheduler"].to_list()))
     for axis in numeric_axes(summary, axes):
-        others = [a for a in axes if a != axis]
+        others = [a for a in axes if a != axis and a in summary.columns and summary[a].n_unique() > 1]
         combos = (summary.select(others).unique(maintain_order=True).to_dicts() if others and mode == "grid"
                   else [{}])
         fig, panels = _grid(plt, len(metrics), width=4.4, height=3.3)

@@ -353,7 +353,7 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     try:
         return parse_scenario(data, str(path.parent))
     except LapsbenchError as exc:
-        raise LapsbenchError(f"{'--set' if blamed_keys(str(exc), keys) else path}: {exc}") from None
+        raise LapsbenchError(f"--set {exc}" if blamed_keys(str(exc), keys) else f"{path}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------ overrides (--set)
@@ -422,9 +422,17 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[dic
 
 def blamed_keys(message: str, keys: Sequence[str]) -> list[str]:
     """The override keys an error message (`key.path: ...`) is about: the key itself, a key inside it,
-    or a table containing it (list indices as in `scheduler[0]` match `scheduler.0`)."""
+    or a table containing it. List indices as in `scheduler[0]` match `scheduler.0`; a path without
+    indices (`scheduler.unit`, from a policy's own check) matches the key without its indices."""
     path = re.sub(r"\[(\d+)\]", r".\1", message.split(":", 1)[0].strip())
-    return [k for k in keys if path == k or path.startswith(k + ".") or k.startswith(path + ".")]
+
+    def about(p: str, k: str) -> bool:
+        return p == k or p.startswith(k + ".") or k.startswith(p + ".")
+
+    def unindexed(k: str) -> str:
+        return re.sub(r"\.\d+(?=\.|$)", "", k)
+
+    return [k for k in keys if about(path, k) or about(unindexed(path), unindexed(k))]
 
 
 # ------------------------------------------------------------------------------------------- writing

@@ -686,7 +686,7 @@ def _probe(sweep: Sweep, s: Search, value: float) -> Point:
     cap = sweep.capacity
     assert cap is not None
     return resolve_point(sweep, {**s.context, cap.key: value, "scheduler": [s.scheduler_table]}, "capacity",
-                         shown={**s.context, "scheduler": s.scheduler, cap.key: value})
+                         shown={"scheduler": s.scheduler, **s.context, cap.key: value})  # an axis "scheduler" wins
 
 
 def _meets(sweep: Sweep, point: Point, label: str) -> tuple[bool, dict[str, float]]:

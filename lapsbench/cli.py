@@ -34,8 +34,8 @@ app.add_typer(calibrate_app, name="calibrate")
 
 SCHEDULERS_HELP = ("comma-separated schedulers to run, in this order: labels of the scenario (with their "
                    "parameters), or any registered scheduler name (default parameters)")
-SET_HELP = ("override a scenario key, e.g. --set speculation.k=2 --set trace.rate_scale=0.3 "
-            "--set 'speculation.acceptance={kind=\"fixed\",alpha=0.6}' (a TOML value; repeatable)")
+SET_HELP = ("override a scenario key: KEY.PATH=VALUE with a TOML value, e.g. speculation.k=2 or "
+            "'speculation.acceptance={kind=\"fixed\",alpha=0.6}'; repeatable")
 
 
 def _scheduler_list(text: str | None) -> list[str] | None:

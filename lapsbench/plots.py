@@ -78,9 +78,10 @@ def _replications(comp: Comparison) -> int:
     return int(comp.requests["replication"].n_unique())
 
 
-def _legend(fig: Any, axes: Any, entries: int) -> None:
-    """One figure legend below the panels (constrained layout makes room for it): never over the data."""
-    handles, labels = axes.get_legend_handles_labels()
+def _legend(fig: Any, ax: Any, entries: int) -> None:
+    """One figure legend, of `ax`'s entries, below the panels (constrained layout makes room for it):
+    never over the data."""
+    handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", frameon=False, ncols=min(entries, 4))
 
 
@@ -110,18 +111,28 @@ def _offered(comp: Comparison, scale: float) -> float:
     return float(comp.summary.filter(pl.col("rate_scale") == scale)["offered_rps"][0])
 
 
-def load_label(comp: Comparison, scale: float, sep: str = "\n") -> str:
-    """A load point as the user gave it: `0.5 req/s` for --rates in rps, else `×0.2` with its offered
-    requests/s."""
-    if comp.meta.get("load_unit") == "rps":
-        return f"{_offered(comp, scale):.3g} req/s"
-    return f"×{scale:.3g}{sep}{_offered(comp, scale):.3g} req/s"
+def _absolute(comp: Comparison) -> bool:
+    return comp.meta.get("load_unit") == "rps"
+
+
+def load_tick(comp: Comparison, scale: float) -> str:
+    """A load point's tick as the user gave it: the offered requests/s for --rates in rps, else the
+    multiple of the trace's rate over the offered requests/s (the axis label says so)."""
+    if _absolute(comp):
+        return f"{_offered(comp, scale):.3g}"
+    return f"×{scale:.3g}\n{_offered(comp, scale):.3g}"
+
+
+def load_axis(comp: Comparison) -> str:
+    return ("offered load (requests/s)" if _absolute(comp)
+            else "load: multiple of the trace's rate / offered requests/s")
 
 
 def _point_title(comp: Comparison, scale: float) -> str:
     part = comp.summary.filter(pl.col("rate_scale") == scale)
     sat = " (saturated)" if part["saturated"].any() else ""
-    return f"load {load_label(comp, scale, ', ')} offered{sat}"
+    offered = f"{_offered(comp, scale):.3g} req/s offered"
+    return f"load {offered}{sat}" if _absolute(comp) else f"load ×{scale:.3g}, {offered}{sat}"
 
 
 def _grid(plt: Any, panels: int, width: float = 4.6, height: float = 3.6) -> tuple[Any, list[Any]]:
@@ -177,8 +188,8 @@ def _ttft_tpot(plt: Any, comp: Comparison, policies: dict[str, str | None]) -> A
             if reps >= 2:
                 ax.errorbar(x, mean, yerr=ci, fmt="none", ecolor="#555555", elinewidth=1.2, capsize=3)
         ax.set_xticks(np.arange(len(scales)))
-        ax.set_xticklabels([load_label(comp, s) for s in scales])
-        ax.set_xlabel("offered load")
+        ax.set_xticklabels([load_tick(comp, s) for s in scales])
+        ax.set_xlabel(load_axis(comp))
         ax.set_ylabel(f"mean {key.upper()} ({unit})")
         ax.set_title(title)
         if len(scales) > 1:

@@ -78,11 +78,14 @@ def _replications(comp: Comparison) -> int:
     return int(comp.requests["replication"].n_unique())
 
 
-def _legend(fig: Any, ax: Any, entries: int) -> None:
-    """One figure legend, of `ax`'s entries, below the panels (constrained layout makes room for it):
-    never over the data."""
+def _legend(fig: Any, ax: Any, order: list[str], max_cols: int = 6) -> None:
+    """One figure legend of `ax`'s entries below the panels (constrained layout makes room for it), so
+    never over the data; entries named in `order` first, in that order."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", frameon=False, ncols=min(entries, 4))
+    rank = {label: i for i, label in enumerate(order)}
+    pairs = sorted(zip(handles, labels, strict=True), key=lambda hl: rank.get(hl[1], len(rank)))
+    fig.legend([h for h, _ in pairs], [lb for _, lb in pairs], loc="outside lower center", frameon=False,
+               ncols=min(len(pairs), max_cols))
 
 
 def figures(comp: Comparison) -> Iterator[tuple[str, Any]]:
@@ -163,7 +166,7 @@ def _jct_cdf(plt: Any, comp: Comparison, policies: dict[str, str | None]) -> Any
         ax.set_ylabel("fraction of requests ≤ JCT")
         ax.set_ylim(0, 1.01)
         ax.set_title(_point_title(comp, scale))
-    _legend(fig, axes[0], len(comp.labels))
+    _legend(fig, axes[0], comp.labels)
     fig.suptitle(f"{comp.name}: JCT distribution per scheduler", fontsize=13)
     return fig
 
@@ -195,7 +198,7 @@ def _ttft_tpot(plt: Any, comp: Comparison, policies: dict[str, str | None]) -> A
         if len(scales) > 1:
             ax.set_yscale("log")
             ax.set_ylabel(f"mean {key.upper()} ({unit}, log scale)")
-    _legend(fig, axes[0], len(labels))
+    _legend(fig, axes[0], labels)
     ci = f"whiskers = 95% CI over {reps} replications" if reps >= 2 else "1 replication, so no confidence interval"
     fig.suptitle(f"{comp.name}: mean TTFT and TPOT ({ci})", fontsize=13)
     return fig
@@ -232,7 +235,7 @@ def _jct_vs_load(plt: Any, comp: Comparison, policies: dict[str, str | None]) ->
         ax.set_xlabel("offered load (requests/s)")
         ax.set_ylabel(f"{title} (s, log scale)")
         ax.set_title(f"{title} vs load")
-    _legend(fig, axes[0], len(comp.labels) + (1 if sat.height else 0))
+    _legend(fig, axes[0], comp.labels)
     ci = "; whiskers = 95% CI of the mean" if reps >= 2 else ""
     fig.suptitle(f"{comp.name}: latency vs load; hollow markers = saturated (throughput < 95% of offered){ci}",
                  fontsize=13)
@@ -281,9 +284,12 @@ def write_sweep_plots(summary: pl.DataFrame, axes: list[str], mode: str, out: Pa
             finite = summary[col].cast(pl.Float64).drop_nans().drop_nulls()
             if finite.len() and float(finite.min()) > 0 and float(finite.max()) / float(finite.min()) > 20:
                 ax.set_yscale("log")
+            ticks = summary[axis].drop_nulls().unique().sort().to_list()
+            if len(ticks) <= 12 and mode != "random":
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])   # the swept values, not 2.5 for k
             ax.set_xlabel(axis)
             ax.set_title(title)
-        _legend(fig, panels[0], len(labels) * len(combos))
+        _legend(fig, panels[0], [], max_cols=4)
         fig.suptitle(f"{name}: main metrics vs {axis}", fontsize=13)
         paths += _save(fig, out, re.sub(r"[^A-Za-z0-9._-]+", "_", axis))
         plt.close(fig)

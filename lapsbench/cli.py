@@ -51,21 +51,41 @@ def _root(version: bool = typer.Option(False, "--version", callback=_show_versio
     """Trace-replay benchmark for scheduling speculative-decoding LLM inference requests."""
 
 
+SCHEDULERS_HELP = ("comma-separated schedulers to run, in this order: labels of the scenario (with their "
+                   "parameters), or any registered scheduler name (default parameters)")
+SET_HELP = ("override a scenario key: KEY.PATH=VALUE with a TOML value, e.g. speculation.k=2 or "
+            "'speculation.acceptance={kind=\"fixed\",alpha=0.6}'; repeatable")
+
+
+def _scheduler_list(text: str | None) -> list[str] | None:
+    """--schedulers a,b → ["a", "b"] (None when not given)."""
+    if text is None:
+        return None
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    if not wanted:
+        raise LapsbenchError(f"--schedulers: {text!r} — expected comma-separated scheduler labels or names")
+    return wanted
+
+
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="scenario TOML"),
     out: Path | None = typer.Option(None, "--out", help="results directory (default: the scenario's output.dir)"),
     seed: int | None = typer.Option(None, "--seed", min=0, help="override the scenario's seed"),
+    schedulers: str | None = typer.Option(None, "--schedulers", help=SCHEDULERS_HELP),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    plots: bool = typer.Option(False, "--plots", help="also write the plots of compare under OUT/plots/"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Simulate every scheduler of a scenario on the same requests; write results and print a table."""
     from rich.console import Console
 
+    from lapsbench.compare import select_schedulers
     from lapsbench.report import command_line, print_summary, write_results
     from lapsbench.runner import run_scenario
     from lapsbench.scenario import load_scenario
 
-    spec = load_scenario(scenario)
+    spec = select_schedulers(load_scenario(scenario, overrides or ()), _scheduler_list(schedulers))
     if seed is not None:
         spec = dataclasses.replace(spec, seed=seed)
     if out is not None:
@@ -74,6 +94,13 @@ def run(
     _check_results_dir(spec.out_dir, "--out" if out is not None else f"{scenario}: output.dir", quiet, console)
     result = run_scenario(spec) if quiet or not console.is_terminal else _run_with_progress(spec, console)
     summary, _ = write_results(spec.out_dir, spec, result, command_line())
+    if plots:
+        from lapsbench.compare import comparison_of_run
+        from lapsbench.fsutil import atomic_dir
+        from lapsbench.plots import write_plots
+
+        with atomic_dir(spec.out_dir / "plots") as tmp:
+            write_plots(comparison_of_run(spec, result), tmp)
     print_summary(summary, f"{spec.name}: {result.workload.n} requests × {spec.replications} replication(s), "
                   f"k = {spec.speculation.k}")
     if not quiet:
@@ -96,7 +123,8 @@ def init(
 @app.command()
 def compare(
     sources: list[Path] = typer.Argument(..., help="a scenario TOML, or one or more results directories"),
-    schedulers: str | None = typer.Option(None, "--schedulers", help="comma-separated labels (or names) to keep"),
+    schedulers: str | None = typer.Option(None, "--schedulers", help=SCHEDULERS_HELP + "; for results "
+                                          "directories, labels to keep"),
     baseline: str | None = typer.Option(None, "--baseline", help="label to compare against (default fcfs, "
                                         "else the first scheduler)"),
     rates: str | None = typer.Option(None, "--rates", help="load sweep: multiples of the trace's rate "
@@ -105,6 +133,7 @@ def compare(
                                     "+ '-compare'; for results directories: print only unless given)"),
     seed: int | None = typer.Option(None, "--seed", min=0, help="override the scenario's seed"),
     replications: int | None = typer.Option(None, "--replications", min=1, help="override the scenario's replications"),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG and SVG plots under OUT/plots/"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
@@ -117,12 +146,10 @@ def compare(
     from lapsbench.report_compare import rich_tables
     from lapsbench.scenario import load_scenario
 
-    wanted = [w.strip() for w in schedulers.split(",") if w.strip()] if schedulers is not None else None
-    if wanted is not None and not wanted:
-        raise LapsbenchError(f"--schedulers: {schedulers!r} — expected comma-separated scheduler labels")
+    wanted = _scheduler_list(schedulers)
     console = Console(stderr=True)
     if len(sources) == 1 and sources[0].suffix == ".toml":
-        spec = select_schedulers(load_scenario(sources[0]), wanted)
+        spec = select_schedulers(load_scenario(sources[0], overrides or ()), wanted)
         if seed is not None:
             spec = dataclasses.replace(spec, seed=seed)
         if replications is not None:
@@ -137,7 +164,8 @@ def compare(
     else:
         if any(src.suffix == ".toml" for src in sources):
             raise LapsbenchError("compare: give one scenario .toml, or results directories — not both")
-        for flag, value in (("--rates", rates), ("--seed", seed), ("--replications", replications)):
+        for flag, value in (("--rates", rates), ("--seed", seed), ("--replications", replications),
+                            ("--set", overrides)):
             if value is not None:
                 raise LapsbenchError(f"{flag}: only with a scenario .toml — results directories are not re-simulated")
         target = out
@@ -282,15 +310,19 @@ def sweep(
     workers: int | None = typer.Option(None, "--workers", min=1, help="parallel points (default: CPU count)"),
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)"),
     out: Path | None = typer.Option(None, "--out", help="sweep directory (default: out in the sweep file)"),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP + "; applies to the base scenario"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="plot each main metric against each numeric "
+                               "axis under OUT/plots/"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
-    """Run a scenario over a grid of overrides (resumable); merge results; optionally search capacity."""
+    """Run a scenario over a grid of overrides (resumable); merge results; print a table per point and
+    scheduler; plot the metrics against the axes; optionally search capacity."""
     from lapsbench.fsutil import check_output
     from lapsbench.sweep import load_sweep, print_sweep, run_sweep_with_progress
 
-    spec = load_sweep(sweep_file, out)
+    spec = load_sweep(sweep_file, out, overrides or ())
     check_output(spec.out, "--out" if out is not None else f"{sweep_file}: sweep.out", kind="dir")
-    result = run_sweep_with_progress(spec, backend, workers, address, quiet)
+    result = run_sweep_with_progress(spec, backend, workers, address, quiet, plots)
     print_sweep(result)
     if result.failed:
         sys.exit(1)  # the other points' results are written; re-running retries the failed ones

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -23,7 +23,7 @@ import polars as pl
 from lapsbench import __version__
 from lapsbench.errors import LapsbenchError
 from lapsbench.metrics import summarize, summarize_replications
-from lapsbench.scenario import Scenario, SloSpec, load_scenario, scenario_to_toml
+from lapsbench.scenario import Scenario, SchedulerSpec, SloSpec, load_scenario, scenario_to_toml
 from lapsbench.stats import (
     BOOTSTRAP_RESAMPLES,
     offered_rate,
@@ -31,6 +31,9 @@ from lapsbench.stats import (
     paired_t_ratio,
     ssjf_throughput,
 )
+
+if TYPE_CHECKING:
+    from lapsbench.runner import RunResult
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -126,16 +129,22 @@ def native_rate(s: Scenario) -> float:
 
 
 def select_schedulers(s: Scenario, wanted: Sequence[str] | None) -> Scenario:
-    """Keep the schedulers named in --schedulers (by label, or by name for every label of that name), in
-    the order given."""
+    """The schedulers named in --schedulers, in the order given: a label of the scenario keeps its TOML
+    parameters; a policy name of the scenario selects every label of that policy; any other registered
+    scheduler name is added with its default parameters."""
+    from lapsbench.policies import registry
+
     if not wanted:
         return s
-    chosen = []
+    chosen: list[SchedulerSpec] = []
     for w in wanted:
         match = [spec for spec in s.scheduler if spec.label == w] or [spec for spec in s.scheduler if spec.name == w]
+        if not match and w in registry():
+            match = [SchedulerSpec(name=w, label=w, params={})]
         if not match:
-            valid = ", ".join(spec.label for spec in s.scheduler)
-            raise LapsbenchError(f"--schedulers: {w!r} is not a scheduler of the scenario — expected one of: {valid}")
+            labels = ", ".join(spec.label for spec in s.scheduler)
+            raise LapsbenchError(f"--schedulers: {w!r} is neither a scheduler of the scenario ({labels}) nor a "
+                                 f"registered one — expected one of: {', '.join(sorted(registry()))}")
         chosen += [m for m in match if m not in chosen]
     return dataclasses.replace(s, scheduler=tuple(chosen))
 
@@ -180,10 +189,28 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
             stats.append(result.engine_stats.with_columns(pl.lit(scale, pl.Float64).alias("rate_scale")))
     assert workload is not None
     requests = pl.concat(frames, how="vertical")
-    meta = {**trace_identity(s), "wall_s": round(wall, 3), "derived": derived}
+    meta = {**trace_identity(s), "wall_s": round(wall, 3), "derived": derived, "load_unit": load_unit(loads)}
     return build_comparison(requests, name=s.name, seed=s.seed, slo=s.slo, baseline=base, meta=meta,
                             scenario_toml=scenario_to_toml(with_absolute_paths(s)), resamples=resamples,
                             engine_stats=pl.concat(stats) if stats else None)
+
+
+def load_unit(loads: Sequence[LoadSpec] | None) -> str:
+    """How the load points were given, for labels: `rps` (all absolute), `scale` (all multiples of the
+    trace's rate, or the scenario's own rate_scale) or `mixed`."""
+    kinds = {x.absolute for x in loads or ()}
+    return "rps" if kinds == {True} else "mixed" if len(kinds) == 2 else "scale"
+
+
+def comparison_of_run(s: Scenario, result: RunResult) -> Comparison:
+    """The comparison of one `run` (its own rate_scale, the default baseline), for `run --plots`."""
+    requests = result.requests.with_columns(pl.lit(s.trace.rate_scale, pl.Float64).alias("rate_scale"))
+    stats = result.engine_stats
+    if stats is not None:
+        stats = stats.with_columns(pl.lit(s.trace.rate_scale, pl.Float64).alias("rate_scale"))
+    labels = [spec.label for spec in s.scheduler]
+    return build_comparison(requests, name=s.name, seed=s.seed, slo=s.slo, baseline=resolve_baseline(labels, None),
+                            meta={"load_unit": "scale"}, engine_stats=stats)
 
 
 def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequence[str] | None = None,
@@ -231,7 +258,8 @@ def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequenc
     saved = first_meta.get("baseline")   # a rebuilt compare keeps its baseline unless told otherwise
     base = resolve_baseline(labels, baseline if baseline is not None or saved not in labels else saved)
     meta = {"trace_path": first_meta.get("trace_path"), "trace_sha256": first_meta.get("trace_sha256"),
-            "wall_s": 0.0, "sources": [str(d) for d in dirs]}
+            "wall_s": 0.0, "sources": [str(d) for d in dirs],
+            "load_unit": first_meta.get("load_unit", "scale") if len(dirs) == 1 else "scale"}
     if first_meta.get("lapsbench_version") != __version__:
         meta["source_lapsbench_version"] = first_meta.get("lapsbench_version")
     stats = [x for x in (_read_engine_stats(d, raw) for d, _m, raw, _r in loaded) if x is not None]

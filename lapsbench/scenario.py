@@ -7,9 +7,12 @@ scenario against the current directory first, then the scenario file's directory
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,7 +360,9 @@ def parse_scenario(data: dict[str, Any], base_dir: str = "") -> Scenario:
     )
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Load and validate a scenario file, with `--set KEY=VALUE` overrides applied first (an error in an
+    overridden key names `--set` instead of the file)."""
     path = Path(path)
     if not path.is_file():
         raise LapsbenchError(f"{path}: no such scenario file; expected a TOML scenario")
@@ -367,10 +372,90 @@ def load_scenario(path: str | Path) -> Scenario:
         raise LapsbenchError(f"{path}: invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LapsbenchError(f"{path}: cannot read scenario: {exc}") from None
+    data, keys = apply_overrides(data, overrides)
     try:
         return parse_scenario(data, str(path.parent))
     except LapsbenchError as exc:
-        raise LapsbenchError(f"{path}: {exc}") from None
+        raise LapsbenchError(f"--set {exc}" if blamed_keys(str(exc), keys) else f"{path}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------ overrides (--set)
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted `key` in a raw scenario dict (creating tables; an integer part indexes a list)."""
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise LapsbenchError(f"{here}: expected a list index below {len(node)}")
+            node = node[int(part)]
+            continue
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        elif not isinstance(nxt, (dict, list)):
+            raise LapsbenchError(f"{here}: is {nxt!r}, not a table, so {key!r} cannot be set inside it")
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise LapsbenchError(f"{key}: expected a list index below {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+_BARE_WORD = re.compile(r"[^\s\"'\[\]{}=,#]+")
+_KEY_PATH = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`KEY.PATH=VALUE` → (key, value): the value is read as a TOML value (2, 0.3, true, "a b",
+    [1, 2], { kind = "fixed", alpha = 0.6 }); a bare word that is not one (fcfs, traces/x.parquet) is
+    a string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not _KEY_PATH.fullmatch(key):
+        raise LapsbenchError(f"--set: {text!r} — expected KEY.PATH=VALUE, e.g. speculation.k=2")
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if _BARE_WORD.fullmatch(raw):
+            return key, raw
+        raise LapsbenchError(f"--set {key}: {raw!r} is not a TOML value — expected e.g. 2, 0.3, true, "
+                             f"\"text\" or {{ kind = \"fixed\", alpha = 0.6 }}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of the raw scenario dict with every `KEY.PATH=VALUE` set, in order, and the keys set.
+    Validation is left to `parse_scenario`, so an override is checked exactly as the same key in the TOML."""
+    data = copy.deepcopy(data)
+    keys = []
+    for text in overrides:
+        key, value = parse_override(text)
+        try:
+            set_key(data, key, value)
+        except LapsbenchError as exc:
+            raise LapsbenchError(f"--set {exc}") from None
+        keys.append(key)
+    return data, keys
+
+
+def blamed_keys(message: str, keys: Sequence[str]) -> list[str]:
+    """The override keys an error message (`key.path: ...`) is about: the key itself, a key inside it,
+    or a table containing it. List indices as in `scheduler[0]` match `scheduler.0`; a path without
+    indices (`scheduler.unit`, from a policy's own check) matches the key without its indices."""
+    path = re.sub(r"\[(\d+)\]", r".\1", message.split(":", 1)[0].strip())
+
+    def about(p: str, k: str) -> bool:
+        return p == k or p.startswith(k + ".") or k.startswith(p + ".")
+
+    def unindexed(k: str) -> str:
+        return re.sub(r"\.\d+(?=\.|$)", "", k)
+
+    return [k for k in keys if about(path, k) or about(unindexed(path), unindexed(k))]
 
 
 # ------------------------------------------------------------------------------------------- writing

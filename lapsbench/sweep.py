@@ -4,8 +4,9 @@ A sweep is a base scenario plus axes over dotted key paths ("trace.rate_scale", 
 ...). Every point is resolved and validated with `parse_scenario` before anything runs, and is identified by
 a hash of its resolved scenario (trace and profile files by content), so a point's results depend only on
 what it simulates — never on the worker, the backend, or the order points ran in. Each point is written
-atomically to `OUT/points/<id>/`; a re-run skips points that finished, so an interrupted sweep loses at most
-the points in flight. See docs/sweeps.md."""
+atomically to `OUT/points/<name>/`, named by its axis values (the hash is kept in point.json and
+summary.csv); a re-run skips points that finished, so an interrupted sweep loses at most the points in
+flight. See docs/sweeps.md."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -33,7 +35,7 @@ import polars as pl
 from lapsbench import __version__
 from lapsbench.errors import LapsbenchError
 from lapsbench.fsutil import atomic_dir, atomic_file
-from lapsbench.scenario import Scenario, parse_scenario, scenario_to_toml
+from lapsbench.scenario import Scenario, apply_overrides, blamed_keys, parse_scenario, scenario_to_toml, set_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,12 +74,14 @@ class CapacitySpec:
 
 @dataclass(frozen=True)
 class Point:
-    """A resolved point: its id, the overrides that made it, and the scenario it simulates."""
+    """A resolved point: its id (hash of what it simulates), its folder name (from its axis values), the
+    overrides that made it, and the scenario it simulates."""
 
     id: str
     overrides: dict[str, Any]
     scenario: Scenario
     kind: str = "grid"
+    name: str = ""
 
 
 @dataclass
@@ -172,13 +176,27 @@ def _parse_capacity(raw: Any, axes: list[Axis]) -> CapacitySpec:
     return CapacitySpec(key, lo, hi, tol, {k: float(v) for k, v in slo.items()}, run_points)
 
 
-def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
-    """Parse and validate a sweep file, and resolve every grid point (unknown keys fail here, before runs)."""
+def load_sweep(path: str | Path, out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Parse and validate a sweep file, apply `--set KEY=VALUE` overrides to its base scenario, and resolve
+    every grid point (unknown keys fail here, before runs)."""
     path = Path(path)
     data = _read_toml(path, "sweep")
     try:
         sweep = _parse_sweep(data, path, out)
+    except LapsbenchError as exc:
+        raise LapsbenchError(f"{path}: {exc}") from None
+    sweep.base, keys = apply_overrides(sweep.base, overrides)
+    swept = [a.key for a in sweep.axes] + ([sweep.capacity.key] if sweep.capacity else [])
+    for key in keys:
+        if clash := blamed_keys(key, swept):
+            raise LapsbenchError(f"--set {key}: the sweep varies {clash[0]!r} — expected a key that is neither "
+                                 f"an axis nor the capacity key")
+    try:
         resolve_point(sweep, {})  # the base alone first, so its errors are not blamed on an axis
+    except LapsbenchError as exc:
+        message = str(exc).removeprefix("base scenario: ")
+        raise LapsbenchError(f"--set {message}" if blamed_keys(message, keys) else f"{path}: {exc}") from None
+    try:
         grid_points(sweep)  # validates every point now
     except LapsbenchError as exc:
         raise LapsbenchError(f"{path}: {exc}") from None
@@ -238,32 +256,6 @@ def _parse_sweep(data: dict[str, Any], path: Path, out: str | Path | None) -> Sw
 
 # ------------------------------------------------------------------------------------------- points
 
-def set_key(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set dotted `key` in a raw scenario dict (creating tables; an integer part indexes a list)."""
-    parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        here = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise LapsbenchError(f"{here}: expected a list index below {len(node)}")
-            node = node[int(part)]
-            continue
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        elif not isinstance(nxt, (dict, list)):
-            raise LapsbenchError(f"{here}: is {nxt!r}, not a table, so {key!r} cannot be set inside it")
-        node = nxt
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise LapsbenchError(f"{key}: expected a list index below {len(node)}")
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
 def _file_hash(sweep: Sweep, path: str) -> str:
     if path not in sweep._file_hashes:
         digest = hashlib.sha256()
@@ -296,7 +288,10 @@ def _identity_text(ident: Scenario) -> str:
                                                 base_dir=""))
 
 
-def resolve_point(sweep: Sweep, overrides: dict[str, Any], kind: str = "grid") -> Point:
+def resolve_point(sweep: Sweep, overrides: dict[str, Any], kind: str = "grid",
+                  shown: dict[str, Any] | None = None) -> Point:
+    """The point of `overrides` on the base scenario, validated; its folder is named by `shown` (default:
+    the overrides)."""
     data = copy.deepcopy(sweep.base)
     for key, value in overrides.items():
         try:
@@ -309,16 +304,44 @@ def resolve_point(sweep: Sweep, overrides: dict[str, Any], kind: str = "grid") -
     except LapsbenchError as exc:
         raise LapsbenchError(_blame(overrides, str(exc))) from None
     pid = hashlib.sha256(_identity_text(ident).encode()).hexdigest()[:16]
-    run = dataclasses.replace(run, output=dataclasses.replace(run.output, dir=str(sweep.points_dir / pid)))
-    return Point(pid, overrides, run, kind)
+    name = point_name(overrides if shown is None else shown, pid)
+    run = dataclasses.replace(run, output=dataclasses.replace(run.output, dir=str(sweep.points_dir / name)))
+    return Point(pid, overrides, run, kind, name)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+NAME_MAX = 120
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return repr(value) if isinstance(value, float) else str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def point_name(shown: dict[str, Any], pid: str) -> str:
+    """A point's folder name: `key=value,key=value` from its axis values, safe characters only. When
+    that spelling is not exact (characters replaced, a list or table value, too long) the first 8
+    characters of the point's hash are appended, so two points never share a folder."""
+    if not shown:
+        return "base"
+    parts, exact = [], True
+    for key, value in shown.items():
+        text = _value_text(value)
+        safe_key, safe = _UNSAFE.sub("_", key).strip("_"), _UNSAFE.sub("_", text).strip("_")
+        exact = exact and safe_key == key and safe == text and isinstance(value, (bool, int, float, str))
+        parts.append(f"{safe_key}={safe}")
+    name = ",".join(parts)
+    return name if exact and len(name) <= NAME_MAX else f"{name[:NAME_MAX]}-{pid[:8]}"
 
 
 def _blame(overrides: dict[str, Any], message: str) -> str:
     """Prefix a validation error with the axis (key = value) it comes from, or 'base scenario'."""
     if not overrides:
         return f"base scenario: {message}"
-    path = message.split(":", 1)[0]
-    culprits = [k for k in overrides if path == k or path.startswith((k + ".", k + "[")) or k.startswith(path + ".")]
+    culprits = blamed_keys(message, list(overrides))
     parts = []
     for k in culprits or list(overrides):
         text = json.dumps(overrides[k], default=str)
@@ -352,13 +375,17 @@ def grid_overrides(sweep: Sweep) -> list[dict[str, Any]]:
     return rows
 
 
-def grid_points(sweep: Sweep) -> list[Point]:
-    """Every grid point, resolved and validated; duplicates (same resolved scenario) appear once."""
+def unique_points(points: list[Point]) -> list[Point]:
+    """Points that simulate the same scenario (same id) once each: the first one, with its folder."""
     seen: dict[str, Point] = {}
-    for overrides in grid_overrides(sweep):
-        p = resolve_point(sweep, overrides)
+    for p in points:
         seen.setdefault(p.id, p)
     return list(seen.values())
+
+
+def grid_points(sweep: Sweep) -> list[Point]:
+    """Every grid point, resolved and validated; duplicates (same resolved scenario) appear once."""
+    return unique_points([resolve_point(sweep, overrides) for overrides in grid_overrides(sweep)])
 
 
 def definition_hash(sweep: Sweep) -> str:
@@ -380,6 +407,7 @@ class Task:
     scenario: Scenario
     overrides: dict[str, Any]
     kind: str
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -399,7 +427,7 @@ def run_point(task: Task) -> Outcome:
 
     start = time.perf_counter()
     target = Path(task.scenario.output.dir)
-    info = {"point": task.id, "kind": task.kind, "overrides": task.overrides}
+    info = {"point": task.name, "point_id": task.id, "kind": task.kind, "overrides": task.overrides}
     try:
         result = run_scenario(task.scenario)
         with atomic_dir(target) as tmp:
@@ -414,8 +442,15 @@ def run_point(task: Task) -> Outcome:
         return Outcome(task.id, False, error=f"{type(exc).__name__}: {line}", wall_s=time.perf_counter() - start)
 
 
-def point_done(points_dir: Path, pid: str) -> bool:
-    return (points_dir / pid / "summary.csv").is_file()
+def point_done(p: Point) -> bool:
+    """A point has finished when its folder has results of this very point (same hash in point.json)."""
+    folder = Path(p.scenario.output.dir)
+    if not (folder / "summary.csv").is_file():
+        return False
+    try:
+        return json.loads((folder / "point.json").read_text()).get("point_id") == p.id
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------- backends
@@ -610,16 +645,17 @@ def _execute(sweep: Sweep, points: list[Point], backend: Any, tally: Tally) -> d
     tasks = []
     tally.total += len(points)
     for p in points:
-        if point_done(sweep.points_dir, p.id):
+        if point_done(p):
             outcomes[p.id] = Outcome(p.id, True, cached=True)
             tally.done += 1
             tally.cached += 1
         else:
-            tasks.append(Task(p.id, p.scenario, p.overrides, p.kind))
+            tasks.append(Task(p.id, p.scenario, p.overrides, p.kind, p.name))
     tally.refresh()
+    folders = {p.id: Path(p.scenario.output.dir) for p in points}
     for o in backend.run(tasks, tally.event) if tasks else []:
         outcomes[o.id] = o
-        target = sweep.points_dir / o.id
+        target = folders[o.id]
         if not o.ok and not target.exists():  # the worker died before it could record the error
             with atomic_dir(target) as tmp:
                 (tmp / "error.txt").write_text(o.error + "\n")
@@ -646,13 +682,14 @@ class Search:
 def _probe(sweep: Sweep, s: Search, value: float) -> Point:
     cap = sweep.capacity
     assert cap is not None
-    return resolve_point(sweep, {**s.context, cap.key: value, "scheduler": [s.scheduler_table]}, "capacity")
+    return resolve_point(sweep, {**s.context, cap.key: value, "scheduler": [s.scheduler_table]}, "capacity",
+                         shown={"scheduler": s.scheduler, **s.context, cap.key: value})  # an axis "scheduler" wins
 
 
 def _meets(sweep: Sweep, point: Point, label: str) -> tuple[bool, dict[str, float]]:
     cap = sweep.capacity
     assert cap is not None
-    summary = pl.read_csv(sweep.points_dir / point.id / "summary.csv")
+    summary = pl.read_csv(Path(point.scenario.output.dir) / "summary.csv")
     row = summary.filter(pl.col("scheduler") == label).row(0, named=True)
     values = {m: float(row[m]) for m in cap.slo}
     return all(math.isfinite(values[m]) and values[m] <= limit for m, limit in cap.slo.items()), values
@@ -677,7 +714,9 @@ def capacity_search(sweep: Sweep, backend: Any, tally: Tally, all_points: list[P
 
     def run_round(probes: list[tuple[Search, float]]) -> list[tuple[Search, float, Point, Outcome]]:
         pts = [_probe(sweep, s, v) for s, v in probes]
-        unique = list({p.id: p for p in pts}.values())
+        unique = unique_points(pts)
+        by_id = {u.id: u for u in unique}
+        pts = [by_id[p.id] for p in pts]  # a duplicate probe reads the results where its twin ran
         all_points.extend(unique)
         outcomes = _execute(sweep, unique, backend, tally)
         return [(s, v, p, outcomes[p.id]) for (s, v), p in zip(probes, pts, strict=True)]
@@ -770,23 +809,24 @@ def _override_exprs(p: Point, dtypes: dict[str, pl.DataType]) -> list[pl.Expr]:
 
 
 def merge(sweep: Sweep, points: list[Point]) -> pl.DataFrame:
-    """Finished points → `OUT/dataset/point=<id>/part.parquet` (hive-partitioned, override columns added)
-    and `OUT/summary.csv` (one row per point and scheduler). Both are rebuilt atomically on every run."""
+    """Finished points → `OUT/dataset/point_id=<id>/part.parquet` (hive-partitioned by hash, a `point`
+    column with the folder name and override columns added) and `OUT/summary.csv` (one row per point and
+    scheduler: point, point_id, kind, overrides, metrics). Both are rebuilt atomically on every run."""
     dtypes = _override_columns(points)
     summaries = []
     with atomic_dir(sweep.out / "dataset") as tmp:
         for p in points:
-            src = sweep.points_dir / p.id
-            if not (src / "summary.csv").is_file():
+            src = Path(p.scenario.output.dir)
+            if not point_done(p):
                 continue
-            part = tmp / f"point={p.id}"
+            part = tmp / f"point_id={p.id}"
             part.mkdir()
-            exprs = _override_exprs(p, dtypes)
+            exprs = [pl.lit(p.name).alias("point"), *_override_exprs(p, dtypes)]
             pl.read_parquet(src / "requests.parquet").with_columns(exprs).write_parquet(
                 part / "part.parquet", compression="zstd")
             summary = pl.read_csv(src / "summary.csv")
-            summaries.append(summary.select(pl.lit(p.id).alias("point"), pl.lit(p.kind).alias("kind"), *exprs,
-                                            pl.all()))
+            summaries.append(summary.select(exprs[0], pl.lit(p.id).alias("point_id"), pl.lit(p.kind).alias("kind"),
+                                            *exprs[1:], pl.all()))
     merged = pl.concat(summaries, how="diagonal_relaxed") if summaries else pl.DataFrame()
     with atomic_file(sweep.out / "summary.csv") as tmp_file:
         merged.write_csv(tmp_file)
@@ -802,10 +842,11 @@ class SweepResult:
     done: int
     cached: int
     failed: int
-    errors: dict[str, str]
+    errors: dict[str, str]    # point folder name → error line
     summary: pl.DataFrame
     capacity: pl.DataFrame | None
     wall_s: float
+    axes: list[str] = field(default_factory=list)   # summary columns of the axes, in file order
 
 
 @contextlib.contextmanager
@@ -878,8 +919,9 @@ class LazyBackend:
 
 
 def run_sweep(sweep: Sweep, backend: str = "local", workers: int | None = None, address: str | None = None,
-              bar: Any = None) -> SweepResult:
-    """Run (or resume) a sweep: grid points, then the capacity search; merge whatever finished."""
+              bar: Any = None, plots: bool = False) -> SweepResult:
+    """Run (or resume) a sweep: grid points, then the capacity search; merge whatever finished; with
+    `plots`, draw each main metric against each numeric axis into OUT/plots/."""
     start = time.perf_counter()
     points = grid_points(sweep)
     workers = workers if workers is not None else (os.cpu_count() or 1)
@@ -900,38 +942,94 @@ def run_sweep(sweep: Sweep, backend: str = "local", workers: int | None = None, 
                     capacity.write_csv(tmp)
         finally:
             engine.close()
-        unique = list({p.id: p for p in all_points}.values())
+        unique = unique_points(all_points)
         summary = merge(sweep, unique)
-    return SweepResult(sweep.out, len(unique), tally.done, tally.cached, tally.failed, tally.errors, summary,
-                       capacity, time.perf_counter() - start)
+        axes = [_column(a.key) for a in sweep.axes]
+        if plots:
+            from lapsbench.plots import write_sweep_plots
+
+            with atomic_dir(sweep.out / "plots") as tmp:
+                write_sweep_plots(summary.filter(pl.col("kind") == "grid") if summary.height else summary, axes,
+                                  sweep.mode, tmp, sweep.name, MAIN_METRICS)
+    names = {p.id: p.name for p in unique}
+    errors = {names.get(pid, pid): err for pid, err in tally.errors.items()}
+    return SweepResult(sweep.out, len(unique), tally.done, tally.cached, tally.failed, errors, summary,
+                       capacity, time.perf_counter() - start, axes)
 
 
 # ------------------------------------------------------------------------------------------- CLI glue
 
 def run_sweep_with_progress(sweep: Sweep, backend: str, workers: int | None, address: str | None,
-                            quiet: bool) -> SweepResult:
+                            quiet: bool, plots: bool = True) -> SweepResult:
     """`run_sweep` under a rich progress bar (points done / running / failed) unless quiet or not a tty."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     if quiet or not console.is_terminal:
-        return run_sweep(sweep, backend, workers, address)
+        return run_sweep(sweep, backend, workers, address, plots=plots)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
-        return run_sweep(sweep, backend, workers, address, bar)
+        return run_sweep(sweep, backend, workers, address, bar, plots=plots)
+
+
+# (summary column, header, scale, digits): the main metrics of the sweep table and plots
+MAIN_METRICS = (("jct_mean_s", "JCT mean s", 1.0, 3), ("jct_p99_s", "JCT p99 s", 1.0, 3),
+                ("ttft_mean_s", "TTFT mean s", 1.0, 3), ("ttft_p99_s", "TTFT p99 s", 1.0, 3),
+                ("tpot_mean_s", "TPOT mean ms", 1000.0, 2), ("throughput_rps", "req/s", 1.0, 2))
+TABLE_ROWS = 200   # more rows than this are left to summary.csv
+
+
+def _shown(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def sweep_table(result: SweepResult) -> Any:
+    """One row per grid point and scheduler: the axes' values, then the main metrics; the lowest mean
+    JCT of each point in bold."""
+    from rich.table import Table
+
+    rows = result.summary.filter(pl.col("kind") == "grid") if result.summary.height else result.summary
+    table = Table(title=f"{rows['point'].n_unique() if rows.height else 0} points × schedulers "
+                        f"(all columns: {result.out}/summary.csv)", header_style="bold")
+    for col in result.axes:
+        table.add_column(col, justify="right" if rows.schema[col].is_numeric() else "left", no_wrap=True)
+    table.add_column("scheduler", no_wrap=True)
+    for _, header, _, _ in MAIN_METRICS:
+        table.add_column(header, justify="right", no_wrap=True)
+    best = dict(rows.group_by("point").agg(pl.col("jct_mean_s").min()).iter_rows()) if rows.height else {}
+    for row in rows.head(TABLE_ROWS).iter_rows(named=True):
+        cells = [_shown(row[c]) for c in result.axes] + [row["scheduler"]]
+        for col, _, scale, digits in MAIN_METRICS:
+            v = row.get(col)
+            text = "–" if v is None or not math.isfinite(v) else f"{v * scale:.{digits}f}"
+            cells.append(f"[bold]{text}[/]" if col == "jct_mean_s" and v == best.get(row["point"]) else text)
+        table.add_row(*cells)
+    if rows.height > TABLE_ROWS:
+        table.caption = f"first {TABLE_ROWS} of {rows.height} rows"
+    return table
 
 
 def print_sweep(result: SweepResult) -> None:
-    """One line of counts, failed points with their error, and the capacity table when searched."""
+    """The results table (one row per point and scheduler), a line of counts, failed points with their
+    error, and the capacity table when searched."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # piped or captured: keep rows on one line
+        console = Console(width=200)
+    if result.summary.height and (result.summary["kind"] == "grid").any():
+        console.print(sweep_table(result))
     console.print(f"{result.points} points: {result.done} done ({result.cached} cached), {result.failed} failed "
                   f"— results in {result.out}/ ({result.wall_s:.1f} s)", soft_wrap=True)
-    for pid, err in result.errors.items():
-        console.print(f"[red]failed[/] {pid}: {err} (see {result.out}/points/{pid}/error.txt)", soft_wrap=True)
+    for name, err in result.errors.items():
+        console.print(f"[red]failed[/] {name}: {err} (see {result.out}/points/{name}/error.txt)", soft_wrap=True)
     if result.capacity is not None and result.capacity.height:
         shown = result.capacity.drop("error", "key")
         key = result.capacity["key"][0]

@@ -212,7 +212,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> N
     out = tmp_path / "never"
     _one_line_error(cli("compare", str(path), "--baseline", "las", "--out", str(out)), "--baseline", "'las'")
     _one_line_error(cli("compare", str(path), "--rates", ",", "--out", str(out)), "empty sweep")
-    _one_line_error(cli("compare", str(path), "--schedulers", "mlfq", "--out", str(out)), "--schedulers")
+    _one_line_error(cli("compare", str(path), "--schedulers", "nope", "--out", str(out)), "--schedulers", "'nope'")
     assert not out.exists()
 
     # results from different traces, and from different lapsbench versions

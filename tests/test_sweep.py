@@ -15,7 +15,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from lapsbench.errors import LapsbenchError
-from lapsbench.scenario import EngineSpec
+from lapsbench.scenario import EngineSpec, load_scenario
 from lapsbench.sweep import grid_overrides, grid_points, load_sweep, run_sweep
 
 from sweep_helpers import REPO, cli, read_dataset, read_summary, write_sweep
@@ -161,3 +161,66 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
     run_sweep(load_sweep(path, out=tmp_path / "straight"), workers=1)
     assert_frame_equal(read_dataset(out), read_dataset(tmp_path / "straight"))
     assert_frame_equal(read_summary(out), read_summary(tmp_path / "straight"))
+
+
+def test_point_names_spell_the_axis_values() -> None:
+    """Exact `key=value` names when the values are plain; the hash appended when the spelling loses
+    something (replaced characters, a table value, a long name), so two points never share a folder."""
+    from lapsbench.sweep import NAME_MAX, point_name
+
+    pid = "0123456789abcdef"
+    assert point_name({"trace.rate_scale": 0.2, "speculation.k": 4}, pid) == "trace.rate_scale=0.2,speculation.k=4"
+    assert point_name({"seed": 1, "model.draft": "llama-68m", "x.flag": True}, pid) == \
+        "seed=1,model.draft=llama-68m,x.flag=true"
+    assert point_name({}, pid) == "base"
+    assert point_name({"trace.path": "traces/a.parquet"}, pid) == "trace.path=traces_a.parquet-01234567"
+    assert point_name({"scheduler": [{"name": "las"}]}, pid).endswith("-01234567")
+    long = point_name({"trace.rate_scale": 0.1, "model.draft": "d" * 200}, pid)
+    assert len(long) == NAME_MAX + 9 and long.endswith("-01234567")
+
+
+def test_point_folders_named_by_axis_values_and_resumed(tmp_path: Path) -> None:
+    """Folders by axis values, the hash in summary.csv and point.json; a re-run finds every finished
+    point again; a folder holding another point's results (other hash) is not taken as finished."""
+    out = tmp_path / "out"
+    path = write_sweep(tmp_path, '[axes]\n"trace.rate_scale" = [0.5, 0.8]\n"speculation.k" = [0, 2]\n', n=100)
+    first = run_sweep(load_sweep(path, out=out), workers=1)
+    names = ["trace.rate_scale=0.5,speculation.k=0", "trace.rate_scale=0.5,speculation.k=2",
+             "trace.rate_scale=0.8,speculation.k=0", "trace.rate_scale=0.8,speculation.k=2"]
+    assert sorted(p.name for p in (out / "points").iterdir()) == names and first.done == 4
+    summary = pl.read_csv(out / "summary.csv")
+    assert summary.columns[:3] == ["point", "point_id", "kind"]
+    ids = {p.name: p.id for p in grid_points(load_sweep(path, out=out))}
+    for name, pid, k in summary.select("point", "point_id", "speculation.k").iter_rows():
+        assert ids[name] == pid and name.endswith(f"speculation.k={k}")
+        info = json.loads((out / "points" / name / "point.json").read_text())
+        assert (info["point"], info["point_id"]) == (name, pid)
+    assert set(read_dataset(out)["point"].unique()) == set(names)
+    again = run_sweep(load_sweep(path, out=out), workers=1)
+    assert (again.done, again.cached) == (4, 4)
+    stale = out / "points" / names[0] / "point.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "point_id": "something-else"}))
+    third = run_sweep(load_sweep(path, out=out), workers=1)
+    assert (third.done, third.cached) == (4, 3)
+    assert json.loads(stale.read_text())["point_id"] == ids[names[0]]
+
+
+def test_sweep_cli_table_plots_and_set(tmp_path: Path) -> None:
+    """The CLI prints a row per point and scheduler with the axes as columns, plots each metric against
+    the numeric axis, and applies --set to the base (an axis key cannot be --set)."""
+    path = write_sweep(tmp_path, '[axes]\n"trace.rate_scale" = [0.5, 0.8]\n', n=100)
+    res = cli("sweep", str(path), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet",
+              "--set", "speculation.acceptance.alpha=0.8", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    table = [line for line in res.stdout.splitlines() if "│" in line]
+    assert len(table) == 4 and "trace.rate_scale" in res.stdout and "JCT mean s" in res.stdout
+    assert any("0.8" in line and "las" in line for line in table)
+    assert {p.name for p in (tmp_path / "out" / "plots").iterdir()} == {"trace.rate_scale.png",
+                                                                        "trace.rate_scale.svg"}
+    point = load_scenario(tmp_path / "out" / "points" / "trace.rate_scale=0.5" / "scenario.toml")
+    assert point.speculation.acceptance.alpha == 0.8
+    bad = cli("sweep", str(path), "--out", str(tmp_path / "o2"), "--set", "trace.rate_scale=2", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--set trace.rate_scale" in bad.stderr
+    bad = cli("sweep", str(path), "--out", str(tmp_path / "o2"), "--set", "speculation.k=x", cwd=tmp_path)
+    assert bad.returncode == 2 and "--set speculation.k: 'x' has the wrong type" in bad.stderr
+    assert not (tmp_path / "o2").exists()

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from lapsbench.fsutil import check_output
 from lapsbench.trace.importers import FORMATS, ImportOptions, import_trace
-from lapsbench.trace.info import stats_table, trace_stats
+from lapsbench.trace.info import stats_json, stats_table, trace_stats
 from lapsbench.trace.schema import read_trace, write_trace
 from lapsbench.trace.slicing import slice_trace
 from lapsbench.trace.synth import ARRIVALS, DEFAULT_OUTPUT, DEFAULT_PROMPT, parse_alpha_beta, synth_trace
@@ -101,6 +101,13 @@ def slice_cmd(
 
 
 @app.command("info")
-def info_cmd(trace: Annotated[Path, typer.Argument(help="Canonical Parquet trace.")]) -> None:
+def info_cmd(
+    trace: Annotated[Path, typer.Argument(help="Canonical Parquet trace.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON instead of a table.")] = False,
+) -> None:
     """Print rate, burstiness, rate over time, length percentiles and prompt-output correlation."""
-    console.print(stats_table(trace_stats(read_trace(trace)), str(trace)))
+    stats = trace_stats(read_trace(trace))
+    if as_json:
+        print(stats_json(stats))
+    else:
+        console.print(stats_table(stats, str(trace)))

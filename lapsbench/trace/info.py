@@ -3,6 +3,7 @@ length spread, prompt-output correlation), as a plain dict (`trace_stats`) and a
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -79,6 +80,19 @@ def trace_stats(df: pl.DataFrame, spark_bins: int = 40) -> dict:
         "spearman": _pearson(pl.Series(prompt).rank("average").to_numpy(),
                              pl.Series(output).rank("average").to_numpy()),
     }
+
+
+def stats_json(stats: dict) -> str:
+    """`trace info --json`: the statistics of `trace_stats` (seconds, requests/s, tokens; null where
+    undefined), strict JSON."""
+    def clean(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return json.dumps(clean(stats), indent=2, allow_nan=False)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

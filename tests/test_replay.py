@@ -12,13 +12,14 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
 from lapsbench.errors import LapsbenchError
 from lapsbench.replay.loop import SimulatedExecutor
 from lapsbench.replay.run import replay_scenario
 from lapsbench.replay.steplog import SCHEMA
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
+
+from conftest import REPO
 
 EMPIRICAL = {"kind": "empirical", "path": "data/acceptance/specdecode_bench_llama31_8b_h100.parquet",
              "dataset": "sharegpt", "method": "eagle", "mapping": "resample"}

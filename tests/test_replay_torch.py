@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.replay.loop import SimulatedExecutor
 from lapsbench.replay.run import replay_scenario
 from lapsbench.replay.torch_engine import GRAPH_TOKENS, check_memory
-from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
 
 from conftest import REPO
@@ -64,7 +64,7 @@ def test_batch1_torch_replay_serves_the_simulated_steps(device: str) -> None:
     """Same decisions rule, real execution: every request takes exactly its simulated steps (batch 1: a request's
     steps do not depend on the schedule) and the step log times the wall clock."""
     s = scenario({"batching": "none"}, ["fcfs", "las"], n=6, rate_scale=50.0)
-    sim = run_scenario(s).requests
+    sim = replay_scenario(s, SimulatedExecutor())[0].requests  # = run_scenario (test_replay.py), without numba
     real, steps = replay_scenario(s, tiny_executor(device))
     req = real.requests
     assert req["steps"].equals(sim["steps"]) and req["output_tokens"].equals(sim["output_tokens"])

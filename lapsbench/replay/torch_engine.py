@@ -34,7 +34,7 @@ from lapsbench.replay.loop import SimulatedExecutor
 from lapsbench.state import EngineState
 from lapsbench.steptable import NS
 
-GRAPH_TOKENS = 128             # attention spans are padded to a multiple of this (one decode graph per span)
+GRAPH_TOKENS = 256             # attention spans are padded to a multiple of this (one decode graph per span)
 RESERVE_BYTES = 12 * 1024**3   # GPU working memory beyond weights and KV: activations, graphs, gathered spans
 GIB = 1024**3
 
@@ -210,7 +210,7 @@ class TorchExecutor(SimulatedExecutor):
             else None
         # warm-up (kernels, cuBLAS handles): a prefill from scratch and one after cached tokens, into block 0
         scratch = torch.zeros(-(-2 * GRAPH_TOKENS // block_size), dtype=torch.long, device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._attention():
             for m in models:
                 model = self.target if m is self.target_spec else self.draft
                 model.prefill(self.ids[:GRAPH_TOKENS], 0, scratch)
@@ -289,7 +289,7 @@ class TorchExecutor(SimulatedExecutor):
             self._reserve(i, cached + c + k + 1)
             prefills.append((c, cached, torch.tensor(self.blocks[i], dtype=torch.long).to(self.device)))
         graph = self._decode_inputs(step) if step.decode.size else None
-        with torch.inference_mode():
+        with torch.inference_mode(), self._attention():
             if self.cuda:
                 self.events[0].record()
             for c, cached, blocks in prefills:
@@ -306,6 +306,13 @@ class TorchExecutor(SimulatedExecutor):
             self.events[1].record()
         self.events[1].synchronize()
         return self.events[0].elapsed_time(self.events[1])
+
+    def _attention(self) -> Any:
+        """SDPA on the flash or memory-efficient kernels (math on the CPU): not cuDNN's, which builds a plan
+        per new shape (~0.1 s each, seen on the H200) — every prompt length would pay it."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     def _bucket(self, n: int) -> int:
         b = 1
@@ -348,7 +355,7 @@ class TorchExecutor(SimulatedExecutor):
         g = SimpleNamespace(ids=self.ids[:batch].clone(), lens=torch.zeros(batch, **z),
                             table=torch.zeros((batch, blocks), **z), graph=None)
         if self.cuda:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._attention():
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):

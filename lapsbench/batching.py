@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -62,6 +63,37 @@ class BatchConfig:
     block_size: int = 16
     admission: str = "guarded"     # continuous: when a waiting request may displace a resident (docs/batching.md §3)
     admission_share: float = 0.05  # guarded: largest displacement cost, as a share of its gain
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """One engine step as an executor runs it (lapsbench.replay): the decoding requests, their cached tokens
+    before the step and the tokens each keeps; the prefilling requests, their chunk, the tokens already
+    cached for them and whether the chunk ends their prefill (emitting a token); `resident` marks the
+    requests allowed to hold KV (the others' KV is dropped first)."""
+
+    k: int
+    decode: np.ndarray
+    context: np.ndarray
+    emitted: np.ndarray
+    prefill: np.ndarray
+    chunk: np.ndarray
+    cached: np.ndarray
+    completes: np.ndarray
+    resident: np.ndarray
+
+
+class StepExecutor(Protocol):
+    """Runs steps for real and owns the clock (lapsbench.replay). Times are the engine's seconds."""
+
+    def step(self, step: BatchStep, start: float, price: float) -> tuple[float, float]:
+        """Execute `step`, decided at `start`, which the cost model prices at `price`; returns its end and
+        its duration."""
+        ...
+
+    def wait_until(self, t: float) -> float:
+        """Idle until `t` (the next arrival); returns the time it woke."""
+        ...
 
 
 def _roundup(tokens: np.ndarray, block: int) -> np.ndarray:
@@ -278,8 +310,10 @@ class BatchedEngine:
         self.footprint[idx] = 0
         self.resident[idx] = False
 
-    def one_step(self, members: np.ndarray, chunks: np.ndarray, stall: float, now: float) -> tuple[float, np.ndarray]:
-        """Run one engine step of `members`; returns the new time and the requests that finished."""
+    def one_step(self, members: np.ndarray, chunks: np.ndarray, stall: float, now: float,
+                 executor: StepExecutor | None = None) -> tuple[float, np.ndarray]:
+        """Run one engine step of `members`; returns the new time and the requests that finished. With an
+        `executor` (lapsbench.replay) the step is also executed and the executor's clock says when it ended."""
         s, k = self.s, self.s.k
         is_dec = chunks == 0
         dec, pf, c = members[is_dec], members[~is_dec], chunks[~is_dec]
@@ -293,8 +327,13 @@ class BatchedEngine:
         dt = float(sd_step_s(s.cost, k, np.array([dec.size]), np.array([ctx.sum()]),
                              np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
                              np.array([(c * before).sum()]), np.array([before.sum()]))[0])
-        now = now + (dt + stall)
-        self._record(dt + stall, members.size)
+        if executor is None:
+            now, took = now + (dt + stall), dt + stall
+        else:
+            step = BatchStep(k, live_dec, ctx[~s.done[dec]], emitted, pf, c, before, before + c >= self.target[pf],
+                             self.resident)
+            now, took = executor.step(step, now, dt + stall)
+        self._record(took, members.size)
         s.generated[live_dec] += emitted
         s.decode_steps[live_dec] += 1
         self.prefilled[pf] += c
@@ -304,7 +343,7 @@ class BatchedEngine:
         s.first_token_s[first] = now
         served = np.concatenate((live_dec, pf))
         tokens = np.concatenate((emitted, np.where(self.prefilled[pf] >= self.target[pf], 1, 0)))
-        self._account(served, dt + stall, now, members.size)
+        self._account(served, took, now, members.size)
         self.policy.observe(s, served, tokens, np.full(served.size, now))
         return now, self._finish(served, now)
 
@@ -417,9 +456,13 @@ class BatchedEngine:
         return float(end[stop]), self._finish(live, float(end[stop]))
 
     # ------------------------------------------------------------------ the loop
-    def run(self, progress: Callable[[int], None] | None = None, max_rounds: int | None = None) -> EngineState:
+    def run(self, progress: Callable[[int], None] | None = None, max_rounds: int | None = None,
+            executor: StepExecutor | None = None) -> EngineState:
         """Serve every request: on the compiled loop when it can (`compiled_steps` is then set), else with
-        event skipping. `max_rounds=1` runs the Python loop one step at a time (the reference behaviour)."""
+        event skipping. `max_rounds=1` runs the Python loop one step at a time (the reference behaviour);
+        so does an `executor`, which runs each step for real and whose clock gives the time (replay)."""
+        if executor is not None:
+            max_rounds = 1
         s, cfg = self.s, self.cfg
         n, arrival = s.n, s.arrival_s
         self.policy.prepare(s)
@@ -440,7 +483,7 @@ class BatchedEngine:
                 work += int(work_of[admitted:upto].sum())
                 admitted = upto
             if active.size == 0 and not self.static_batch.size:
-                now = float(arrival[admitted])
+                now = float(arrival[admitted]) if executor is None else executor.wait_until(float(arrival[admitted]))
                 continue
             members, chunks, stall = self.select(active, now)
             assert members.size, "no request fits an empty engine: capacity checks are wrong"
@@ -448,7 +491,7 @@ class BatchedEngine:
             next_arrival_s = float(arrival[admitted]) if admitted < n else np.inf
             if max_rounds == 1 or self.policy.observes_each_step or (chunks > 0).any() or stall > 0:
                 generated_before = int(s.generated[members].sum())
-                now, done = self.one_step(members, chunks, stall, now)
+                now, done = self.one_step(members, chunks, stall, now, executor)
                 if done.size or int(s.generated[members].sum()) > generated_before:
                     stuck = 0
                 else:

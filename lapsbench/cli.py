@@ -326,3 +326,56 @@ def sweep(
     print_sweep(result)
     if result.failed:
         sys.exit(1)  # the other points' results are written; re-running retries the failed ones
+
+
+@app.command()
+def replay(
+    scenario: Path = typer.Argument(..., help="scenario TOML (batching 'none' or 'continuous' + recompute)"),
+    out: Path | None = typer.Option(None, "--out", help="results directory (default: [output] dir + '-replay')"),
+    seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
+    executor: str = typer.Option("torch", "--executor", help="torch (run the steps on a GPU, wall clock) or "
+                                 "simulated (the cost model's step times: reproduces `run`)"),
+    device: str = typer.Option("cuda", "--device", help="torch device: cuda, or cpu for a debug run"),
+    target: str | None = typer.Option(None, "--target", help="target model shape (a `calibrate measure` name or "
+                                      "NAME:hidden=..,...; default: the profile's target)"),
+    draft: str | None = typer.Option(None, "--draft", help="draft model shape (default: the profile's draft)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
+) -> None:
+    """Run a scenario on a real speculative-decoding engine (PyTorch, random weights) in wall-clock time, with
+    the simulator's decisions and acceptance draws; write `run`'s results plus steps.parquet (docs/replay.md)."""
+    from rich.console import Console
+
+    from lapsbench.replay.run import check_replayable, replay_scenario, write_replay
+    from lapsbench.report import command_line, print_summary
+    from lapsbench.scenario import load_scenario
+
+    spec = load_scenario(scenario)
+    if seed is not None:
+        if seed < 0:
+            raise LapsbenchError(f"--seed: {seed} — expected an integer >= 0")
+        spec = dataclasses.replace(spec, seed=seed)
+    out_dir = out if out is not None else Path(f"{spec.out_dir}-replay")
+    check_replayable(spec)
+    if executor == "simulated":
+        from lapsbench.replay.loop import SimulatedExecutor
+
+        runner = SimulatedExecutor()
+    elif executor == "torch":
+        from lapsbench.replay.torch_engine import TorchExecutor
+        from lapsbench.workload import build_cost
+
+        runner = TorchExecutor.for_scenario(build_cost(spec), target, draft, device)
+    else:
+        raise LapsbenchError(f"--executor: {executor!r} — expected 'torch' or 'simulated'")
+    console = Console(stderr=True)
+
+    def progress(label: str, replication: int, done: int, total: int) -> None:
+        if done == total and not quiet:
+            console.print(f"  {label} (rep {replication}) done", highlight=False)
+
+    result, steps = replay_scenario(spec, runner, progress)
+    summary = write_replay(out_dir, spec, result, steps, runner, command_line())
+    print_summary(summary, f"{spec.name} (replay, {runner.name}): {result.workload.n} requests, "
+                  f"k = {spec.speculation.k}")
+    if not quiet:
+        console.print(f"results in {out_dir}/ ({result.wall_s:.2f} s, {steps.height} steps)")

@@ -6,6 +6,7 @@ import json
 import math
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,11 @@ def _json_safe(value: object) -> object:
     return value
 
 
-def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command: str) -> tuple[pl.DataFrame,
-                                                                                             pl.DataFrame]:
-    """Write every result file into a temporary directory that replaces `out_dir` only when complete."""
+def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command: str,
+                  extra_meta: dict | None = None,
+                  extra_files: Callable[[Path], None] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Write every result file into a temporary directory that replaces `out_dir` only when complete.
+    `extra_meta` joins meta.json; `extra_files(tmp)` writes more files into it (replay: steps.parquet)."""
     per_rep = summarize_replications(result.requests, scenario.slo, result.engine_stats)
     summary = summarize(per_rep)
     meta = {
@@ -50,6 +53,7 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
         "derived": result.derived or {},
         "command": command,
         **environment(),
+        **(extra_meta or {}),
     }
     with atomic_dir(out_dir) as tmp:
         result.requests.write_parquet(tmp / "requests.parquet", compression="zstd")
@@ -64,6 +68,8 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
         (tmp / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
         (tmp / "scenario.toml").write_text(scenario_to_toml(with_absolute_paths(scenario)))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if extra_files is not None:
+            extra_files(tmp)
     return summary, per_rep
 
 

@@ -13,6 +13,7 @@ from lapsbench.batching import BatchedEngine
 from lapsbench.engine import simulate
 from lapsbench.policies import make_policy
 from lapsbench.policies.base import Policy
+from lapsbench.replay.loop import SimulatedExecutor, replay_single
 from lapsbench.scenario import Scenario
 from lapsbench.state import EngineState
 from lapsbench.steptable import build_step_table
@@ -67,7 +68,9 @@ def records(state: EngineState, label: str, policy: str, replication: int) -> pl
     }).with_columns(pl.col("tpot_s").fill_nan(None), pl.col("itl_s").fill_nan(None))
 
 
-def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
+def run_scenario(s: Scenario, progress: Progress | None = None, executor: SimulatedExecutor | None = None) -> RunResult:
+    """Simulate every scheduler of `s`; with an `executor` (lapsbench replay), each step is also executed by it
+    and its clock gives the time, one step at a time, with the same decisions and acceptance draws."""
     start = time.perf_counter()
     workload = first = load_workload(s)
     cost = build_cost(s)
@@ -98,19 +101,32 @@ def run_scenario(s: Scenario, progress: Progress | None = None) -> RunResult:
                 def callback(done: int, _label: str = spec.label, _rep: int = replication,
                              _n: int = workload.n) -> None:
                     progress(_label, _rep, done, _n)
+            if executor is not None:
+                executor.begin(state, spec.label, replication, unit_ns=batching is None)
             if batching is None:
-                simulate(state, policy, acceptance, callback, table=table)
-                busy = float(state.attained_s.sum())
-                row = {"batch_size_mean": 1.0, "batch_size_max": 1.0, "kv_util_mean": float("nan"),
-                       "kv_util_max": float("nan"), "busy_s": busy}
+                if executor is None:
+                    simulate(state, policy, acceptance, callback, table=table)
+                else:
+                    replay_single(state, policy, table, executor, callback)
+                row = batch1_stats(state)
             else:
                 engine = BatchedEngine(state, policy, acceptance, batching, table=table)
-                engine.run(callback)
+                engine.run(callback, executor=executor)
                 row = engine.stats()
             stats.append({"scheduler": spec.label, "replication": replication, **row})
             frames.append(records(state, spec.label, spec.name, replication))
+    return collect(s, first, frames, stats, start)
+
+
+def batch1_stats(state: EngineState) -> dict[str, float]:
+    """Engine statistics of a batch-1 run (the batched engine's `stats()` keys)."""
+    return {"batch_size_mean": 1.0, "batch_size_max": 1.0, "kv_util_mean": float("nan"),
+            "kv_util_max": float("nan"), "busy_s": float(state.attained_s.sum())}
+
+
+def collect(s: Scenario, workload: Workload, frames: list[pl.DataFrame], stats: list[dict], start: float) -> RunResult:
+    """Per-request records of every run, with the trace's pass-through columns, as one RunResult."""
     requests = pl.concat(frames)
-    workload = first
     if workload.passthrough.width > 1 and not s.trace.synth:
         requests = requests.join(workload.passthrough, on="request_id", how="left", maintain_order="left")
     engine_stats = pl.DataFrame(stats).with_columns(pl.col("replication").cast(pl.Int32))

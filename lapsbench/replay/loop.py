@@ -1,0 +1,114 @@
+"""The replay's decision loop and the executor interface, with the executor that runs nothing.
+
+Batched modes run the simulator's own one-step loop (`BatchedEngine.run(executor=...)`); batch 1 runs
+`replay_single`, tests/reference_engine.py's loop (the specification of the batch-1 simulator) with each
+step handed to the executor. The policy decides at every step boundary from the executor's clock;
+accepted tokens come from the replication's step table / acceptance draws, as in the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from lapsbench.batching import BatchStep
+from lapsbench.engine import rank_order
+from lapsbench.policies.base import Policy
+from lapsbench.replay.steplog import StepLog
+from lapsbench.state import EngineState
+from lapsbench.steptable import NS, StepTable, to_ns
+
+EMPTY = np.empty(0, np.int64)
+
+
+class SimulatedExecutor:
+    """Executes nothing: a step ends at its start plus the cost model's price, so a replay through it
+    reproduces `lapsbench run` exactly. Subclasses run steps for real (`execute`) against a real clock.
+
+    Times are in the loop's unit: integer ns at batch 1 (as the batch-1 simulator), float seconds batched."""
+
+    name = "simulated"
+
+    def __init__(self) -> None:
+        self.log = StepLog()
+        self.scale = 1.0  # seconds per time unit of the run in progress
+
+    def prepare(self, prompt: np.ndarray, output: np.ndarray, k: int, kv_capacity_tokens: float,
+                max_batch: int, block_size: int) -> None:
+        """Before any run: size resources for the workload; a LapsbenchError if it cannot be served."""
+
+    def begin(self, state: EngineState, label: str, replication: int, unit_ns: bool) -> None:
+        """A new run: the clock restarts at 0 and no request holds KV."""
+        self.log.begin(label, replication)
+        self.scale = 1.0 / NS if unit_ns else 1.0
+
+    def step(self, step: BatchStep, start: float, price: float) -> tuple[float, float]:
+        """Execute `step`, decided at `start` and priced at `price`; its end and duration on this clock."""
+        gpu_ms = self.execute(step)
+        end, took = self.clock(start, price)
+        self.log.add(step, start * self.scale, took * self.scale * 1000.0, gpu_ms)
+        return end, took
+
+    def execute(self, step: BatchStep) -> float | None:
+        """Run the step; returns its GPU time in ms if measured."""
+        return None
+
+    def clock(self, start: float, price: float) -> tuple[float, float]:
+        """When the step just executed ended, and how long it took."""
+        return start + price, price
+
+    def wait_until(self, t: float) -> float:
+        return t
+
+    def meta(self) -> dict:
+        """What meta.json records about the executor."""
+        return {"executor": self.name}
+
+
+def replay_single(state: EngineState, policy: Policy, table: StepTable, executor: SimulatedExecutor,
+                  progress: Callable[[int], None] | None = None) -> EngineState:
+    """Batch-1 serving, one step at a time, each step run by `executor` (times in integer ns)."""
+    arrival = to_ns(state.arrival_s)
+    policy.prepare(state)
+    k = state.k
+    now, last, finished = 0, -1, 0
+    attained = np.zeros(state.n, np.int64)
+    while finished < state.n:
+        admitted = int(np.searchsorted(arrival, now, side="right"))
+        present = np.flatnonzero(~state.done[:admitted])
+        if present.size == 0:
+            now = executor.wait_until(int(arrival[admitted]))
+            continue
+        if not policy.preemptive and last >= 0 and not state.done[last]:
+            chosen = last
+        else:
+            chosen = int(policy.plan(state, rank_order(policy, state, present, now / NS), now / NS).group[0])
+        if last >= 0 and chosen != last and not state.done[last]:
+            state.preemptions[last] += 1
+        j = int(state.steps[chosen])
+        tokens, ns = table.step(chosen, j)
+        idx = np.array([chosen])
+        if j == 0:  # the prefill of the whole prompt, emitting the first token
+            step = BatchStep(k, EMPTY, EMPTY, EMPTY, idx, state.prompt_tokens[idx], np.zeros(1, np.int64),
+                             np.ones(1, bool), ~state.done)
+        else:
+            step = BatchStep(k, idx, state.prompt_tokens[idx] + state.generated[idx], np.array([tokens]),
+                             EMPTY, EMPTY, EMPTY, np.zeros(0, bool), ~state.done)
+        now, took = executor.step(step, now, ns)
+        attained[chosen] += took
+        state.generated[chosen] += tokens
+        state.steps[chosen] += 1
+        state.decode_steps[chosen] = state.steps[chosen] - 1
+        state.attained_s[chosen] = attained[chosen] / NS
+        state.last_service_s[chosen] = now / NS
+        if j == 0:
+            state.first_token_s[chosen] = now / NS
+        policy.observe(state, idx, np.array([tokens]), np.array([now / NS]))
+        if state.generated[chosen] >= state.output_tokens[chosen]:
+            state.done[chosen] = True
+            state.finish_s[chosen] = now / NS
+            finished += 1
+            if progress is not None:
+                progress(finished)
+        last = chosen
+    return state

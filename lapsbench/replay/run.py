@@ -1,0 +1,49 @@
+"""A scenario replayed through an executor: checks, the run, and the results directory (+ steps.parquet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from lapsbench.errors import LapsbenchError
+from lapsbench.replay.loop import SimulatedExecutor
+from lapsbench.replay.steplog import write_steplog
+from lapsbench.runner import Progress, RunResult, run_scenario
+from lapsbench.scenario import Scenario
+from lapsbench.workload import build_batch_config, build_cost, load_workload
+
+
+def check_replayable(s: Scenario) -> None:
+    """What the replay engine implements: batch 1 and continuous batching with recompute preemption."""
+    if s.engine.batching not in ("none", "continuous"):
+        raise LapsbenchError(f"engine.batching: {s.engine.batching!r} — replay runs 'none' (batch 1) or "
+                             "'continuous'")
+    if s.engine.batching == "continuous" and s.engine.preemption != "recompute":
+        raise LapsbenchError(f"engine.preemption: {s.engine.preemption!r} — replay implements recompute "
+                             "preemption only; expected 'recompute'")
+
+
+def replay_scenario(s: Scenario, executor: SimulatedExecutor,
+                    progress: Progress | None = None) -> tuple[RunResult, pl.DataFrame]:
+    """Every scheduler of `s`, each step run by `executor`; the per-request results and the step log."""
+    check_replayable(s)
+    workload = load_workload(s)
+    cost = build_cost(s)
+    batching = build_batch_config(s, cost)
+    capacity = batching.kv_capacity_tokens if batching is not None else np.inf
+    executor.prepare(workload.prompt_tokens, workload.output_tokens, s.speculation.k, capacity,
+                     batching.max_batch if batching is not None else 1, s.engine.block_size)
+    result = run_scenario(s, progress, executor)
+    return result, executor.log.frame()
+
+
+def write_replay(out_dir: Path, s: Scenario, result: RunResult, steps: pl.DataFrame, executor: SimulatedExecutor,
+                 command: str) -> pl.DataFrame:
+    """`run`'s results layout plus steps.parquet; meta.json names the executor (and GPU, torch, CUDA)."""
+    from lapsbench.report import write_results
+
+    summary, _ = write_results(out_dir, s, result, command, extra_meta={"replay": executor.meta()},
+                               extra_files=lambda tmp: write_steplog(tmp / "steps.parquet", steps))
+    return summary

@@ -1,0 +1,143 @@
+"""The replay's decision loop (lapsbench/replay/loop.py) with the executor that runs nothing: it must be the
+simulator — the same decisions and per-request records as `run_scenario`, bit for bit, at batch 1 and under
+continuous batching with recompute preemption — and its step log must follow docs/steplog.md."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from lapsbench.errors import LapsbenchError
+from lapsbench.replay.loop import SimulatedExecutor
+from lapsbench.replay.run import replay_scenario
+from lapsbench.replay.steplog import SCHEMA
+from lapsbench.runner import run_scenario
+from lapsbench.scenario import parse_scenario
+
+from conftest import REPO
+
+EMPIRICAL = {"kind": "empirical", "path": "data/acceptance/specdecode_bench_llama31_8b_h100.parquet",
+             "dataset": "sharegpt", "method": "eagle", "mapping": "resample"}
+
+
+def scenario(engine: dict, schedulers: list[str], acceptance: dict | None = None, n: int = 40,
+             rate_scale: float = 0.05):
+    return parse_scenario({
+        "name": "replay-test", "seed": 3,
+        "trace": {"path": "traces/azure_conv_2023.parquet", "start_s": 0.0, "duration_s": 600.0,
+                  "max_requests": n, "rate_scale": rate_scale},
+        "model": {"profile": "h100-llama3-8b"},
+        "speculation": {"k": 4, "acceptance": acceptance or {"kind": "fixed", "alpha": 0.7}},
+        "engine": engine,
+        "scheduler": [{"name": name} for name in schedulers],
+    }, base_dir=str(REPO))
+
+
+def same_records(s) -> tuple[pl.DataFrame, pl.DataFrame]:
+    simulated = run_scenario(s).requests
+    replayed, steps = replay_scenario(s, SimulatedExecutor())
+    assert replayed.requests.equals(simulated), "replay through the simulated executor differs from run"
+    return replayed.requests, steps
+
+
+def check_steplog(steps: pl.DataFrame, requests: pl.DataFrame) -> None:
+    assert dict(steps.schema) == SCHEMA
+    assert (steps["wall_ms"] > 0).all()
+    assert ((steps["prefill_tokens"] > 0) == (steps["prefill_requests"] > 0)).all()
+    assert (steps["context_max"] <= steps["context_tokens"]).all()
+    assert ((steps["decode_requests"] + steps["prefill_requests"]) >= 1).all()
+    for (label,), run in steps.group_by(["scheduler"]):
+        assert (run["start_s"].diff().drop_nulls() >= 0).all()
+        assert run["step"].to_list() == list(range(run.height))
+        mine = requests.filter(pl.col("scheduler") == label)
+        # every emitted token is in the log, and the last step ends when the last request finishes
+        assert run["emitted_tokens"].sum() == mine["output_tokens"].sum()
+        end = run["start_s"][-1] + run["wall_ms"][-1] / 1000
+        assert end == pytest.approx(mine["finish_s"].max(), abs=1e-9)
+
+
+def test_batch1_replay_is_the_simulator() -> None:
+    s = scenario({"batching": "none"}, ["fcfs", "las", "laps-sd", "srpt-sd"], EMPIRICAL)
+    requests, steps = same_records(s)
+    check_steplog(steps, requests)
+    assert (steps["decode_requests"] + steps["prefill_requests"] == 1).all()
+    # batch 1: one prefill step per request, the rest decode steps
+    assert steps.filter(pl.col("prefill_requests") == 1).height == requests.height
+
+
+def test_continuous_replay_is_the_simulator_with_recompute() -> None:
+    # little KV memory and a high load: chunked prefill, full batches, recompute evictions
+    s = scenario({"batching": "continuous", "max_batch": 4, "max_batch_tokens": 512, "kv_capacity_tokens": 6000,
+                  "preemption": "recompute"}, ["fcfs", "las", "laps-sd"], n=60, rate_scale=1.0)
+    requests, steps = same_records(s)
+    check_steplog(steps, requests)
+    assert requests["preemptions"].sum() > 0
+    assert steps["decode_requests"].max() == 4
+    assert steps.filter((pl.col("prefill_requests") > 0) & (pl.col("prefill_context_tokens") > 0)).height > 0
+
+
+def test_wall_clock_decisions_follow_the_clock() -> None:
+    """An executor whose steps take twice the price: arrivals then meet a slower server, so the schedule
+    (and the results) differ from the simulator's, while every request still gets its drawn tokens."""
+
+    class Slow(SimulatedExecutor):
+        def clock(self, start, price):
+            return start + 2 * price, 2 * price
+
+    s = scenario({"batching": "continuous", "max_batch": 4, "max_batch_tokens": 2048,
+                  "preemption": "recompute"}, ["fcfs"], n=30, rate_scale=1.0)
+    fast = run_scenario(s).requests
+    slow, steps = replay_scenario(s, Slow())
+    assert slow.requests["jct_s"].mean() > 1.5 * fast["jct_s"].mean()
+    assert slow.requests["output_tokens"].equals(fast["output_tokens"])
+    check_steplog(steps, slow.requests)
+
+
+@pytest.mark.parametrize(("engine", "key"), [
+    ({"batching": "static"}, "engine.batching"),
+    ({"batching": "continuous", "preemption": "swap"}, "engine.preemption"),
+])
+def test_unsupported_engines_are_refused(engine, key) -> None:
+    with pytest.raises(LapsbenchError, match=key):
+        replay_scenario(scenario(engine, ["fcfs"]), SimulatedExecutor())
+
+
+def test_cli_replay_writes_results_and_steplog(tmp_path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text(f"""name = "t"
+seed = 1
+[trace]
+path = "{REPO}/traces/azure_conv_2023.parquet"
+max_requests = 12
+rate_scale = 0.05
+[model]
+profile = "{REPO}/profiles/h100-llama3-8b.toml"
+[speculation]
+k = 4
+acceptance = {{ kind = "fixed", alpha = 0.6 }}
+[[scheduler]]
+name = "fcfs"
+""")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "lapsbench", "replay", str(toml), "--out", str(out),
+                        "--executor", "simulated", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for name in ("requests.parquet", "summary.csv", "summary.json", "meta.json", "scenario.toml", "steps.parquet"):
+        assert (out / name).is_file(), name
+    assert pq.read_schema(out / "steps.parquet").metadata[b"lapsbench.steplog"] == b"1"
+    steps = pl.read_parquet(out / "steps.parquet")
+    assert steps.height > 12 and np.all(steps["prefill_requests"].to_numpy()[:1] == 1)
+
+
+def test_cli_replay_without_torch_or_cuda_is_one_line(tmp_path) -> None:
+    """`--executor torch`: no torch → one line, exit 2; torch but no CUDA → one line, exit 2."""
+    r = subprocess.run([sys.executable, "-m", "lapsbench", "replay", str(REPO / "scenarios/quickstart.toml"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "replay" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,92 @@
+"""The real engine (lapsbench/replay/torch_engine.py) with tiny shapes: on the CPU when torch is installed
+(the `gpu` extra), on CUDA when a GPU is visible; skipped cleanly otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from lapsbench.errors import LapsbenchError
+from lapsbench.replay.loop import SimulatedExecutor
+from lapsbench.replay.run import replay_scenario
+from lapsbench.replay.torch_engine import GRAPH_TOKENS, check_memory
+from lapsbench.scenario import parse_scenario
+
+from conftest import REPO
+
+torch = pytest.importorskip("torch")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def tiny_executor(device: str):
+    from lapsbench.calibrate.models import parse_model_spec
+    from lapsbench.replay.torch_engine import TorchExecutor
+
+    return TorchExecutor(parse_model_spec("tiny-test"), parse_model_spec("tiny-test"), device)
+
+
+def scenario(engine: dict, schedulers: list[str], n: int, rate_scale: float):
+    return parse_scenario({
+        "name": "replay-torch-test", "seed": 5,
+        "trace": {"path": "traces/azure_conv_2023.parquet", "max_requests": n, "rate_scale": rate_scale},
+        "model": {"profile": "h100-llama3-8b"},
+        "speculation": {"k": 3, "acceptance": {"kind": "fixed", "alpha": 0.6}},
+        "engine": engine,
+        "scheduler": [{"name": name} for name in schedulers],
+    }, base_dir=str(REPO))
+
+
+def test_paged_decode_matches_a_prefill_of_the_whole_sequence(device: str = "cpu") -> None:
+    """KV written in place through scattered blocks, then a verify of q tokens after it, predicts the same next
+    token as one prefill of the whole sequence in other blocks: the paged cache and its masks are right."""
+    from lapsbench.calibrate.models import MODELS
+    from lapsbench.replay.torch_engine import PagedLlama
+
+    torch.manual_seed(1)
+    m = PagedLlama(MODELS["tiny-test"], torch.device(device), blocks=64, block_size=16, max_positions=512)
+    ids = torch.randint(0, 256, (100,), device=device)
+    a = torch.tensor([9, 3, 40, 17, 5, 22, 30, 11], device=device)   # scattered blocks of request A
+    b = torch.tensor([50, 51, 52, 53, 54, 55, 56, 57], device=device)
+    m.prefill(ids[:60], 0, a)            # A: 60 prompt tokens in two chunks' worth of blocks
+    m.prefill(ids[60:95], 60, a)         # a chunk after 60 cached tokens
+    table = torch.stack([a, torch.zeros_like(a)])  # a padding row beside it
+    lens = torch.tensor([95, 0], device=device)
+    verify = m.decode(torch.stack([ids[95:100], ids[95:100]]), lens, table)
+    whole = m.prefill(ids[:100], 0, b)   # B: the same 100 tokens at once
+    assert int(verify[0, -1]) == int(whole[0])
+    first = m.prefill(ids[:96], 0, b)
+    assert int(verify[0, 0]) == int(first[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch1_torch_replay_serves_the_simulated_steps(device: str) -> None:
+    """Same decisions rule, real execution: every request takes exactly its simulated steps (batch 1: a request's
+    steps do not depend on the schedule) and the step log times the wall clock."""
+    s = scenario({"batching": "none"}, ["fcfs", "las"], n=6, rate_scale=50.0)
+    sim = replay_scenario(s, SimulatedExecutor())[0].requests  # = run_scenario (test_replay.py), without numba
+    real, steps = replay_scenario(s, tiny_executor(device))
+    req = real.requests
+    assert req["steps"].equals(sim["steps"]) and req["output_tokens"].equals(sim["output_tokens"])
+    assert req["finish_s"].is_not_null().all() and (req["jct_s"] > 0).all()
+    assert (steps["wall_ms"] > 0).all() and steps.height == int(sim["steps"].sum())
+    assert steps["gpu_ms"].is_null().all() == (device == "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_continuous_torch_replay_with_chunked_prefill_and_recompute(device: str) -> None:
+    s = scenario({"batching": "continuous", "max_batch": 4, "max_batch_tokens": 256, "kv_capacity_tokens": 4000,
+                  "preemption": "recompute"}, ["fcfs", "las"], n=12, rate_scale=100.0)
+    real, steps = replay_scenario(s, tiny_executor(device))
+    req = real.requests
+    assert req["finish_s"].is_not_null().all()
+    assert steps["decode_requests"].max() == 4
+    assert steps.filter(pl.col("prefill_context_tokens") > 0).height > 0  # chunked prefills ran
+    assert steps["emitted_tokens"].sum() == 2 * int(req.filter(pl.col("scheduler") == "fcfs")["output_tokens"].sum())
+
+
+def test_kv_need_beyond_gpu_memory_is_one_line() -> None:
+    with pytest.raises(LapsbenchError, match="replay: the KV cache needs 1000000 tokens"):
+        check_memory(1_000_000, 131072, 16 * 1024**3, 80 * 1024**3)
+    check_memory(100_000, 131072, 16 * 1024**3, 80 * 1024**3)
+    assert GRAPH_TOKENS % 16 == 0 and np.int64(GRAPH_TOKENS) > 0

@@ -115,7 +115,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
                 row = engine.stats()
             stats.append({"scheduler": spec.label, "replication": replication, **row})
             frames.append(records(state, spec.label, spec.name, replication))
-    return collect(s, first, frames, stats, start)
+    return collect(s, first, frames, stats, start, derived)
 
 
 def batch1_stats(state: EngineState) -> dict[str, float]:
@@ -124,14 +124,15 @@ def batch1_stats(state: EngineState) -> dict[str, float]:
             "kv_util_max": float("nan"), "busy_s": float(state.attained_s.sum())}
 
 
-def collect(s: Scenario, workload: Workload, frames: list[pl.DataFrame], stats: list[dict], start: float) -> RunResult:
+def collect(s: Scenario, workload: Workload, frames: list[pl.DataFrame], stats: list[dict], start: float,
+            derived: dict[str, dict] | None = None) -> RunResult:
     """Per-request records of every run, with the trace's pass-through columns, as one RunResult."""
     requests = pl.concat(frames)
     if workload.passthrough.width > 1 and not s.trace.synth:
         requests = requests.join(workload.passthrough, on="request_id", how="left", maintain_order="left")
     engine_stats = pl.DataFrame(stats).with_columns(pl.col("replication").cast(pl.Int32))
     return RunResult(requests=requests, workload=workload, wall_s=time.perf_counter() - start,
-                     engine_stats=engine_stats, derived=derived)
+                     engine_stats=engine_stats, derived=derived or {})
 
 
 def derived_parameters(s: Scenario, workload: Workload, cost) -> tuple[dict[str, dict], dict[str, dict]]:

@@ -43,6 +43,7 @@ MIN_ROWS = 12  # fewer: fitted on every row, error by leave-one-out
 MIN_LOO_ROWS = 3
 CV_FOLDS = 4
 KNEE_GRID = 48  # at most this many knee positions searched by the max form
+MAX_FIT_ROWS = 2000  # a larger training set (a step log) is fitted on a seeded sample of this many rows
 KV_BLOCK = 16
 GPU_MEMORY_UTILIZATION = 0.90  # vLLM's default share of GPU memory for weights + KV cache
 ACTIVATION_RESERVE_BYTES = 2 * 1024**3  # activations, CUDA graphs, workspace (within the 90%)
@@ -243,7 +244,7 @@ def predict_ms(model: PhaseModel, X: np.ndarray) -> np.ndarray:
 
 
 SHORT_FEATURES = ("const", "tokens")
-SHORT_BELOW = (64, 128, 256, 512, 1024, 2048)  # candidate token thresholds of the short-forward regime
+SHORT_BELOW = (128, 256, 512, 1024)  # candidate token thresholds of the short-forward regime
 
 
 def _fit_forms(X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = FORWARD_FEATURES,
@@ -288,6 +289,8 @@ def fit_phase(X: np.ndarray, y: np.ndarray, rng: np.random.Generator, test_frac:
     else:
         n_test = max(1, int(round(test_frac * n))) if test_frac > 0 else 0
         test, train = idx[:n_test], idx[n_test:]
+        if train.size > MAX_FIT_ROWS:
+            train = np.sort(rng.choice(train, MAX_FIT_ROWS, replace=False))
         folds = np.array_split(rng.permutation(train), CV_FOLDS)
     cv: dict[str, list[float]] = {}
     loo_ape: dict[str, list[float]] = {}
@@ -710,7 +713,7 @@ def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: li
     prov.update({
         "seed": seed, "test_frac": test_frac,
         "form_selection": "4-fold CV on training rows (relative RMSE) among linear, max, pnorm p=2,4,8"
-        + ("; step-log prefill also with a short-prefill regime below 64..2048 tokens" if df is None else "")
+        + ("; step-log prefill also with a short-prefill regime below 128..1024 tokens" if df is None else "")
         + ("; [step] terms among " + ", ".join(STEP_TERM_SETS) if df is not None and log is not None else "")
         + "; leave-one-out below 12 rows",
         "gpu_memory_bytes": gpu_bytes, "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,

@@ -34,13 +34,10 @@ def _read(path: Path) -> pl.DataFrame:
         raise LapsbenchError(f"{path}: no such step log; expected a Parquet or CSV file (docs/steplog.md)")
     try:
         if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            meta = pq.read_schema(path).metadata or {}
-            version = meta.get(METADATA_KEY.encode())
-            if version is not None and version.decode() != VERSION:
-                raise LapsbenchError(f"{path}: metadata {METADATA_KEY} = {version.decode()!r}; this lapsbench reads "
-                                     f"step log version {VERSION!r}")
+            version = pl.read_parquet_metadata(path).get(METADATA_KEY)
+            if version is not None and version != VERSION:
+                raise LapsbenchError(f"{path}: metadata {METADATA_KEY} = {version!r}; this lapsbench reads step log "
+                                     f"version {VERSION!r}")
             return pl.read_parquet(path)
         return pl.read_csv(path, infer_schema_length=None)
     except LapsbenchError:

@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from test_batching import FIELDS, NoKernelFCFS, random_case, run
+from test_calibrate_fit import TRUE, _synthetic
 
 from lapsbench import costkernel as ck
 from lapsbench.batching import BatchConfig
 from lapsbench.calibrate.fit import STEP_LOG, fit_profile
 from lapsbench.costmodel import CostModel, PhaseModel, StepModel, load_profile_file, sd_step_s
 from lapsbench.errors import LapsbenchError
-
-from test_batching import FIELDS, NoKernelFCFS, random_case, run
-from test_calibrate_fit import TRUE, _synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = sorted((REPO / "profiles").glob("*.toml"))
@@ -225,8 +224,9 @@ def test_batched_engines_price_max_context() -> None:
         assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
     other, _ = run(case, "las", config, flat, reference=False)
     assert not np.array_equal(other.finish_s, fast.finish_s)
-    from conftest import create_acceptance, create_state
     from lapsbench.batching import BatchedEngine
+
+    from conftest import create_acceptance, create_state
 
     state = create_state(**case, cost=cost)
     state.acceptance = create_acceptance(state, 0.6, 3)

@@ -613,18 +613,19 @@ def _term_price(cols: dict[str, np.ndarray], whole: np.ndarray, x: dict[str, flo
 
 
 def _gpu_of_steps(path: Path, gpu: str | None) -> str:
-    """The GPU a step log was taken on: --gpu, else `gpu` in the meta.json beside it (a replay's results)."""
+    """The GPU a step log was taken on: --gpu, else `replay.gpu` (or `gpu`) in the meta.json beside it (a
+    replay's results directory)."""
     if gpu:
         return gpu
     meta = path.parent / "meta.json"
     if meta.is_file():
         try:
-            value = json.loads(meta.read_text()).get("gpu")
-        except (OSError, ValueError, AttributeError):
-            value = None
-        if isinstance(value, dict):
-            value = value.get("name")
-        if isinstance(value, str) and value:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            data = {}
+        replay = data.get("replay") if isinstance(data, dict) else None
+        value = (replay.get("gpu") if isinstance(replay, dict) else None) or data.get("gpu")
+        if isinstance(value, str) and value and value != "cpu":
             return value
     raise LapsbenchError(f"--gpu: {path} has no meta.json naming its GPU; name the GPU the step log was taken on")
 

@@ -59,7 +59,9 @@ ROWS = 12  # term rows: 2 * slot (memory / linear part), 2 * slot + 1 (compute p
 # ints layout
 _I_FIXED, _I_K, _I_PRESENT, _I_FORM, _I_NTERMS = 0, 1, 2, 6, 10  # PRESENT, FORM: 4 slots; NTERMS: 12 rows
 _I_SHORT, _I_STEP = 22, 26  # SHORT: 4 slots (short regime present); STEP: the profile has a [step] table
-_N_INTS = 27
+_I_SPAN, _I_NBS, _I_BS = 27, 28, 29  # span multiple; count of graph batch sizes, then the sizes
+MAX_BATCH_SIZES = 128
+_N_INTS = _I_BS + MAX_BATCH_SIZES
 # floats layout
 _F_STEP, _F_DRAFT_STEP, _F_PREFILL_PER_TOKEN, _F_P, _F_INV_P = 0, 1, 2, 3, 7  # P, INV_P: 4 slots
 _F_SHORT_BELOW = 11  # 4 slots
@@ -208,7 +210,7 @@ def _pack_phase(model: PhaseModel | None, slot: int, ints: np.ndarray, floats: n
 def pack_cost(cost: CostModel, k: int) -> tuple:
     """Everything the compiled pricing needs, as a tuple of contiguous float64/int64 numpy arrays (and no Python
     objects), so it can be passed into other @njit functions:
-    (ints int64[27], floats float64[22], term features int64[12, 8], term values float64[12, 8])."""
+    (ints int64[157], floats float64[22], term features int64[12, 8], term values float64[12, 8])."""
     k = int(k)
     ints = np.zeros(_N_INTS, np.int64)
     floats = np.zeros(_N_FLOATS, np.float64)
@@ -234,6 +236,12 @@ def pack_cost(cost: CostModel, k: int) -> tuple:
             ints[_I_STEP] = 1
             floats[_F_SD_FACTOR:_F_BATCH_CTX_MAX + 1] = (st.sd_factor, st.decode_ms, st.prefill_ms, st.mixed_ms,
                                                          st.context, st.context_max, st.batch_context_max)
+            if len(st.batch_sizes) > MAX_BATCH_SIZES:
+                raise LapsbenchError(f"profile {cost.name}: step.batch_sizes has {len(st.batch_sizes)} sizes; "
+                                     f"expected at most {MAX_BATCH_SIZES}")
+            ints[_I_SPAN] = st.span_multiple
+            ints[_I_NBS] = len(st.batch_sizes)
+            ints[_I_BS:_I_BS + len(st.batch_sizes)] = st.batch_sizes
     return ints, floats, feat, vals
 
 
@@ -296,9 +304,10 @@ def _phase_s(packed, slot, batch, tokens, context, tokens_sq, tokens_context, co
 
 @njit(cache=True)
 def _draft_one(packed, nf, context_decode, n_decode, context_max, j):
-    """Draft forward j: CostModel.draft_s at context + j * n and context_max + j (int64), guarded by n > 0."""
+    """Draft forward j: CostModel.draft_s at context + j * n and context_max + j (int64; a padded span: the
+    same for every forward), guarded by n > 0."""
     c = float(context_decode + j * n_decode)
-    m = float(context_max + j)
+    m = float(context_max + (0 if packed[0][_I_SPAN] > 0 else j))
     t = _phase_s(packed, np.int64(DRAFT), nf, nf, c, nf, c, m, nf * m)
     return t if nf > 0 else 0.0
 
@@ -363,6 +372,14 @@ def _decode_part(packed, n_decode, context_decode, context_max):
     """Verify forward + the k draft forwards of sd_step_s (fitted profile), then the [step] decode terms."""
     ints, floats = packed[0], packed[1]
     k = ints[_I_K]
+    n_real = n_decode
+    if ints[_I_NBS] > 0 and n_decode > 0:  # StepModel.padded
+        for i in range(ints[_I_NBS]):
+            if ints[_I_BS + i] >= n_decode:
+                n_decode = ints[_I_BS + i]
+                break
+    if ints[_I_SPAN] > 0:
+        context_max = (context_max + (k + 1) + (ints[_I_SPAN] - 1)) // ints[_I_SPAN] * ints[_I_SPAN]
     nf = float(n_decode)
     q = float(n_decode * (k + 1))  # int64 product, then float64
     c = float(context_decode)
@@ -371,7 +388,7 @@ def _decode_part(packed, n_decode, context_decode, context_max):
     t = _phase_s(packed, np.int64(TARGET), nf, q, c, (q * q) / denom, (q * c) / denom, m, nf * m)
     t = t if nf > 0 else 0.0
     if k > 0:
-        t = t + _draft_sum(packed, nf, context_decode, n_decode, context_max, k)
+        t = t + _draft_sum(packed, nf, context_decode, n_real, context_max, k)
     if ints[_I_STEP] != 0 and n_decode > 0:
         extra = (floats[_F_CTX] * c + floats[_F_CTX_MAX] * m) + floats[_F_BATCH_CTX_MAX] * (nf * m)
         t = t * floats[_F_SD_FACTOR] + extra / 1000.0

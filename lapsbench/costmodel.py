@@ -84,7 +84,12 @@ class StepModel:
     t = sd_factor·(verify + drafts) + context·Σc + context_max·max c + batch_context_max·n·max c  (steps that
     decode) + prefill forwards + decode_ms | prefill_ms | mixed_ms (host overhead of a decode-only,
     prefill-only or mixed step). `k` set: the target's decode model prices a whole SD step at that k (it was
-    fitted from a step log, where draft and verify forwards cannot be told apart), so only that k is priced."""
+    fitted from a step log, where draft and verify forwards cannot be told apart), so only that k is priced.
+
+    CUDA-graph padding of an engine's decode step: `batch_sizes` (ascending) — the forwards run at the smallest
+    listed batch ≥ the decoding requests (beyond the last: unpadded); `span_multiple` > 0 — attention runs over
+    the longest member's span, max context + k + 1, rounded up to that multiple (`context_max` and
+    `batch_context_max` use it)."""
 
     k: int | None = None
     sd_factor: float = 1.0
@@ -94,9 +99,23 @@ class StepModel:
     context: float = 0.0
     context_max: float = 0.0
     batch_context_max: float = 0.0
+    batch_sizes: tuple[int, ...] = ()
+    span_multiple: int = 0
+
+    def padded(self, k: int, n: np.ndarray, context_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(batch, span, span padded?) the decode forwards run at (integers, as given when not padded)."""
+        if self.batch_sizes:
+            sizes = np.asarray(self.batch_sizes, np.int64)
+            i = np.searchsorted(sizes, n, side="left")
+            n = np.where(n > 0, np.where(i < sizes.size, sizes[np.minimum(i, sizes.size - 1)], n), 0)
+        if self.span_multiple > 0:
+            m = self.span_multiple
+            context_max = (context_max + (k + 1) + (m - 1)) // m * m
+        return n, context_max, self.span_multiple > 0
 
 
-STEP_KEYS = ("k", "sd_factor", "decode_ms", "prefill_ms", "mixed_ms", "context", "context_max", "batch_context_max")
+STEP_KEYS = ("k", "sd_factor", "decode_ms", "prefill_ms", "mixed_ms", "context", "context_max", "batch_context_max",
+             "batch_sizes", "span_multiple")
 
 
 @dataclass(frozen=True)
@@ -195,16 +214,20 @@ def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.
         draft = k * cost.fixed_draft_step_s if k > 0 else 0.0
         return np.where(busy, cost.fixed_step_s, 0.0) + np.where(n_decode > 0, draft, 0.0) + tokens
     cost.check_k(k)
+    st = cost.step
     cmax = np.asarray(context_decode if context_max is None else context_max)
-    t = cost.verify_s(n_decode, n_decode * (k + 1), context_decode, cmax)
+    n_fwd, span, fixed_span = n_decode, cmax, False
+    if st is not None and (st.batch_sizes or st.span_multiple > 0):
+        n_fwd, span, fixed_span = st.padded(k, n_decode, cmax)
+    t = cost.verify_s(n_fwd, n_fwd * (k + 1), context_decode, span)
     if k > 0:
         # Draft forward j sees the context plus the j draft tokens proposed so far: all k at once.
         offsets = np.arange(k).reshape((k,) + (1,) * np.ndim(n_decode))
         contexts = np.asarray(context_decode) + offsets * n_decode
-        t = t + cost.draft_s(np.broadcast_to(n_decode, contexts.shape), contexts, cmax + offsets).sum(axis=0)
-    st = cost.step
+        spans = span + offsets * (0 if fixed_span else 1)
+        t = t + cost.draft_s(np.broadcast_to(n_fwd, contexts.shape), contexts, spans).sum(axis=0)
     if st is not None:
-        nf, c, m = (np.asarray(a, np.float64) for a in (n_decode, context_decode, cmax))
+        nf, c, m = (np.asarray(a, np.float64) for a in (n_fwd, context_decode, span))
         extra = (st.context * c + st.context_max * m) + st.batch_context_max * (nf * m)
         t = np.where(n_decode > 0, t * st.sd_factor + extra / 1000.0, t)
     if n_prefill is not None:
@@ -264,21 +287,28 @@ def _step(raw: object, where: str) -> StepModel | None:
         return None
     if not isinstance(raw, dict):
         raise LapsbenchError(f"{where}: expected a table, got {raw!r}")
-    values: dict[str, float | int] = {}
+    values: dict[str, object] = {}
     for key, value in raw.items():
         if key not in STEP_KEYS:
             raise LapsbenchError(f"{where}.{key}: unknown key; expected one of {', '.join(STEP_KEYS)}")
+        if key == "batch_sizes":
+            sizes = value if isinstance(value, list) else [None]
+            if not sizes or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in sizes) \
+                    or sorted(set(sizes)) != sizes:
+                raise LapsbenchError(f"{where}.batch_sizes: {value!r}; expected ascending integers >= 1")
+            values[key] = tuple(sizes)
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise LapsbenchError(f"{where}.{key}: {value!r} is not a finite number")
-        if key == "k":
+        if key in ("k", "span_multiple"):
             if value != int(value) or value < 0:
-                raise LapsbenchError(f"{where}.k: {value!r}; expected an integer >= 0")
+                raise LapsbenchError(f"{where}.{key}: {value!r}; expected an integer >= 0")
             values[key] = int(value)
         else:
             values[key] = float(value)
     if values.get("sd_factor", 1.0) <= 0:
         raise LapsbenchError(f"{where}.sd_factor: {values['sd_factor']!r}; expected a number > 0")
-    return StepModel(**values)
+    return StepModel(**values)  # type: ignore[arg-type]
 
 
 def load_profile_file(path: Path, draft: str | None = None) -> CostModel:

@@ -78,13 +78,25 @@ def fit(
                                                               "heads=..,kv_heads=..,vocab=..")] = None,
     test_frac: Annotated[float, typer.Option(help="Share of rows held out for the reported error.")] = 0.25,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    batch_sizes: Annotated[str | None, typer.Option(help="With --steps: the batch sizes the engine's decode "
+                                                    "CUDA graphs are captured at, e.g. 1,2,4,8,16,32,64 (a step "
+                                                    "runs at the smallest one >= its batch).")] = None,
+    span_multiple: Annotated[int, typer.Option(help="With --steps: the engine pads each decode step's attention "
+                                               "span (max context + k + 1) to this multiple (0: no padding).")] = 0,
 ) -> None:
     """Fit the cost model per model and phase (and per step phase from a step log); store coefficients and
     held-out error in a profile."""
     from lapsbench.calibrate.fit import STEP_LOG, fit_profile
+    from lapsbench.errors import LapsbenchError
 
+    sizes: tuple[int, ...] = ()
+    if batch_sizes:
+        try:
+            sizes = tuple(int(x) for x in batch_sizes.split(","))
+        except ValueError:
+            raise LapsbenchError(f"--batch-sizes: {batch_sizes!r}; expected comma-separated integers") from None
     fits, top = fit_profile(measured, out, target, list(draft or []), name, gpu, gpu_memory_gb, host_link_gb_s,
-                            list(model_config or []), test_frac, seed, _command(), steps)
+                            list(model_config or []), test_frac, seed, _command(), steps, sizes, span_multiple)
     table = Table(title=f"{out}: held-out error ({top['gpu']})")
     for col in ("model", "phase", "form", "train", "test", "validation", "MAPE", "worst APE"):
         table.add_column(col, justify="left" if col in ("model", "phase", "form", "validation") else "right")

@@ -389,7 +389,8 @@ def render_profile(top: dict[str, Any], models: dict[str, dict[str, Candidate]],
     lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
     if step is not None:
         lines += ["", "[step]"]
-        lines += [f"{k} = {getattr(step, k)!r}" for k in STEP_KEYS if getattr(step, k) is not None]
+        lines += [f"{k} = {_toml_value(getattr(step, k))}" for k in STEP_KEYS
+                  if getattr(step, k) is not None and getattr(step, k) != ()]
     for name, phases in models.items():
         for phase, c in phases.items():
             lines += ["", f"[models.{json.dumps(name)}.{phase}]"]
@@ -417,9 +418,10 @@ def render_profile(top: dict[str, Any], models: dict[str, dict[str, Candidate]],
 
 def _log_columns(log: pl.DataFrame) -> tuple[np.ndarray, ...]:
     """(k, n_decode, Σ context, max context, n_prefill, Σ prefill tokens, Σ prefill context, wall ms)."""
-    return tuple(log[c].to_numpy() for c in ("k", "decode_requests", "context_tokens", "context_max",
-                                              "prefill_requests", "prefill_tokens", "prefill_context_tokens")) + \
-        (log["wall_ms"].to_numpy().astype(np.float64),)
+    counts = ("k", "decode_requests", "context_tokens", "context_max", "prefill_requests", "prefill_tokens",
+              "prefill_context_tokens")
+    return tuple(np.array(log[c].to_numpy(), np.int64) for c in counts) + (log["wall_ms"].to_numpy().astype(
+        np.float64),)
 
 
 def price_steps(cost: CostModel, log: pl.DataFrame, decode_only: bool = False) -> np.ndarray:
@@ -440,9 +442,12 @@ def price_steps(cost: CostModel, log: pl.DataFrame, decode_only: bool = False) -
     return out * 1000.0
 
 
-def _decode_step_features(log: pl.DataFrame) -> np.ndarray:
-    """Features of each step's verify forward, as `CostModel.verify_s` forms them from (n, k, Σc, max c)."""
-    k, n, c, m, *_ = (a.astype(np.float64) for a in _log_columns(log))
+def _decode_step_features(log: pl.DataFrame, pad: StepModel) -> np.ndarray:
+    """Features of each step's verify forward, as `sd_step_s` forms them from (n, k, Σc, max c) and the
+    engine's CUDA-graph padding (`pad`: StepModel.padded)."""
+    k, n, c, m, *_ = _log_columns(log)
+    n, m = pad.padded(int(k[0]) if k.size else 0, n, m)[:2] if n.size else (n, m)
+    k, n, c, m = (a.astype(np.float64) for a in (k, n, c, m))
     q = n * (k + 1)
     per = np.maximum(n, 1)
     cols = {"const": np.ones_like(n), "batch": n, "tokens": q, "context": c, "tokens_sq": q * q / per,
@@ -486,13 +491,14 @@ def _fit_offset(t: np.ndarray, base: np.ndarray) -> float:
 
 
 def fit_from_steps(log: pl.DataFrame, path: Path, target: str, drafts: list[str], rng: np.random.Generator,
-                   test_frac: float) -> tuple[dict[str, dict[str, Candidate]], StepModel, dict[str, dict[str, Any]],
-                                              dict[str, str]]:
+                   test_frac: float, pad: StepModel) -> tuple[dict[str, dict[str, Candidate]], StepModel,
+                                                              dict[str, dict[str, Any]], dict[str, str]]:
     """A profile from a step log alone: the target's `decode` model prices a whole decode step at the log's k
     (verify + k drafts + host overhead; draft and verify forwards cannot be told apart at one k, so the draft
     models are 0 and the profile prices that k only), over batch, Σ context, max context and batch × max
     context; `prefill` prices a prefill-only step (forms incl. the short-prefill regime); a mixed step is the
-    two plus `mixed_ms` (negative when a fused forward shares the weight read). Forms by 4-fold CV."""
+    two plus `mixed_ms` (negative when a fused forward shares the weight read). Forms by 4-fold CV. `pad`:
+    the engine's CUDA-graph padding (batch sizes, span multiple), kept in the profile."""
     ph = step_phase(log)
     ks = np.unique(log.filter(pl.col("decode_requests") > 0)["k"].to_numpy())
     if ks.size > 1:
@@ -504,7 +510,8 @@ def fit_from_steps(log: pl.DataFrame, path: Path, target: str, drafts: list[str]
     fits: dict[str, dict[str, Any]] = {}
     models: dict[str, dict[str, Candidate]] = {target: {}}
     t_all = log["wall_ms"].to_numpy().astype(np.float64)
-    for phase, X, names, short in (("decode", _decode_step_features(log), STEP_DECODE_FEATURES, False),
+    for phase, X, names, short in (("decode", _decode_step_features(log, replace(pad, k=k)), STEP_DECODE_FEATURES,
+                                    False),
                                    ("prefill", _prefill_step_features(log), FORWARD_FEATURES, True)):
         rows = np.flatnonzero(ph == phase)
         if rows.size < MIN_LOO_ROWS:
@@ -515,7 +522,7 @@ def fit_from_steps(log: pl.DataFrame, path: Path, target: str, drafts: list[str]
         fits[phase] = stats
     for d in drafts:
         models[d] = {"decode": Candidate("linear", {}, {})}
-    step = StepModel(k=k)
+    step = replace(pad, k=k)
     mixed = np.flatnonzero(ph == "mixed")
     if mixed.size:
         sub = log[mixed]
@@ -531,7 +538,7 @@ def fit_from_steps(log: pl.DataFrame, path: Path, target: str, drafts: list[str]
         else:
             m = _fit_offset(t[train], base[train])
             ape = np.abs((base[test] + m) / t[test] - 1)
-        step = StepModel(k=k, mixed_ms=_fit_offset(t[train], base[train]))
+        step = replace(step, mixed_ms=_fit_offset(t[train], base[train]))
         fits["mixed"] = _ape_stats(ape, int(train.size), loo, "decode + prefill + mixed_ms")
     notes = {d: f"a draft forward is part of {target}.decode (a whole SD step at k = {k}, fitted from a step log)"
              for d in drafts}
@@ -547,8 +554,14 @@ STEP_TERM_SETS = {  # [step] terms fitted on top of forward models, chosen by CV
 
 
 def _step_term_columns(cost: CostModel, log: pl.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Column per [step] term (ms per unit of the term) and the part priced without them (ms)."""
-    _, n, c, m, npf, *_ = (a.astype(np.float64) for a in _log_columns(log))
+    """Column per [step] term (ms per unit of the term) and the part priced without them (ms); `cost.step`
+    holds only the engine's padding."""
+    k, n, c, m, npf, *_ = _log_columns(log)
+    if cost.step is not None:
+        for kk in np.unique(k):
+            r = k == kk
+            n[r], m[r] = cost.step.padded(int(kk), n[r], m[r])[:2]
+    n, c, m, npf = (a.astype(np.float64) for a in (n, c, m, npf))
     dec_part = price_steps(cost, log, decode_only=True)
     whole = price_steps(cost, log)
     dec, pf = n > 0, npf > 0
@@ -566,11 +579,12 @@ def _fit_terms(cols: dict[str, np.ndarray], whole: np.ndarray, t: np.ndarray, te
     return dict(zip(terms, x.tolist(), strict=True))
 
 
-def fit_step_terms(cost: CostModel, log: pl.DataFrame, rng: np.random.Generator, test_frac: float
-                   ) -> tuple[StepModel, dict[str, dict[str, Any]]]:
+def fit_step_terms(cost: CostModel, log: pl.DataFrame, rng: np.random.Generator, test_frac: float,
+                   pad: StepModel) -> tuple[StepModel, dict[str, dict[str, Any]]]:
     """The [step] terms on top of forward models (fitted from measurements) from a step log: the term set by
     4-fold CV on the training steps, the error per step phase on the held-out steps, priced by sd_step_s."""
     t = log["wall_ms"].to_numpy().astype(np.float64)
+    cost = replace(cost, step=pad)
     cols, whole = _step_term_columns(cost, log)
     train, test, loo = _split(log.height, rng, test_frac)
     if loo:
@@ -588,7 +602,7 @@ def fit_step_terms(cost: CostModel, log: pl.DataFrame, rng: np.random.Generator,
         scores[label] = float(np.mean(errs))
     label = min(scores, key=lambda s_: scores[s_])
     x = _fit_terms({k: v[train] for k, v in cols.items()}, whole[train], t[train], STEP_TERM_SETS[label])
-    step = StepModel(**{"sd_factor": 1.0, **x})
+    step = replace(pad, **{"sd_factor": 1.0, **x})
     priced = price_steps(replace(cost, step=step), log)
     ph = step_phase(log)
     fits: dict[str, dict[str, Any]] = {}
@@ -632,15 +646,24 @@ def _gpu_of_steps(path: Path, gpu: str | None) -> str:
 
 def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: list[str], name: str | None,
                 gpu: str | None, gpu_memory_gb: float | None, host_link_gb_s: float | None,
-                model_configs: list[str], test_frac: float, seed: int, command: str, steps: Path | None = None
+                model_configs: list[str], test_frac: float, seed: int, command: str, steps: Path | None = None,
+                batch_sizes: tuple[int, ...] = (), span_multiple: int = 0
                 ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
     """Fit the profile from forward measurements (every (model, phase) it needs), from a step log
     (`fit_from_steps`), or both (forward models, then the [step] terms from the log: `fit_step_terms`);
-    write `out` atomically. Step-level errors are under fits[STEP_LOG]."""
+    write `out` atomically. Step-level errors are under fits[STEP_LOG]. `batch_sizes`, `span_multiple`: the
+    engine's CUDA-graph padding of decode steps (StepModel), for a step log."""
     if not 0 <= test_frac < 1:
         raise LapsbenchError(f"--test-frac: {test_frac} must be in [0, 1)")
     if measured is None and steps is None:
         raise LapsbenchError("calibrate fit: give a measured file, --steps STEPS, or both")
+    if (batch_sizes or span_multiple) and steps is None:
+        raise LapsbenchError("--batch-sizes/--span-multiple: describe a step log's engine; give --steps")
+    if list(batch_sizes) != sorted(set(batch_sizes)) or any(b < 1 for b in batch_sizes):
+        raise LapsbenchError(f"--batch-sizes: {list(batch_sizes)}; expected ascending integers >= 1")
+    if span_multiple < 0:
+        raise LapsbenchError(f"--span-multiple: {span_multiple}; expected an integer >= 0")
+    pad = StepModel(batch_sizes=tuple(batch_sizes), span_multiple=span_multiple)
     log = read_steplog(steps) if steps is not None else None
     df = read_measured(measured, gpu) if measured is not None else None
     sidecar: dict[str, Any] = {}
@@ -686,13 +709,13 @@ def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: li
                              if drafts and "prefill" in models[drafts[0]] else None)
             if (log["k"].to_numpy() > 0).any() and not drafts:
                 raise LapsbenchError(f"--draft: {steps} has SD steps (k > 0); name the draft model")
-            step, fits[STEP_LOG] = fit_step_terms(cost, log, rng, test_frac)
+            step, fits[STEP_LOG] = fit_step_terms(cost, log, rng, test_frac, pad)
     else:
         assert log is not None and steps is not None
         if target is None:
             raise LapsbenchError("--target: name the target model of the step log (for its KV cache and shape)")
         gpu_name = _gpu_of_steps(steps, gpu)
-        models, step, fits[STEP_LOG], notes = fit_from_steps(log, steps, target, drafts, rng, test_frac)
+        models, step, fits[STEP_LOG], notes = fit_from_steps(log, steps, target, drafts, rng, test_frac, pad)
     tcfg = _config(target, sidecar, extra)
     dcfg = _config(drafts[0], sidecar, extra) if drafts else None
     gpu_bytes = _gpu_memory_bytes(gpu_name, sidecar, gpu_memory_gb)

@@ -496,9 +496,12 @@ def fit_from_steps(log: pl.DataFrame, path: Path, target: str, drafts: list[str]
     """A profile from a step log alone: the target's `decode` model prices a whole decode step at the log's k
     (verify + k drafts + host overhead; draft and verify forwards cannot be told apart at one k, so the draft
     models are 0 and the profile prices that k only), over batch, Σ context, max context and batch × max
-    context; `prefill` prices a prefill-only step (forms incl. the short-prefill regime); a mixed step is the
-    two plus `mixed_ms` (negative when a fused forward shares the weight read). Forms by 4-fold CV. `pad`:
-    the engine's CUDA-graph padding (batch sizes, span multiple), kept in the profile."""
+    context, fitted on the decode-only steps; `prefill` prices the prefill part of a step (forms incl. the
+    short-prefill regime), fitted on the prefill-only steps and on the mixed steps less their decode part and
+    `mixed_ms` (alternately, three rounds: under continuous batching most prefills are in mixed steps);
+    `mixed_ms` is what a mixed step costs beyond its two parts (negative when a fused forward reads the
+    weights once). Forms by 4-fold CV on the training steps; errors on the held-out steps (one seeded split of
+    the whole log), priced by sd_step_s. `pad`: the engine's CUDA-graph padding, kept in the profile."""
     ph = step_phase(log)
     ks = np.unique(log.filter(pl.col("decode_requests") > 0)["k"].to_numpy())
     if ks.size > 1:
@@ -507,39 +510,46 @@ def fit_from_steps(log: pl.DataFrame, path: Path, target: str, drafts: list[str]
     k = int(ks[0]) if ks.size else 0
     if k > 0 and not drafts:
         raise LapsbenchError(f"--draft: {path} has SD steps (k = {k}); name the draft model (its KV cache counts)")
-    fits: dict[str, dict[str, Any]] = {}
-    models: dict[str, dict[str, Candidate]] = {target: {}}
-    t_all = log["wall_ms"].to_numpy().astype(np.float64)
-    for phase, X, names, short in (("decode", _decode_step_features(log, replace(pad, k=k)), STEP_DECODE_FEATURES,
-                                    False),
-                                   ("prefill", _prefill_step_features(log), FORWARD_FEATURES, True)):
-        rows = np.flatnonzero(ph == phase)
-        if rows.size < MIN_LOO_ROWS:
-            raise LapsbenchError(f"{path}: {rows.size} {phase}-only steps; expected at least {MIN_LOO_ROWS} to fit "
-                                 f"the {phase} step model")
-        cand, stats = fit_phase(X[rows], t_all[rows], rng, test_frac, names, short)
-        models[target][phase] = cand
-        fits[phase] = stats
+    t = log["wall_ms"].to_numpy().astype(np.float64)
+    train, test, loo = _split(log.height, rng, test_frac)
+    if loo:
+        raise LapsbenchError(f"{path}: {log.height} steps; expected at least {MIN_ROWS} to fit and hold some out")
+    in_train = np.zeros(log.height, bool)
+    in_train[train] = True
+    step = replace(pad, k=k)
+    Xd, Xp = _decode_step_features(log, step), _prefill_step_features(log)
+    rows = {phase: np.flatnonzero((ph == phase) & in_train) for phase in STEP_PHASES}
+    for phase in ("decode", "prefill"):
+        have = rows[phase].size + (rows["mixed"].size if phase == "prefill" else 0)
+        if have < MIN_LOO_ROWS:
+            raise LapsbenchError(f"{path}: {have} training steps with {phase}s; expected at least {MIN_LOO_ROWS} to "
+                                 f"fit the {phase} model")
+    dec, dec_stats = fit_phase(Xd[rows["decode"]], t[rows["decode"]], rng, 0.0, STEP_DECODE_FEATURES) \
+        if rows["decode"].size >= MIN_LOO_ROWS else (Candidate("linear", {}, {}), {"form": "none", "cv_rmsre": {}})
+    dpart = np.where(log["decode_requests"].to_numpy() > 0, dec.predict_ms(Xd), 0.0)
+    mixed, mixed_ms = rows["mixed"], 0.0
+    for _ in range(3 if mixed.size else 1):
+        rest = t[mixed] - dpart[mixed] - mixed_ms
+        use = mixed[rest > 0.25 * t[mixed]]  # where the prefill is a fair share of the step
+        pr = np.concatenate([rows["prefill"], use])
+        y = np.concatenate([t[rows["prefill"]], t[use] - dpart[use] - mixed_ms])
+        pre, pre_stats = fit_phase(Xp[pr], y, rng, 0.0, FORWARD_FEATURES, short=True)
+        if mixed.size:
+            mixed_ms = _fit_offset(t[mixed], dpart[mixed] + pre.predict_ms(Xp[mixed]))
+    step = replace(step, mixed_ms=mixed_ms)
+    models: dict[str, dict[str, Candidate]] = {target: {"decode": dec, "prefill": pre}}
     for d in drafts:
         models[d] = {"decode": Candidate("linear", {}, {})}
-    step = replace(pad, k=k)
-    mixed = np.flatnonzero(ph == "mixed")
-    if mixed.size:
-        sub = log[mixed]
-        cost = CostModel("fit", target=models[target]["decode"].model(),
-                         target_prefill=models[target]["prefill"].model(),
-                         draft=PhaseModel(coef={}) if k > 0 else None, step=step)
-        base = price_steps(cost, sub)
-        t = t_all[mixed]
-        train, test, loo = _split(mixed.size, rng, test_frac)
-        if loo:
-            ape = np.array([abs((base[i] + _fit_offset(np.delete(t, i), np.delete(base, i))) / t[i] - 1)
-                            for i in range(mixed.size)]) if mixed.size > 1 else np.zeros(0)
-        else:
-            m = _fit_offset(t[train], base[train])
-            ape = np.abs((base[test] + m) / t[test] - 1)
-        step = replace(step, mixed_ms=_fit_offset(t[train], base[train]))
-        fits["mixed"] = _ape_stats(ape, int(train.size), loo, "decode + prefill + mixed_ms")
+    cost = CostModel("fit", target=dec.model(), target_prefill=pre.model(), draft=PhaseModel(coef={}), step=step)
+    ape = np.abs(price_steps(cost, log) / t - 1)
+    fits: dict[str, dict[str, Any]] = {}
+    labels = {"decode": dec_stats, "prefill": pre_stats, "mixed": {"form": "decode + prefill + mixed_ms"}}
+    for phase in STEP_PHASES:
+        if (ph == phase).any():
+            held = test[ph[test] == phase]
+            fits[phase] = _ape_stats(ape[held], int(rows[phase].size), False, labels[phase]["form"])
+            if "cv_rmsre" in labels[phase]:
+                fits[phase]["cv_rmsre"] = labels[phase]["cv_rmsre"]
     notes = {d: f"a draft forward is part of {target}.decode (a whole SD step at k = {k}, fitted from a step log)"
              for d in drafts}
     return models, step, fits, notes

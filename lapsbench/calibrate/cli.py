@@ -61,9 +61,10 @@ def fit(
     measured: Annotated[Path | None, typer.Argument(help="Measured forwards, CSV or Parquet: gpu, model, phase, "
                                                     "batch, query_tokens, context, ms_median[, ms_p10, ms_p90]. "
                                                     "Optional with --steps.")] = None,
-    steps: Annotated[Path | None, typer.Option(help="Engine step log (docs/steplog.md), Parquet or CSV: alone, "
-                                               "whole steps are fitted; with MEASURED, the step-level terms on top of "
-                                               "the forward models.")] = None,
+    steps: Annotated[list[Path] | None, typer.Option(help="Engine step log (docs/steplog.md), Parquet or CSV; "
+                                                     "repeat for several logs of one engine. Alone, whole steps are "
+                                                     "fitted; with MEASURED, the step-level terms on top of the "
+                                                     "forward models.")] = None,
     target: Annotated[str | None, typer.Option(help="Target model (default: the largest measured).")] = None,
     draft: Annotated[list[str] | None, typer.Option(help="Draft model(s); the first is the default draft.")] = None,
     name: Annotated[str | None, typer.Option(help="Profile name (default: OUT's stem).")] = None,
@@ -97,6 +98,7 @@ def fit(
             raise LapsbenchError(f"--batch-sizes: {batch_sizes!r}; expected comma-separated integers") from None
     fits, top = fit_profile(measured, out, target, list(draft or []), name, gpu, gpu_memory_gb, host_link_gb_s,
                             list(model_config or []), test_frac, seed, _command(), steps, sizes, span_multiple)
+    console = _console if _console.is_terminal else Console(width=140)  # a log: one line per row
     table = Table(title=f"{out}: held-out error ({top['gpu']})")
     for col in ("model", "phase", "form", "train", "test", "validation", "MAPE", "worst APE"):
         table.add_column(col, justify="left" if col in ("model", "phase", "form", "validation") else "right")
@@ -105,11 +107,11 @@ def fit(
             table.add_row(m if m != STEP_LOG else f"{STEP_LOG} ({top['target']})", phase, st["form"],
                           str(st["n_train"]), str(st["n_test"]), st.get("validation", "held-out"),
                           f"{100 * st['mape']:.2f}%", f"{100 * st['max_ape']:.2f}%")
-    _console.print(table)
+    console.print(table)
     if any(st.get("validation") == "leave-one-out" for phases in fits.values() for st in phases.values()):
-        _console.print("leave-one-out: phases with fewer than 12 rows are fitted on every row; their error is "
+        console.print("leave-one-out: phases with fewer than 12 rows are fitted on every row; their error is "
                        "each row's error when it is left out of the fit")
-    _console.print(f"kv_capacity_tokens = {top['kv_capacity_tokens']}  (target {top['target']}"
+    console.print(f"kv_capacity_tokens = {top['kv_capacity_tokens']}  (target {top['target']}"
                    + (f", draft {top['draft']})" if "draft" in top else ")"))
 
 

@@ -656,15 +656,19 @@ def _gpu_of_steps(path: Path, gpu: str | None) -> str:
 
 def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: list[str], name: str | None,
                 gpu: str | None, gpu_memory_gb: float | None, host_link_gb_s: float | None,
-                model_configs: list[str], test_frac: float, seed: int, command: str, steps: Path | None = None,
+                model_configs: list[str], test_frac: float, seed: int, command: str,
+                steps: Path | list[Path] | None = None,
                 batch_sizes: tuple[int, ...] = (), span_multiple: int = 0
                 ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
     """Fit the profile from forward measurements (every (model, phase) it needs), from a step log
     (`fit_from_steps`), or both (forward models, then the [step] terms from the log: `fit_step_terms`);
     write `out` atomically. Step-level errors are under fits[STEP_LOG]. `batch_sizes`, `span_multiple`: the
-    engine's CUDA-graph padding of decode steps (StepModel), for a step log."""
+    engine's CUDA-graph padding of decode steps (StepModel), for a step log. Several step logs (of one engine,
+    e.g. batch-1 and batched runs) are fitted together."""
     if not 0 <= test_frac < 1:
         raise LapsbenchError(f"--test-frac: {test_frac} must be in [0, 1)")
+    step_files = [steps] if isinstance(steps, Path) else list(steps or [])
+    steps = step_files[0] if step_files else None
     if measured is None and steps is None:
         raise LapsbenchError("calibrate fit: give a measured file, --steps STEPS, or both")
     if (batch_sizes or span_multiple) and steps is None:
@@ -674,7 +678,8 @@ def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: li
     if span_multiple < 0:
         raise LapsbenchError(f"--span-multiple: {span_multiple}; expected an integer >= 0")
     pad = StepModel(batch_sizes=tuple(batch_sizes), span_multiple=span_multiple)
-    log = read_steplog(steps) if steps is not None else None
+    log = pl.concat([read_steplog(f) for f in step_files], how="diagonal") if step_files else None
+    where = steps if len(step_files) == 1 else Path(", ".join(str(f) for f in step_files))
     df = read_measured(measured, gpu) if measured is not None else None
     sidecar: dict[str, Any] = {}
     if measured is not None:
@@ -718,14 +723,14 @@ def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: li
                              draft_prefill=models[drafts[0]]["prefill"].model()
                              if drafts and "prefill" in models[drafts[0]] else None)
             if (log["k"].to_numpy() > 0).any() and not drafts:
-                raise LapsbenchError(f"--draft: {steps} has SD steps (k > 0); name the draft model")
+                raise LapsbenchError(f"--draft: {where} has SD steps (k > 0); name the draft model")
             step, fits[STEP_LOG] = fit_step_terms(cost, log, rng, test_frac, pad)
     else:
         assert log is not None and steps is not None
         if target is None:
             raise LapsbenchError("--target: name the target model of the step log (for its KV cache and shape)")
         gpu_name = _gpu_of_steps(steps, gpu)
-        models, step, fits[STEP_LOG], notes = fit_from_steps(log, steps, target, drafts, rng, test_frac, pad)
+        models, step, fits[STEP_LOG], notes = fit_from_steps(log, where, target, drafts, rng, test_frac, pad)
     tcfg = _config(target, sidecar, extra)
     dcfg = _config(drafts[0], sidecar, extra) if drafts else None
     gpu_bytes = _gpu_memory_bytes(gpu_name, sidecar, gpu_memory_gb)
@@ -741,8 +746,9 @@ def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: li
     if measured is not None and df is not None:
         prov.update({"measured_file": measured.name,
                      "measured_sha256": hashlib.sha256(measured.read_bytes()).hexdigest(), "measured_rows": df.height})
-    if steps is not None and log is not None:
-        prov.update({"steps_file": steps.name, "steps_sha256": hashlib.sha256(steps.read_bytes()).hexdigest(),
+    if step_files and log is not None:
+        prov.update({"steps_files": [str(f) for f in step_files],
+                     "steps_sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in step_files],
                      "steps_rows": log.height})
     prov.update({
         "seed": seed, "test_frac": test_frac,

@@ -326,7 +326,8 @@ class BatchedEngine:
         before = self.prefilled[pf]
         dt = float(sd_step_s(s.cost, k, np.array([dec.size]), np.array([ctx.sum()]),
                              np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
-                             np.array([(c * before).sum()]), np.array([before.sum()]))[0])
+                             np.array([(c * before).sum()]), np.array([before.sum()]),
+                             np.array([ctx.max(initial=0)]))[0])
         if executor is None:
             now, took = now + (dt + stall), dt + stall
         else:
@@ -408,9 +409,11 @@ class BatchedEngine:
         gen_after = np.minimum(gen0[None, :] + np.cumsum(drawn, axis=0), out[None, :])
         gen_before = np.vstack([gen0[None, :], gen_after[:-1]])
         padding = members[s.done[members]]
-        ctx = (s.prompt_tokens[live][None, :] + gen_before).sum(axis=1) + \
-            (s.prompt_tokens[padding] + s.generated[padding]).sum()
-        dt = sd_step_s(s.cost, k, np.full(rounds, members.size), ctx)
+        live_ctx = s.prompt_tokens[live][None, :] + gen_before
+        padding_ctx = s.prompt_tokens[padding] + s.generated[padding]
+        ctx = live_ctx.sum(axis=1) + padding_ctx.sum()
+        ctx_max = np.maximum(live_ctx.max(axis=1, initial=0), padding_ctx.max(initial=0))
+        dt = sd_step_s(s.cost, k, np.full(rounds, members.size), ctx, context_max=ctx_max)
         end = np.add.accumulate(np.concatenate(([now], dt)))[1:]
         stop = rounds - 1
         finishes = gen_after >= out[None, :]

@@ -65,15 +65,15 @@ NO_BUDGET = np.iinfo(np.int64).max
 
 @njit(cache=True, _nrt=True)
 def _step_time_s(packed, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
-                 prefill_tokens_context, prefill_context):
+                 prefill_tokens_context, prefill_context, context_max):
     """one_step's price: costkernel.step_time_s with every prefill feature — for a step without prefill
     (most steps) the same float as the decode part alone plus 0.0 (sd_step_s adds prefill_s = 0.0), which
     skips pricing an empty prefill. With numba's runtime on (the kernel may allocate), callable from
     run_loop (without)."""
     if n_prefill == 0:
-        return decode_step_time_s(packed, n_decode, context_decode) + 0.0
+        return decode_step_time_s(packed, n_decode, context_decode, context_max) + 0.0
     return step_time_s(packed, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
-                       prefill_tokens_context, prefill_context)
+                       prefill_tokens_context, prefill_context, context_max)
 
 
 # ---------------------------------------------------------------------------------------------- ordering
@@ -472,13 +472,14 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
             prev_members[j] = members[j]
         prev_n = nm
         # price the step
-        n_dec, ctx, n_pf, c_sum, c_sq, c_before, before_sum = 0, 0, 0, 0, 0, 0, 0
+        n_dec, ctx, ctx_max, n_pf, c_sum, c_sq, c_before, before_sum = 0, 0, 0, 0, 0, 0, 0, 0
         for j in range(nm):
             i = members[j]
             c = chunks[j]
             if c == 0:
                 n_dec += 1
                 ctx += prompt[i] + generated[i]
+                ctx_max = max(ctx_max, prompt[i] + generated[i])
             else:
                 b = prefilled[i]
                 n_pf += 1
@@ -486,7 +487,7 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
                 c_sq += c * c
                 c_before += c * b
                 before_sum += b
-        dt = _step_time_s(packed, n_dec, ctx, n_pf, c_sum, c_sq, c_before, before_sum)
+        dt = _step_time_s(packed, n_dec, ctx, n_pf, c_sum, c_sq, c_before, before_sum, ctx_max)
         d = dt + stall
         now = now + d
         busy += d

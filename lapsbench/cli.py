@@ -214,6 +214,31 @@ def _progress_display(console: Console, *columns: ProgressColumn) -> Iterator[Pr
             yield bar
 
 
+@app.command()
+def validate(
+    real: Path = typer.Argument(..., help="results directory of the real run (lapsbench replay, or any engine's "
+                                "requests in the results layout)"),
+    sim: Path = typer.Argument(..., help="results directory of the simulation (lapsbench run, same scenario and "
+                               "seed)"),
+    out: Path = typer.Option(..., "--out", help="directory to write validation.md, validation.json and plots/"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="write the per-request JCT plot (PNG and SVG)"),
+) -> None:
+    """Side by side: real against simulated mean/p50/p99 JCT, TTFT, TPOT per scheduler, per-request errors,
+    scheduler ranking, accuracy targets (docs/validation.md)."""
+    from rich.console import Console
+
+    from lapsbench.fsutil import check_output
+    from lapsbench.report import command_line
+    from lapsbench.validate import markdown, write_validation
+    from lapsbench.validate import validate as run_validate
+
+    check_output(out, "--out", kind="dir", inputs=(real, sim))
+    result = run_validate(real, sim)
+    write_validation(out, result, command_line(), plots=plots)
+    Console(width=160).print(markdown(result), highlight=False, markup=False)
+    Console(stderr=True).print(f"validation in {out}/")
+
+
 @contextmanager
 def _compare_progress(console: Console) -> Iterator[Callable[[float], Callable[[str, int, int, int], None]]]:
     """A factory of runner progress callbacks, one per load point, printing a line per finished

@@ -5,10 +5,13 @@
 
     packed = pack_cost(cost, k)
     step_time_s(packed, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
-                prefill_tokens_context, prefill_context)
+                prefill_tokens_context, prefill_context, context_max)
         == float(sd_step_s(cost, k, [n_decode], [context_decode], [n_prefill], [prefill_tokens],
-                           [prefill_tokens_sq], [prefill_tokens_context], [prefill_context])[0])
-    decode_step_time_s(packed, n_decode, context_decode) == float(sd_step_s(cost, k, [n_decode], [context_decode])[0])
+                           [prefill_tokens_sq], [prefill_tokens_context], [prefill_context], [context_max])[0])
+    decode_step_time_s(packed, n_decode, context_decode, context_max)
+        == float(sd_step_s(cost, k, [n_decode], [context_decode], context_max=[context_max])[0])
+
+`context_max` may be left out (or -1): it is then `context_decode`, as in `sd_step_s`.
 
 Bit-identity means the same IEEE operations in the same order as numpy performs them:
 
@@ -16,6 +19,9 @@ Bit-identity means the same IEEE operations in the same order as numpy performs 
   insertion order; integer features are converted to float64 where numpy converts them, and `n * (k + 1)` and
   `context + j * n` are int64 arithmetic, as in `sd_step_s`.
 * `np.maximum` is `a if a > b or a is NaN else b` (numpy's rule, signed zeros and NaN included).
+* The profile's `[step]` terms (`StepModel`) are applied in sd_step_s's order: the decode part times sd_factor
+  plus the attention terms / 1000, then the prefill forwards, then the step-type overhead / 1000.
+* The short-forward regime (`PhaseModel.short_below`) replaces the form's value by the `short` linear part.
 * The k draft forwards are summed the way `ndarray.sum(axis=0)` sums a (k, 1) array: 0.0 + numpy's pairwise sum
   (sequential below 8 terms, 8 accumulators up to 128, halving above), not always left to right.
 * `x ** p` in the pnorm form is numpy's own float64 power loop, called through its function pointer (registered
@@ -49,12 +55,18 @@ TARGET, TARGET_PREFILL, DRAFT, DRAFT_PREFILL = range(4)
 FORMS = {"max": 1, "pnorm": 2}  # anything else is priced as "linear" (0), as PhaseModel.time_s does
 MAX_TERMS = len(FEATURES)
 
+ROWS = 12  # term rows: 2 * slot (memory / linear part), 2 * slot + 1 (compute part), 8 + slot (short regime)
 # ints layout
-_I_FIXED, _I_K, _I_PRESENT, _I_FORM, _I_NTERMS = 0, 1, 2, 6, 10  # PRESENT, FORM: 4 slots; NTERMS: 8 rows
-_N_INTS = 18
+_I_FIXED, _I_K, _I_PRESENT, _I_FORM, _I_NTERMS = 0, 1, 2, 6, 10  # PRESENT, FORM: 4 slots; NTERMS: 12 rows
+_I_SHORT, _I_STEP = 22, 26  # SHORT: 4 slots (short regime present); STEP: the profile has a [step] table
+_I_SPAN, _I_NBS, _I_BS = 27, 28, 29  # span multiple; count of graph batch sizes, then the sizes
+MAX_BATCH_SIZES = 128
+_N_INTS = _I_BS + MAX_BATCH_SIZES
 # floats layout
 _F_STEP, _F_DRAFT_STEP, _F_PREFILL_PER_TOKEN, _F_P, _F_INV_P = 0, 1, 2, 3, 7  # P, INV_P: 4 slots
-_N_FLOATS = 11
+_F_SHORT_BELOW = 11  # 4 slots
+_F_SD_FACTOR, _F_DECODE_MS, _F_PREFILL_MS, _F_MIXED_MS, _F_CTX, _F_CTX_MAX, _F_BATCH_CTX_MAX = range(15, 22)
+_N_FLOATS = 22
 
 
 # ------------------------------------------------------------------------------- numpy's float64 power loop
@@ -178,9 +190,12 @@ def _pack_phase(model: PhaseModel | None, slot: int, ints: np.ndarray, floats: n
     ints[_I_PRESENT + slot] = 1
     form = FORMS.get(model.form, 0)
     ints[_I_FORM + slot] = form
-    parts = (model.coef, model.coef_compute) if form else (model.coef,)
-    for part, coefs in enumerate(parts):
-        row = 2 * slot + part
+    parts = [(2 * slot, model.coef)] + ([(2 * slot + 1, model.coef_compute)] if form else [])
+    if model.short_below > 0:
+        ints[_I_SHORT + slot] = 1
+        floats[_F_SHORT_BELOW + slot] = model.short_below
+        parts.append((8 + slot, model.short))
+    for row, coefs in parts:
         for j, (name, value) in enumerate(coefs.items()):
             if name not in FEATURES:
                 raise LapsbenchError(f"{where}: {name!r} is not a feature; expected one of {', '.join(FEATURES)}")
@@ -195,12 +210,12 @@ def _pack_phase(model: PhaseModel | None, slot: int, ints: np.ndarray, floats: n
 def pack_cost(cost: CostModel, k: int) -> tuple:
     """Everything the compiled pricing needs, as a tuple of contiguous float64/int64 numpy arrays (and no Python
     objects), so it can be passed into other @njit functions:
-    (ints int64[18], floats float64[11], term features int64[8, 6], term values float64[8, 6])."""
+    (ints int64[157], floats float64[22], term features int64[12, 8], term values float64[12, 8])."""
     k = int(k)
     ints = np.zeros(_N_INTS, np.int64)
     floats = np.zeros(_N_FLOATS, np.float64)
-    feat = np.zeros((8, MAX_TERMS), np.int64)
-    vals = np.zeros((8, MAX_TERMS), np.float64)
+    feat = np.zeros((ROWS, MAX_TERMS), np.int64)
+    vals = np.zeros((ROWS, MAX_TERMS), np.float64)
     ints[_I_K] = k
     if cost.is_fixed:
         ints[_I_FIXED] = 1
@@ -210,11 +225,23 @@ def pack_cost(cost: CostModel, k: int) -> tuple:
     else:
         if cost.target is None:
             raise LapsbenchError(f"profile {cost.name}: no target model")
+        cost.check_k(k)
         if k > 0 and cost.draft is None:
             raise LapsbenchError(f"profile {cost.name}: speculation k > 0 needs a draft model in the profile")
         for slot, model, label in ((TARGET, cost.target, "target"), (TARGET_PREFILL, cost.target_prefill, "prefill"),
                                    (DRAFT, cost.draft, "draft"), (DRAFT_PREFILL, cost.draft_prefill, "draft prefill")):
             _pack_phase(model, slot, ints, floats, feat, vals, f"profile {cost.name}: {label}")
+        st = cost.step
+        if st is not None:
+            ints[_I_STEP] = 1
+            floats[_F_SD_FACTOR:_F_BATCH_CTX_MAX + 1] = (st.sd_factor, st.decode_ms, st.prefill_ms, st.mixed_ms,
+                                                         st.context, st.context_max, st.batch_context_max)
+            if len(st.batch_sizes) > MAX_BATCH_SIZES:
+                raise LapsbenchError(f"profile {cost.name}: step.batch_sizes has {len(st.batch_sizes)} sizes; "
+                                     f"expected at most {MAX_BATCH_SIZES}")
+            ints[_I_SPAN] = st.span_multiple
+            ints[_I_NBS] = len(st.batch_sizes)
+            ints[_I_BS:_I_BS + len(st.batch_sizes)] = st.batch_sizes
     return ints, floats, feat, vals
 
 
@@ -227,7 +254,8 @@ def _maximum(a, b):
 
 
 @njit(cache=True)
-def _linear(feat, vals, ints, row, batch, tokens, context, tokens_sq, tokens_context):
+def _linear(feat, vals, ints, row, batch, tokens, context, tokens_sq, tokens_context, context_max,
+            batch_context_max):
     total = 0.0
     for j in range(ints[_I_NTERMS + row]):
         f = feat[row, j]
@@ -242,64 +270,75 @@ def _linear(feat, vals, ints, row, batch, tokens, context, tokens_sq, tokens_con
             total = total + v * context
         elif f == 4:
             total = total + v * tokens_sq
-        else:
+        elif f == 5:
             total = total + v * tokens_context
+        elif f == 6:
+            total = total + v * context_max
+        else:
+            total = total + v * batch_context_max
     return total
 
 
 @njit(cache=True)
-def _phase_s(packed, slot, batch, tokens, context, tokens_sq, tokens_context):
+def _phase_s(packed, slot, batch, tokens, context, tokens_sq, tokens_context, context_max, batch_context_max):
     """PhaseModel.time_s on one element."""
     ints, floats, feat, vals = packed
-    ms = _linear(feat, vals, ints, 2 * slot, batch, tokens, context, tokens_sq, tokens_context)
+    ms = _linear(feat, vals, ints, 2 * slot, batch, tokens, context, tokens_sq, tokens_context, context_max,
+                 batch_context_max)
     form = ints[_I_FORM + slot]
     if form == 1:
-        ms = _maximum(ms, _linear(feat, vals, ints, 2 * slot + 1, batch, tokens, context, tokens_sq, tokens_context))
+        ms = _maximum(ms, _linear(feat, vals, ints, 2 * slot + 1, batch, tokens, context, tokens_sq, tokens_context,
+                                  context_max, batch_context_max))
     elif form == 2:
         p, inv_p = floats[_F_P + slot], floats[_F_INV_P + slot]
         mem = _maximum(ms, 0.0)
-        comp = _maximum(_linear(feat, vals, ints, 2 * slot + 1, batch, tokens, context, tokens_sq, tokens_context),
-                        0.0)
+        comp = _maximum(_linear(feat, vals, ints, 2 * slot + 1, batch, tokens, context, tokens_sq, tokens_context,
+                                context_max, batch_context_max), 0.0)
         top = _maximum(_maximum(mem, comp), 1e-300)
         ms = top * _pow(_pow(mem / top, p) + _pow(comp / top, p), inv_p)
+    if ints[_I_SHORT + slot] != 0 and tokens < floats[_F_SHORT_BELOW + slot]:
+        ms = _linear(feat, vals, ints, 8 + slot, batch, tokens, context, tokens_sq, tokens_context, context_max,
+                     batch_context_max)
     return ms / 1000.0
 
 
 @njit(cache=True)
-def _draft_one(packed, nf, context_decode, n_decode, j):
-    """Draft forward j: CostModel.draft_s at context + j * n (int64), guarded by n > 0."""
+def _draft_one(packed, nf, context_decode, n_decode, context_max, j):
+    """Draft forward j: CostModel.draft_s at context + j * n and context_max + j (int64; a padded span: the
+    same for every forward), guarded by n > 0."""
     c = float(context_decode + j * n_decode)
-    t = _phase_s(packed, np.int64(DRAFT), nf, nf, c, nf, c)
+    m = float(context_max + (0 if packed[0][_I_SPAN] > 0 else j))
+    t = _phase_s(packed, np.int64(DRAFT), nf, nf, c, nf, c, m, nf * m)
     return t if nf > 0 else 0.0
 
 
 @njit(cache=True)
-def _draft_block(packed, nf, context_decode, n_decode, lo, count):
+def _draft_block(packed, nf, context_decode, n_decode, context_max, lo, count):
     """numpy's DOUBLE_pairwise_sum over draft forwards lo .. lo+count-1, for count <= 128 (PW_BLOCKSIZE)."""
     if count < 8:
         res = -0.0
         for i in range(count):
-            res += _draft_one(packed, nf, context_decode, n_decode, lo + i)
+            res += _draft_one(packed, nf, context_decode, n_decode, context_max, lo + i)
         return res
     stop = count - count % 8
     r = np.empty(8)
     for m in range(8):
-        r[m] = _draft_one(packed, nf, context_decode, n_decode, lo + m)
+        r[m] = _draft_one(packed, nf, context_decode, n_decode, context_max, lo + m)
     for i in range(8, stop, 8):
         for m in range(8):
-            r[m] += _draft_one(packed, nf, context_decode, n_decode, lo + i + m)
+            r[m] += _draft_one(packed, nf, context_decode, n_decode, context_max, lo + i + m)
     res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
     for i in range(stop, count):
-        res += _draft_one(packed, nf, context_decode, n_decode, lo + i)
+        res += _draft_one(packed, nf, context_decode, n_decode, context_max, lo + i)
     return res
 
 
 @njit(cache=True)
-def _draft_sum(packed, nf, context_decode, n_decode, k):
+def _draft_sum(packed, nf, context_decode, n_decode, context_max, k):
     """`draft_s(...).sum(axis=0)` over the k draft forwards of a (k, 1) array: 0.0 + numpy's pairwise sum, whose
     blocks above 128 terms halve (at a multiple of 8) recursively; the recursion is unrolled onto a stack here."""
     if k <= 128:
-        return 0.0 + _draft_block(packed, nf, context_decode, n_decode, np.int64(0), k)
+        return 0.0 + _draft_block(packed, nf, context_decode, n_decode, context_max, np.int64(0), k)
     lo = np.zeros(64, np.int64)
     cnt = np.zeros(64, np.int64)
     phase = np.zeros(64, np.int64)  # 0: to split, 1: left half running, 2: right half running
@@ -308,7 +347,7 @@ def _draft_sum(packed, nf, context_decode, n_decode, k):
     cnt[0] = k
     while True:
         if cnt[sp] <= 128:
-            ret = _draft_block(packed, nf, context_decode, n_decode, lo[sp], cnt[sp])
+            ret = _draft_block(packed, nf, context_decode, n_decode, context_max, lo[sp], cnt[sp])
             sp -= 1
             while sp >= 0 and phase[sp] == 2:
                 ret = left[sp] + ret
@@ -329,26 +368,53 @@ def _draft_sum(packed, nf, context_decode, n_decode, k):
 
 
 @njit(cache=True)
-def _decode_part(packed, n_decode, context_decode):
-    """Verify forward + the k draft forwards of sd_step_s (fitted profile)."""
-    ints = packed[0]
+def _decode_part(packed, n_decode, context_decode, context_max):
+    """Verify forward + the k draft forwards of sd_step_s (fitted profile), then the [step] decode terms."""
+    ints, floats = packed[0], packed[1]
     k = ints[_I_K]
+    n_real = n_decode
+    if ints[_I_NBS] > 0 and n_decode > 0:  # StepModel.padded
+        for i in range(ints[_I_NBS]):
+            if ints[_I_BS + i] >= n_decode:
+                n_decode = ints[_I_BS + i]
+                break
+    if ints[_I_SPAN] > 0:
+        context_max = (context_max + (k + 1) + (ints[_I_SPAN] - 1)) // ints[_I_SPAN] * ints[_I_SPAN]
     nf = float(n_decode)
     q = float(n_decode * (k + 1))  # int64 product, then float64
     c = float(context_decode)
+    m = float(context_max)
     denom = _maximum(nf, 1.0)
-    t = _phase_s(packed, np.int64(TARGET), nf, q, c, (q * q) / denom, (q * c) / denom)
+    t = _phase_s(packed, np.int64(TARGET), nf, q, c, (q * q) / denom, (q * c) / denom, m, nf * m)
     t = t if nf > 0 else 0.0
     if k > 0:
-        t = t + _draft_sum(packed, nf, context_decode, n_decode, k)
+        t = t + _draft_sum(packed, nf, context_decode, n_real, context_max, k)
+    if ints[_I_STEP] != 0 and n_decode > 0:
+        extra = (floats[_F_CTX] * c + floats[_F_CTX_MAX] * m) + floats[_F_BATCH_CTX_MAX] * (nf * m)
+        t = t * floats[_F_SD_FACTOR] + extra / 1000.0
     return t
 
 
 @njit(cache=True)
+def _overhead(floats, n_decode, n_prefill):
+    """The [step] host overhead of a decode-only, prefill-only or mixed step, in seconds."""
+    if n_decode > 0 and n_prefill > 0:
+        over = floats[_F_MIXED_MS]
+    elif n_decode > 0:
+        over = floats[_F_DECODE_MS]
+    elif n_prefill > 0:
+        over = floats[_F_PREFILL_MS]
+    else:
+        over = 0.0
+    return over / 1000.0
+
+
+@njit(cache=True)
 def step_time_s(packed, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
-                prefill_tokens_context, prefill_context):
+                prefill_tokens_context, prefill_context, context_max=-1):
     """== float(sd_step_s(cost, k, [n_decode], [context_decode], [n_prefill], [prefill_tokens],
-    [prefill_tokens_sq], [prefill_tokens_context], [prefill_context])[0]) for packed = pack_cost(cost, k)."""
+    [prefill_tokens_sq], [prefill_tokens_context], [prefill_context], [context_max])[0]) for
+    packed = pack_cost(cost, k); context_max -1 means context_decode."""
     ints, floats = packed[0], packed[1]
     if ints[_I_FIXED] != 0:
         busy = n_decode > 0 or n_prefill > 0
@@ -357,23 +423,32 @@ def step_time_s(packed, n_decode, context_decode, n_prefill, prefill_tokens, pre
         return t + floats[_F_PREFILL_PER_TOKEN] * float(prefill_tokens)
     if ints[_I_PRESENT + TARGET_PREFILL] == 0:
         raise ValueError("cost model has no target prefill model")
-    t = _decode_part(packed, n_decode, context_decode)
+    cmax = context_decode if context_max < 0 else context_max
+    t = _decode_part(packed, n_decode, context_decode, cmax)
     nf = float(n_prefill)
     tok, sq, tc, ctx = float(prefill_tokens), float(prefill_tokens_sq), float(prefill_tokens_context), \
         float(prefill_context)
-    p = _phase_s(packed, np.int64(TARGET_PREFILL), nf, tok, ctx, sq, tc)
+    p = _phase_s(packed, np.int64(TARGET_PREFILL), nf, tok, ctx, sq, tc, 0.0, 0.0)
     if ints[_I_K] > 0 and ints[_I_PRESENT + DRAFT_PREFILL] != 0:
-        p = p + _phase_s(packed, np.int64(DRAFT_PREFILL), nf, tok, ctx, sq, tc)
-    return t + (p if nf > 0 else 0.0)
+        p = p + _phase_s(packed, np.int64(DRAFT_PREFILL), nf, tok, ctx, sq, tc, 0.0, 0.0)
+    t = t + (p if nf > 0 else 0.0)
+    if ints[_I_STEP] != 0:
+        t = t + _overhead(floats, n_decode, n_prefill)
+    return t
 
 
 @njit(cache=True)
-def decode_step_time_s(packed, n_decode, context_decode):
-    """== float(sd_step_s(cost, k, [n_decode], [context_decode])[0]) for packed = pack_cost(cost, k): no prefill
-    arguments, so with the fixed profile a step is busy only if it decodes."""
+def decode_step_time_s(packed, n_decode, context_decode, context_max=-1):
+    """== float(sd_step_s(cost, k, [n_decode], [context_decode], context_max=[context_max])[0]) for
+    packed = pack_cost(cost, k): no prefill arguments, so with the fixed profile a step is busy only if it
+    decodes; context_max -1 means context_decode."""
     ints, floats = packed[0], packed[1]
     if ints[_I_FIXED] != 0:
         t = floats[_F_STEP] if n_decode > 0 else 0.0
         t = t + (floats[_F_DRAFT_STEP] if n_decode > 0 else 0.0)
         return t + 0.0
-    return _decode_part(packed, n_decode, context_decode)
+    cmax = context_decode if context_max < 0 else context_max
+    t = _decode_part(packed, n_decode, context_decode, cmax)
+    if ints[_I_STEP] != 0:
+        t = t + _overhead(floats, n_decode, 0)
+    return t

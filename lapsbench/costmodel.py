@@ -9,7 +9,13 @@ Features of one forward over a batch of requests, request i having `q_i` new (qu
 `c_i` cached (context) tokens:
 
     const = 1, batch = Σ 1, tokens = Σ q_i, context = Σ c_i,
-    tokens_sq = Σ q_i², tokens_context = Σ q_i·c_i
+    tokens_sq = Σ q_i², tokens_context = Σ q_i·c_i,
+    context_max = max c_i, batch_context_max = batch · max c_i
+
+`context_max` and `batch_context_max` describe decode/verify forwards (0 in a prefill forward): attention
+without a split-KV kernel waits for the batch's longest member. A profile may add step-level terms (`[step]`:
+host overhead per decode, prefill and mixed step, an SD-step factor over the sum of the forwards, attention
+per cached token of the step), fitted from an engine's step log (docs/steplog.md).
 
 Phase-model times are in milliseconds in profile files and seconds in the API.
 """
@@ -32,7 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-FEATURES = ("const", "batch", "tokens", "context", "tokens_sq", "tokens_context")
+FEATURES = ("const", "batch", "tokens", "context", "tokens_sq", "tokens_context", "context_max", "batch_context_max")
 PHASES = ("decode", "prefill")
 
 
@@ -41,12 +47,18 @@ class PhaseModel:
     """t_ms = Σ coef[f]·feature[f] (form "linear"), or, for form "max", the larger of two linear parts:
     a memory-bound part (`coef`) and a compute-bound part (`coef_compute`) — the roofline knee. Form
     "pnorm" is the smooth roofline (M^p + C^p)^(1/p) of the same two parts: a forward is many kernels,
-    each with its own knee, so the measured transition is gradual; p → ∞ gives "max"."""
+    each with its own knee, so the measured transition is gradual; p → ∞ gives "max".
+
+    `short_below` > 0 adds the short-forward regime: a forward of fewer than `short_below` tokens costs the
+    linear `short` instead (an engine that runs short prefills eagerly, not as CUDA graphs, is launch-bound
+    there)."""
 
     coef: dict[str, float]
     coef_compute: dict[str, float] = field(default_factory=dict)
     form: str = "linear"
     p: float = 0.0
+    short_below: float = 0.0
+    short: dict[str, float] = field(default_factory=dict)
 
     def time_s(self, **features: np.ndarray | float) -> np.ndarray:
         def linear(coefs: dict[str, float]) -> np.ndarray:
@@ -63,7 +75,49 @@ class PhaseModel:
             comp = np.maximum(linear(self.coef_compute), 0.0)
             top = np.maximum(np.maximum(mem, comp), 1e-300)  # scale out before the power: no overflow
             ms = top * ((mem / top) ** self.p + (comp / top) ** self.p) ** (1.0 / self.p)
+        if self.short_below > 0:
+            ms = np.where(np.asarray(features["tokens"], np.float64) < self.short_below, linear(self.short), ms)
         return ms / 1000.0
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """Step-level terms of a profile's `[step]` table, beyond the sum of the isolated forwards (all in ms):
+    t = sd_factor·(verify + drafts) + context·Σc + context_max·max c + batch_context_max·n·max c  (steps that
+    decode) + prefill forwards + decode_ms | prefill_ms | mixed_ms (host overhead of a decode-only,
+    prefill-only or mixed step). `k` set: the target's decode model prices a whole SD step at that k (it was
+    fitted from a step log, where draft and verify forwards cannot be told apart), so only that k is priced.
+
+    CUDA-graph padding of an engine's decode step: `batch_sizes` (ascending) — the forwards run at the smallest
+    listed batch ≥ the decoding requests (beyond the last: unpadded); `span_multiple` > 0 — attention runs over
+    the longest member's span, max context + k + 1, rounded up to that multiple (`context_max` and
+    `batch_context_max` use it)."""
+
+    k: int | None = None
+    sd_factor: float = 1.0
+    decode_ms: float = 0.0
+    prefill_ms: float = 0.0
+    mixed_ms: float = 0.0
+    context: float = 0.0
+    context_max: float = 0.0
+    batch_context_max: float = 0.0
+    batch_sizes: tuple[int, ...] = ()
+    span_multiple: int = 0
+
+    def padded(self, k: int, n: np.ndarray, context_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(batch, span, span padded?) the decode forwards run at (integers, as given when not padded)."""
+        if self.batch_sizes:
+            sizes = np.asarray(self.batch_sizes, np.int64)
+            i = np.searchsorted(sizes, n, side="left")
+            n = np.where(n > 0, np.where(i < sizes.size, sizes[np.minimum(i, sizes.size - 1)], n), 0)
+        if self.span_multiple > 0:
+            m = self.span_multiple
+            context_max = (context_max + (k + 1) + (m - 1)) // m * m
+        return n, context_max, self.span_multiple > 0
+
+
+STEP_KEYS = ("k", "sd_factor", "decode_ms", "prefill_ms", "mixed_ms", "context", "context_max", "batch_context_max",
+             "batch_sizes", "span_multiple")
 
 
 @dataclass(frozen=True)
@@ -81,34 +135,47 @@ class CostModel:
     kv_capacity_tokens: int = 0
     kv_bytes_per_token: float = 0.0
     host_link_gb_s: float = 25.0
+    step: StepModel | None = None
     meta: dict = field(default_factory=dict)
 
     @property
     def is_fixed(self) -> bool:
         return self.fixed_step_s is not None
 
-    def verify_s(self, n: np.ndarray, query_tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """One target decode/verify forward over `n` requests with `query_tokens` new tokens in total."""
+    def check_k(self, k: int) -> None:
+        """A profile whose decode model was fitted as a whole SD step prices only that step's k."""
+        if self.step is not None and self.step.k is not None and k != self.step.k:
+            raise LapsbenchError(f"profile {self.name}: its decode model is a whole SD step fitted at k = "
+                                 f"{self.step.k} (from a step log); speculation k = {k} needs a profile for that k")
+
+    def verify_s(self, n: np.ndarray, query_tokens: np.ndarray, context: np.ndarray,
+                 context_max: np.ndarray | None = None) -> np.ndarray:
+        """One target decode/verify forward over `n` requests with `query_tokens` new tokens in total
+        (`context_max`: the longest member's context; default `context`, exact at batch 1)."""
         n = np.asarray(n, np.float64)
         if self.is_fixed:
             return np.where(n > 0, self.fixed_step_s, 0.0)
         assert self.target is not None
+        cmax = context if context_max is None else context_max
         t = self.target.time_s(
             batch=n, tokens=query_tokens, context=context,
             tokens_sq=np.asarray(query_tokens, np.float64) ** 2 / np.maximum(n, 1),
             tokens_context=np.asarray(query_tokens, np.float64) * np.asarray(context, np.float64)
             / np.maximum(n, 1),
+            context_max=cmax, batch_context_max=n * np.asarray(cmax, np.float64),
         )
         return np.where(n > 0, t, 0.0)
 
-    def draft_s(self, n: np.ndarray, context: np.ndarray) -> np.ndarray:
+    def draft_s(self, n: np.ndarray, context: np.ndarray, context_max: np.ndarray | None = None) -> np.ndarray:
         """One draft forward (one new token per request) over `n` requests."""
         n = np.asarray(n, np.float64)
         if self.is_fixed:
             return np.where(n > 0, self.fixed_draft_step_s, 0.0)
         if self.draft is None:
             raise LapsbenchError(f"profile {self.name}: speculation k > 0 needs a draft model in the profile")
-        t = self.draft.time_s(batch=n, tokens=n, context=context, tokens_sq=n, tokens_context=context)
+        cmax = context if context_max is None else context_max
+        t = self.draft.time_s(batch=n, tokens=n, context=context, tokens_sq=n, tokens_context=context,
+                              context_max=cmax, batch_context_max=n * np.asarray(cmax, np.float64))
         return np.where(n > 0, t, 0.0)
 
     def prefill_s(self, n: np.ndarray, tokens: np.ndarray, tokens_sq: np.ndarray, tokens_context: np.ndarray,
@@ -118,7 +185,8 @@ class CostModel:
         if self.is_fixed:
             return np.where(n > 0, self.fixed_step_s + self.fixed_prefill_s_per_token * np.asarray(tokens), 0.0)
         assert self.target_prefill is not None
-        feats = dict(batch=n, tokens=tokens, tokens_sq=tokens_sq, context=context, tokens_context=tokens_context)
+        feats = dict(batch=n, tokens=tokens, tokens_sq=tokens_sq, context=context, tokens_context=tokens_context,
+                     context_max=0.0, batch_context_max=0.0)
         t = self.target_prefill.time_s(**feats)
         if with_draft and self.draft_prefill is not None:
             t = t + self.draft_prefill.time_s(**feats)
@@ -128,14 +196,16 @@ class CostModel:
 def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.ndarray,
               n_prefill: np.ndarray | None = None, prefill_tokens: np.ndarray | None = None,
               prefill_tokens_sq: np.ndarray | None = None, prefill_tokens_context: np.ndarray | None = None,
-              prefill_context: np.ndarray | None = None) -> np.ndarray:
+              prefill_context: np.ndarray | None = None, context_max: np.ndarray | None = None) -> np.ndarray:
     """Time of engine steps (vectorised over steps): k draft forwards + one verify of k+1 tokens per
-    decoding request, plus prefill of the requests being prefilled in the same step.
+    decoding request, plus prefill of the requests being prefilled in the same step, plus the profile's
+    step-level terms (`StepModel`). `context_max` is the longest decoding request's context (default
+    `context_decode`: exact at batch size 1).
 
     With a fitted profile, a step that mixes prefill and decode is priced as the sum of the two forwards (an
     upper bound of a fused chunked-prefill forward; exact at batch size 1, where a step is one or the
-    other). The fixed profile prices any step as one forward: step_s (+ k draft forwards if it decodes) +
-    prefill_s_per_token per prompt token prefilled."""
+    other) plus the mixed-step overhead. The fixed profile prices any step as one forward: step_s (+ k draft
+    forwards if it decodes) + prefill_s_per_token per prompt token prefilled."""
     n_decode = np.asarray(n_decode)
     if cost.is_fixed:  # one fused forward per step, whatever it mixes
         busy = n_decode > 0
@@ -145,15 +215,31 @@ def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.
             tokens = cost.fixed_prefill_s_per_token * np.asarray(prefill_tokens)
         draft = k * cost.fixed_draft_step_s if k > 0 else 0.0
         return np.where(busy, cost.fixed_step_s, 0.0) + np.where(n_decode > 0, draft, 0.0) + tokens
-    t = cost.verify_s(n_decode, n_decode * (k + 1), context_decode)
+    cost.check_k(k)
+    st = cost.step
+    cmax = np.asarray(context_decode if context_max is None else context_max)
+    n_fwd, span, fixed_span = n_decode, cmax, False
+    if st is not None and (st.batch_sizes or st.span_multiple > 0):
+        n_fwd, span, fixed_span = st.padded(k, n_decode, cmax)
+    t = cost.verify_s(n_fwd, n_fwd * (k + 1), context_decode, span)
     if k > 0:
         # Draft forward j sees the context plus the j draft tokens proposed so far: all k at once.
         offsets = np.arange(k).reshape((k,) + (1,) * np.ndim(n_decode))
         contexts = np.asarray(context_decode) + offsets * n_decode
-        t = t + cost.draft_s(np.broadcast_to(n_decode, contexts.shape), contexts).sum(axis=0)
+        spans = span + offsets * (0 if fixed_span else 1)
+        t = t + cost.draft_s(np.broadcast_to(n_fwd, contexts.shape), contexts, spans).sum(axis=0)
+    if st is not None:
+        nf, c, m = (np.asarray(a, np.float64) for a in (n_fwd, context_decode, span))
+        extra = (st.context * c + st.context_max * m) + st.batch_context_max * (nf * m)
+        t = np.where(n_decode > 0, t * st.sd_factor + extra / 1000.0, t)
     if n_prefill is not None:
         t = t + cost.prefill_s(n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
                                prefill_context, with_draft=k > 0)
+    if st is not None:
+        dec = n_decode > 0
+        pf = np.asarray(n_prefill) > 0 if n_prefill is not None else np.zeros(np.shape(n_decode), bool)
+        over = np.where(dec & pf, st.mixed_ms, np.where(dec, st.decode_ms, np.where(pf, st.prefill_ms, 0.0)))
+        t = t + over / 1000.0
     return t
 
 
@@ -163,6 +249,15 @@ def fixed_profile(step_s: float, draft_step_s: float = 0.0, prefill_s_per_token:
                   kv_capacity_tokens: int = 0) -> CostModel:
     return CostModel(name="fixed", fixed_step_s=step_s, fixed_draft_step_s=draft_step_s,
                      fixed_prefill_s_per_token=prefill_s_per_token, kv_capacity_tokens=kv_capacity_tokens)
+
+
+def _coefs(table: dict, label: str) -> dict[str, float]:
+    for name, value in table.items():
+        if name not in FEATURES:
+            raise LapsbenchError(f"{label}.{name}: unknown feature; expected one of {', '.join(FEATURES)}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise LapsbenchError(f"{label}.{name}: {value!r} is not a finite number")
+    return {k: float(v) for k, v in table.items()}
 
 
 def _phase(raw: object, where: str) -> PhaseModel:
@@ -178,16 +273,44 @@ def _phase(raw: object, where: str) -> PhaseModel:
         p = raw.pop("p", None)
         if not isinstance(p, (int, float)) or not math.isfinite(p) or p < 1:
             raise LapsbenchError(f"{where}.p: {p!r} is not a valid exponent; expected a number >= 1 for form 'pnorm'")
+    short = dict(raw.pop("short", {}))
+    below = short.pop("below_tokens", 0.0)
+    if (short or below) and (not isinstance(below, (int, float)) or not math.isfinite(below) or below <= 0):
+        raise LapsbenchError(f"{where}.short.below_tokens: {below!r}; expected a number of tokens > 0")
     for key in ("fit",):
         raw.pop(key, None)
-    for table, label in ((raw, where), (compute, f"{where}.compute")):
-        for name, value in table.items():
-            if name not in FEATURES:
-                raise LapsbenchError(f"{label}.{name}: unknown feature; expected one of {', '.join(FEATURES)}")
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise LapsbenchError(f"{label}.{name}: {value!r} is not a finite number")
-    return PhaseModel(coef={k: float(v) for k, v in raw.items()},
-                      coef_compute={k: float(v) for k, v in compute.items()}, form=form, p=float(p))
+    return PhaseModel(coef=_coefs(raw, where), coef_compute=_coefs(compute, f"{where}.compute"), form=form,
+                      p=float(p), short_below=float(below), short=_coefs(short, f"{where}.short"))
+
+
+def _step(raw: object, where: str) -> StepModel | None:
+    """The optional `[step]` table (StepModel); None when absent, so older profiles price exactly as before."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise LapsbenchError(f"{where}: expected a table, got {raw!r}")
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        if key not in STEP_KEYS:
+            raise LapsbenchError(f"{where}.{key}: unknown key; expected one of {', '.join(STEP_KEYS)}")
+        if key == "batch_sizes":
+            sizes = value if isinstance(value, list) else [None]
+            if not sizes or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in sizes) \
+                    or sorted(set(sizes)) != sizes:
+                raise LapsbenchError(f"{where}.batch_sizes: {value!r}; expected ascending integers >= 1")
+            values[key] = tuple(sizes)
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise LapsbenchError(f"{where}.{key}: {value!r} is not a finite number")
+        if key in ("k", "span_multiple"):
+            if value != int(value) or value < 0:
+                raise LapsbenchError(f"{where}.{key}: {value!r}; expected an integer >= 0")
+            values[key] = int(value)
+        else:
+            values[key] = float(value)
+    if values.get("sd_factor", 1.0) <= 0:
+        raise LapsbenchError(f"{where}.sd_factor: {values['sd_factor']!r}; expected a number > 0")
+    return StepModel(**values)  # type: ignore[arg-type]
 
 
 def load_profile_file(path: Path, draft: str | None = None) -> CostModel:
@@ -220,6 +343,7 @@ def load_profile_file(path: Path, draft: str | None = None) -> CostModel:
         kv_capacity_tokens=int(data.get("kv_capacity_tokens", 0)),
         kv_bytes_per_token=float(data.get("kv_bytes_per_token", 0.0)),
         host_link_gb_s=float(data.get("host_link_gb_s", 25.0)),
+        step=_step(data.get("step"), f"{path}: step"),
         meta={"gpu": data.get("gpu", ""), "target": target, "draft": draft or "", "path": str(path)},
     )
 

@@ -181,8 +181,7 @@ class _StepCostTable:
 
     def prefill_ns(self, prompt: np.ndarray) -> np.ndarray:
         z = np.zeros(prompt.size, np.int64)
-        return to_ns(self.cost.prefill_s(np.ones(prompt.size, np.int64), prompt, prompt * prompt, z, z,
-                                         with_draft=self.k > 0))
+        return to_ns(sd_step_s(self.cost, self.k, z, z, np.ones(prompt.size, np.int64), prompt, prompt * prompt, z, z))
 
 
 def _draw_independent(idx, out, k, acceptance, expected):

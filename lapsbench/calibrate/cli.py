@@ -59,13 +59,19 @@ def measure(
 
 @app.command()
 def fit(
-    measured: Annotated[Path, typer.Argument(help="Measured rows, CSV or Parquet: gpu, model, phase, batch, "
-                                             "query_tokens, context, ms_median[, ms_p10, ms_p90].")],
     out: Annotated[Path, typer.Option(help="Profile TOML to write, e.g. profiles/h100-llama2-7b.toml.")],
+    measured: Annotated[Path | None, typer.Argument(help="Measured forwards, CSV or Parquet: gpu, model, phase, "
+                                                    "batch, query_tokens, context, ms_median[, ms_p10, ms_p90]. "
+                                                    "Optional with --steps.")] = None,
+    steps: Annotated[list[Path] | None, typer.Option(help="Engine step log (docs/steplog.md), Parquet or CSV; "
+                                                     "repeat for several logs of one engine. Alone, whole steps are "
+                                                     "fitted; with MEASURED, the step-level terms on top of the "
+                                                     "forward models.")] = None,
     target: Annotated[str | None, typer.Option(help="Target model (default: the largest measured).")] = None,
     draft: Annotated[list[str] | None, typer.Option(help="Draft model(s); the first is the default draft.")] = None,
     name: Annotated[str | None, typer.Option(help="Profile name (default: OUT's stem).")] = None,
-    gpu: Annotated[str | None, typer.Option(help="GPU to use when the file holds several.")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU to use when the file holds several; for a step log alone, "
+                                            "the GPU it was taken on (default: its meta.json).")] = None,
     gpu_memory_gb: Annotated[float | None, typer.Option(help="GPU memory (default: measure sidecar or "
                                                            "known GPU name).")] = None,
     host_link_gb_s: Annotated[float | None, typer.Option(help="Host<->device GB/s for swap (default: "
@@ -75,23 +81,41 @@ def fit(
                                                               "heads=..,kv_heads=..,vocab=..")] = None,
     test_frac: Annotated[float, typer.Option(help="Share of rows held out for the reported error.")] = 0.25,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the held-out split.")] = 0,
+    batch_sizes: Annotated[str | None, typer.Option(help="With --steps: the batch sizes the engine's decode "
+                                                    "CUDA graphs are captured at, e.g. 1,2,4,8,16,32,64 (a step "
+                                                    "runs at the smallest one >= its batch).")] = None,
+    span_multiple: Annotated[int, typer.Option(help="With --steps: the engine pads each decode step's attention "
+                                               "span (max context + k + 1) to this multiple (0: no padding).")] = 0,
 ) -> None:
-    """Fit the cost model per model and phase; store coefficients and held-out error in a profile."""
-    from lapsbench.calibrate.fit import fit_profile
+    """Fit the cost model per model and phase (and per step phase from a step log); store coefficients and
+    held-out error in a profile."""
+    from lapsbench.calibrate.fit import STEP_LOG, fit_profile
+    from lapsbench.errors import LapsbenchError
     from lapsbench.fsutil import check_output
 
-    check_output(out, "--out", inputs=(measured,))
+    sizes: tuple[int, ...] = ()
+    if batch_sizes:
+        try:
+            sizes = tuple(int(x) for x in batch_sizes.split(","))
+        except ValueError:
+            raise LapsbenchError(f"--batch-sizes: {batch_sizes!r}; expected comma-separated integers") from None
+    check_output(out, "--out", inputs=tuple(p for p in (measured, *(steps or ())) if p is not None))
     fits, top = fit_profile(measured, out, target, list(draft or []), name, gpu, gpu_memory_gb, host_link_gb_s,
-                            list(model_config or []), test_frac, seed, _command())
+                            list(model_config or []), test_frac, seed, _command(), steps, sizes, span_multiple)
+    console = _console if _console.is_terminal else Console(width=140)  # a log: one line per row
     table = Table(title=f"{out}: held-out error ({top['gpu']})")
-    for col in ("model", "phase", "form", "train", "test", "MAPE", "worst APE"):
-        table.add_column(col, justify="right" if col not in ("model", "phase", "form") else "left")
+    for col in ("model", "phase", "form", "train", "test", "validation", "MAPE", "worst APE"):
+        table.add_column(col, justify="left" if col in ("model", "phase", "form", "validation") else "right")
     for m, phases in fits.items():
         for phase, st in phases.items():
-            table.add_row(m, phase, st["form"], str(st["n_train"]), str(st["n_test"]), f"{100 * st['mape']:.2f}%",
-                          f"{100 * st['max_ape']:.2f}%")
-    _console.print(table)
-    _console.print(f"kv_capacity_tokens = {top['kv_capacity_tokens']}  (target {top['target']}"
+            table.add_row(m if m != STEP_LOG else f"{STEP_LOG} ({top['target']})", phase, st["form"],
+                          str(st["n_train"]), str(st["n_test"]), st.get("validation", "held-out"),
+                          f"{100 * st['mape']:.2f}%", f"{100 * st['max_ape']:.2f}%")
+    console.print(table)
+    if any(st.get("validation") == "leave-one-out" for phases in fits.values() for st in phases.values()):
+        console.print("leave-one-out: phases with fewer than 12 rows are fitted on every row; their error is "
+                       "each row's error when it is left out of the fit")
+    console.print(f"kv_capacity_tokens = {top['kv_capacity_tokens']}  (target {top['target']}"
                    + (f", draft {top['draft']})" if "draft" in top else ")"))
 
 

@@ -1,0 +1,114 @@
+"""Step log v1 (docs/steplog.md): reading, defaults, and every bad input → one line naming file, column, first
+bad row and value; `calibrate fit --steps` on a bad log exits 2 and writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from lapsbench.calibrate.steplog import METADATA_KEY, read_steplog, step_phase
+from lapsbench.errors import LapsbenchError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def good_log() -> pl.DataFrame:
+    """Five steps of a batch-1 SD run: a prefill, three decode steps, a mixed step."""
+    return pl.DataFrame({
+        "start_s": [0.0, 0.012, 0.020, 0.028, 0.036],
+        "wall_ms": [12.0, 8.0, 8.1, 8.0, 20.0],
+        "k": [4, 4, 4, 4, 4],
+        "decode_requests": [0, 1, 1, 1, 2],
+        "context_tokens": [0, 300, 305, 309, 600],
+        "context_max": [0, 300, 305, 309, 313],
+        "prefill_requests": [1, 0, 0, 0, 1],
+        "prefill_tokens": [300, 0, 0, 0, 256],
+        "prefill_context_tokens": [0, 0, 0, 0, 512],
+    })
+
+
+def test_reads_csv_and_parquet_with_defaults(tmp_path: Path) -> None:
+    csv, pq = tmp_path / "s.csv", tmp_path / "s.parquet"
+    good_log().write_csv(csv)
+    good_log().with_columns(pl.lit("fcfs").alias("scheduler"), pl.lit(3.5).alias("gpu_ms")).write_parquet(
+        pq, metadata={METADATA_KEY: "1"})
+    a, b = read_steplog(csv), read_steplog(pq)
+    assert a["scheduler"].to_list() == [""] * 5 and a["replication"].to_list() == [0] * 5
+    assert a["step"].to_list() == [0, 1, 2, 3, 4]
+    assert b["scheduler"].to_list() == ["fcfs"] * 5 and b["gpu_ms"].to_list() == [3.5] * 5
+    assert a["context_tokens"].dtype == pl.Int64 and a["wall_ms"].dtype == pl.Float64
+    assert step_phase(a).tolist() == ["prefill", "decode", "decode", "decode", "mixed"]
+
+
+def _edit(column: str, row: int, value: object) -> pl.DataFrame:
+    df = good_log()
+    values = df[column].to_list()
+    values[row] = value
+    return df.with_columns(pl.Series(column, values, strict=False))
+
+
+BAD = {  # case: (log, column in the message, row, expectation fragment)
+    "missing": (good_log().drop("context_max"), "context_max", None, "missing column"),
+    "zero_wall": (_edit("wall_ms", 2, 0.0), "wall_ms", 2, "> 0 ms"),
+    "negative_start": (_edit("start_s", 0, -1.0), "start_s", 0, ">= 0"),
+    "negative_count": (_edit("prefill_context_tokens", 4, -5), "prefill_context_tokens", 4, ">= 0"),
+    "fraction_count": (_edit("decode_requests", 1, 1.5), "decode_requests", 1, "integer"),
+    "text": (good_log().with_columns(pl.col("k").cast(pl.Utf8)).with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("four")).otherwise(pl.col("k")).alias("k")), "k", 3,
+        "integer"),
+    "prefill_tokens_without_requests": (_edit("prefill_tokens", 1, 50), "prefill_tokens", 1, "prefill_requests"),
+    "requests_without_tokens": (_edit("prefill_tokens", 0, 0), "prefill_tokens", 0, "prefill_requests"),
+    "max_above_sum": (_edit("context_max", 4, 700), "context_max", 4, "<= context_tokens"),
+    "max_below_mean": (_edit("context_max", 4, 200), "context_max", 4, "mean"),
+    "context_without_decode": (_edit("context_tokens", 0, 10), "context_tokens", 0, "decode_requests"),
+    "empty_step": (_edit("decode_requests", 1, 0).with_columns(
+        pl.Series("context_tokens", [0, 0, 305, 309, 600]), pl.Series("context_max", [0, 0, 305, 309, 313])),
+        "decode_requests", 1, ">= 1"),
+    "time_goes_back": (_edit("start_s", 3, 0.001), "start_s", 3, "non-decreasing"),
+    "no_rows": (good_log().head(0), None, None, "no rows"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_log_one_line(tmp_path: Path, case: str) -> None:
+    df, column, row, want = BAD[case]
+    path = tmp_path / "steps.csv"
+    df.write_csv(path)
+    with pytest.raises(LapsbenchError) as err:
+        read_steplog(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and want in msg, msg
+    if column is not None:
+        assert column in msg, msg
+    if row is not None:
+        assert f"row {row} " in msg, msg
+
+
+def test_wrong_version_and_unreadable(tmp_path: Path) -> None:
+    pq = tmp_path / "s.parquet"
+    good_log().write_parquet(pq, metadata={METADATA_KEY: "2"})
+    with pytest.raises(LapsbenchError, match="version"):
+        read_steplog(pq)
+    junk = tmp_path / "junk.parquet"
+    junk.write_text("not parquet")
+    with pytest.raises(LapsbenchError, match="cannot read step log"):
+        read_steplog(junk)
+    with pytest.raises(LapsbenchError, match="no such step log"):
+        read_steplog(tmp_path / "absent.csv")
+
+
+def test_cli_bad_log_exits_2_nothing_written(tmp_path: Path) -> None:
+    path = tmp_path / "steps.csv"
+    _edit("wall_ms", 2, -3.0).write_csv(path)
+    out = tmp_path / "p.toml"
+    r = subprocess.run([sys.executable, "-m", "lapsbench", "calibrate", "fit", "--steps", str(path), "--out", str(out),
+                        "--target", "llama2-7b", "--draft", "llama-68m", "--gpu", "NVIDIA H200"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "wall_ms row 2" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".p.toml*"))

@@ -284,7 +284,7 @@ class BatchedEngine:
         done_prefill = self.prefilled[v] >= self.target[v]
         lost = int(s.prompt_tokens[v] + s.generated[v]) if done_prefill else int(self.prefilled[v])
         return float(sd_step_s(s.cost, s.k, np.array([0]), np.array([0]), np.array([1]), np.array([lost]),
-                               np.array([lost * lost]), np.array([0]), np.array([0]))[0])
+                               np.array([lost * lost]), np.array([0]), np.array([0]), np.array([0]))[0])
 
     def _displaceable(self, i: int, pos: int, victims: list[int], position: dict[int, int],
                       short: int) -> list[int] | None:

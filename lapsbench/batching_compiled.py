@@ -226,7 +226,7 @@ def _displacement_cost(S, E, ci, cf, packed, v):
         out = float(E[9][v]) * cf[CF_KV_BYTES] / cf[CF_LINK]
         return out + out
     lost = S[1][v] + S[3][v] if E[4][v] >= E[5][v] else E[4][v]
-    return _step_time_s(packed, 0, 0, 1, lost, lost * lost, 0, 0)
+    return _step_time_s(packed, 0, 0, 1, lost, lost * lost, 0, 0, 0)
 
 
 @njit(cache=True, inline="always")

@@ -141,3 +141,14 @@ def test_cli_replay_without_torch_or_cuda_is_one_line(tmp_path) -> None:
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "replay" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_prefill_buckets_cover_every_prompt_length_once() -> None:
+    """The warm list is the distinct padded prompt lengths: every chunk a batch-1 replay runs is in it."""
+    from lapsbench.replay.torch_engine import PREFILL_TOKENS, prefill_bucket, prefill_buckets
+
+    prompt = np.array([1, 63, 64, 65, 65, 300, 4095, 64])
+    buckets = prefill_buckets(prompt)
+    assert buckets == [64, 128, 320, 4096]
+    assert all(b % PREFILL_TOKENS == 0 for b in buckets)
+    assert {prefill_bucket(int(c)) for c in prompt} == set(buckets)

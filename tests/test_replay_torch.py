@@ -90,3 +90,27 @@ def test_kv_need_beyond_gpu_memory_is_one_line() -> None:
         check_memory(1_000_000, 131072, 16 * 1024**3, 80 * 1024**3)
     check_memory(100_000, 131072, 16 * 1024**3, 80 * 1024**3)
     assert GRAPH_TOKENS % 16 == 0 and np.int64(GRAPH_TOKENS) > 0
+
+
+def test_padded_prefill_writes_and_predicts_what_an_unpadded_one_does(monkeypatch) -> None:
+    """A chunk padded to its bucket leaves the request's KV blocks and the predicted token exactly as an
+    unpadded run of the same chunk does (the padding rows go last and into the scratch block 0)."""
+    from lapsbench.calibrate.models import MODELS
+    from lapsbench.replay import torch_engine
+    from lapsbench.replay.torch_engine import PagedLlama
+
+    def run(multiple: int):
+        monkeypatch.setattr(torch_engine, "PREFILL_TOKENS", multiple)
+        torch.manual_seed(1)
+        m = PagedLlama(MODELS["tiny-test"], torch.device("cpu"), blocks=16, block_size=16, max_positions=512)
+        ids = torch.randint(0, 256, (100,))
+        blocks = torch.tensor([3, 7, 1, 12, 5, 9, 2])             # 112 tokens: less than 100 padded to 128
+        first = m.prefill(ids[:37], 0, blocks)
+        second = m.prefill(ids[37:100], 37, blocks)
+        return int(first[0]), int(second[0]), m.k[0][blocks].clone(), m.k[0][0].clone()
+
+    plain, padded = run(1), run(64)
+    assert torch_engine.prefill_bucket(37) == 64 and torch_engine.prefill_bucket(63) == 64
+    assert plain[:2] == padded[:2]
+    assert torch.allclose(plain[2], padded[2], atol=1e-2)
+    assert not torch.equal(plain[3], padded[3])   # the padding rows did write somewhere: the scratch block

@@ -1,7 +1,8 @@
 """The real engine: a Llama-shaped target and draft (random bf16 weights) serving speculative decoding on a GPU.
 
 Per step (lapsbench.batching.BatchStep): the prompt chunks of prefilling requests run eagerly, one forward
-of each model per request (flash attention, causal; a chunk after cached tokens attends them too); then
+of each model per request (flash attention, causal; a chunk after cached tokens attends them too), padded to
+a multiple of PREFILL_TOKENS; every bucket of the workload's prompt lengths is warmed in `prepare`; then
 every decoding request takes one speculative step as ONE CUDA graph: k draft forwards (one token each,
 each fed the previous draft's argmax) and one target forward verifying k + 1 tokens per request. Which
 tokens are accepted comes from the simulator's draws (the loop passes them), so only the KV lengths
@@ -35,8 +36,21 @@ from lapsbench.state import EngineState
 from lapsbench.steptable import NS
 
 GRAPH_TOKENS = 256             # attention spans are padded to a multiple of this (one decode graph per span)
+PREFILL_TOKENS = 64            # prompt chunks are padded to a multiple of this (each bucket warmed off the clock)
 RESERVE_BYTES = 12 * 1024**3   # GPU working memory beyond weights and KV: activations, graphs, gathered spans
 GIB = 1024**3
+
+
+def prefill_bucket(c: int) -> int:
+    """The padded length a prompt chunk of c tokens runs at."""
+    return -(-c // PREFILL_TOKENS) * PREFILL_TOKENS
+
+
+def prefill_buckets(prompt: np.ndarray) -> list[int]:
+    """The distinct padded lengths of the workload's prompts, ascending: the prefill shapes warmed in `prepare`.
+    An eager prefill of a length the GPU has not run yet costs 10-55 ms more (per-shape kernel selection,
+    allocator growth), so without this the first scheduler and every calibration window would run cold."""
+    return sorted({prefill_bucket(int(c)) for c in np.unique(prompt)})
 
 
 def import_torch() -> Any:
@@ -110,37 +124,43 @@ class PagedLlama:
 
     def prefill(self, ids: Any, start: int, blocks: Any) -> Any:
         """One request's prompt chunk (ids [c]) at positions start .. start + c - 1, after `start` cached
-        tokens; `blocks` [nb] its block ids. Returns the argmax token after the chunk's last position."""
+        tokens; `blocks` [nb] its block ids. The chunk runs padded to prefill_bucket(c) tokens (the padding
+        rows come last, so causal attention keeps them out of the real rows, and write the scratch block 0).
+        Returns the argmax token after the chunk's last real position."""
         torch, net, cfg = self.torch, self.net, self.cfg
         F = torch.nn.functional
         c = ids.shape[0]
+        cp = prefill_bucket(c)
+        if cp > c:
+            ids = F.pad(ids, (0, cp - c))
         H, K, D = cfg.heads, cfg.kv_heads, cfg.head_dim
-        S = start + c
+        S = start + cp
         pos = torch.arange(start, S, device=ids.device)
-        blk, off = blocks[pos // self.bs], pos % self.bs
+        slot = (pos // self.bs).clamp(max=blocks.shape[0] - 1)
+        blk, off = torch.where(pos < start + c, blocks[slot], 0), pos % self.bs
         cos, sin = net.cos[pos][None, :, None, :], net.sin[pos][None, :, None, :]
         mask = None
         if start:
             mask = torch.arange(S, device=ids.device)[None, :] <= pos[:, None]
-        nb = -(-S // self.bs)
+        nb = -(-start // self.bs)
         x = F.embedding(ids, net.embed)
         for li, lw in enumerate(net.layers):
-            qkv = F.linear(net._norm(x, lw["n1"]), lw["qkv"]).view(1, c, H + 2 * K, D)
+            qkv = F.linear(net._norm(x, lw["n1"]), lw["qkv"]).view(1, cp, H + 2 * K, D)
             qk = net._rope(qkv[:, :, : H + K], cos, sin)
             kn, vn = qk[0, :, H:], qkv[0, :, H + K:]
             self.k[li][blk, off] = kn
             self.v[li][blk, off] = vn
             if start:  # attend the cached tokens too
-                kc = self.k[li][blocks[:nb]].view(1, nb * self.bs, K, D)[:, :S].transpose(1, 2)
-                vc = self.v[li][blocks[:nb]].view(1, nb * self.bs, K, D)[:, :S].transpose(1, 2)
+                kc = torch.cat([self.k[li][blocks[:nb]].view(nb * self.bs, K, D)[:start], kn])[None].transpose(1, 2)
+                vc = torch.cat([self.v[li][blocks[:nb]].view(nb * self.bs, K, D)[:start], vn])[None].transpose(1, 2)
             else:
                 kc, vc = kn[None].transpose(1, 2), vn[None].transpose(1, 2)
             if H != K:
                 kc, vc = kc.repeat_interleave(H // K, 1), vc.repeat_interleave(H // K, 1)
             o = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), kc, vc, attn_mask=mask,
                                                is_causal=not start)
-            x = self._mlp_and_residual(x, o.transpose(1, 2).reshape(c, H * D), lw)
-        return F.linear(net._norm(x[-1:], net.final_norm), net.lm_head).argmax(-1)
+            x = self._mlp_and_residual(x, o.transpose(1, 2).reshape(cp, H * D), lw)
+        return F.linear(net._norm(x[c - 1:c], net.final_norm), net.lm_head).argmax(-1)
 
 
 def _model(spec: str | None, fallback: str, what: str) -> tuple[str, LlamaConfig] | None:
@@ -208,14 +228,19 @@ class TorchExecutor(SimulatedExecutor):
         self.graph_pool = torch.cuda.graph_pool_handle() if self.cuda else None
         self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self.cuda \
             else None
-        # warm-up (kernels, cuBLAS handles): a prefill from scratch and one after cached tokens, into block 0
-        scratch = torch.zeros(-(-2 * GRAPH_TOKENS // block_size), dtype=torch.long, device=self.device)
+        # warm-up, off the clock: every prefill bucket of the workload from scratch, and one chunk after cached
+        # tokens, into the scratch block 0 (kernels, cuBLAS heuristics and handles, allocator segments)
+        self.warm_buckets = prefill_buckets(prompt)
+        scratch = torch.zeros(-(-(GRAPH_TOKENS + self.warm_buckets[-1]) // block_size), dtype=torch.long,
+                              device=self.device)
+        t = time.perf_counter_ns()
         with torch.inference_mode(), self._attention():
-            for m in models:
-                model = self.target if m is self.target_spec else self.draft
-                model.prefill(self.ids[:GRAPH_TOKENS], 0, scratch)
+            for model in [self.target] + ([self.draft] if k > 0 else []):
+                for cp in self.warm_buckets:
+                    model.prefill(self.ids[:cp], 0, scratch)
                 model.prefill(self.ids[:GRAPH_TOKENS], GRAPH_TOKENS, scratch)
         self._sync()
+        self.warm_ns = time.perf_counter_ns() - t
         self.pool_tokens = pool_tokens
 
     def begin(self, state: EngineState, label: str, replication: int, unit_ns: bool) -> None:
@@ -238,6 +263,8 @@ class TorchExecutor(SimulatedExecutor):
             "draft": draft[0] if draft else None, "draft_shape": draft[1].to_dict() if draft else None,
             "kv_pool_tokens": self.pool_tokens, "block_size": self.bs, "graph_tokens": GRAPH_TOKENS,
             "decode_graphs": len(self.graphs), "graph_capture_s": round(self.capture_ns / NS, 3),
+            "prefill_tokens_multiple": PREFILL_TOKENS, "prefill_buckets_warmed": len(self.warm_buckets),
+            "prefill_warm_s": round(self.warm_ns / NS, 3),
         }
 
     # ------------------------------------------------------------------ clock

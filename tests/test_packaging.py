@@ -51,16 +51,21 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cwd
 
 
+CHECKOUT_DATA = (REPO / "lapsbench" / "data").resolve()  # the imported package may be an installed copy (CI)
+
+
 def test_checkout_links_reach_the_package_data():
     for name in ("profiles", "traces", "scenarios"):
-        assert (REPO / name).resolve() == DATA_DIR / name
-    assert (REPO / "data" / "acceptance").resolve() == ACCEPTANCE_FILE.parent
+        assert (REPO / name).resolve() == CHECKOUT_DATA / name
+    assert (REPO / "data" / "acceptance").resolve() == CHECKOUT_DATA / "acceptance"
+    assert ACCEPTANCE_FILE.parent == DATA_DIR / "acceptance"
 
 
 @pytest.mark.parametrize("scenario", SHIPPED, ids=lambda p: str(p.relative_to(SCENARIOS_DIR)))
 def test_shipped_scenarios_resolve_next_to_themselves(elsewhere: Path, scenario: Path):
     """From an empty directory, via the checkout's link or the package path alike."""
-    for path in (scenario, REPO / "scenarios" / scenario.relative_to(SCENARIOS_DIR)):
+    for path, root in ((scenario, DATA_DIR.resolve()),
+                       (REPO / "scenarios" / scenario.relative_to(SCENARIOS_DIR), CHECKOUT_DATA)):
         s = load_scenario(path)
         if s.trace.synth:
             files = [Path(v[4:].rsplit(":", 1)[0]) for v in synth_options(s).values() if str(v).startswith("csv:")]
@@ -68,7 +73,7 @@ def test_shipped_scenarios_resolve_next_to_themselves(elsewhere: Path, scenario:
             files = [s.resolve(s.trace.path)]
         if isinstance(s.speculation.acceptance, EmpiricalAcceptanceSpec) and s.speculation.acceptance.path:
             files.append(s.resolve(s.speculation.acceptance.path))
-        assert files and all(f.is_file() and f.is_relative_to(DATA_DIR) for f in files), files
+        assert files and all(f.is_file() and f.resolve().is_relative_to(root) for f in files), files
         if isinstance(s.model.profile, str):
             assert profile_path(s).parent == PROFILES_DIR
 

@@ -33,7 +33,8 @@ def main() -> None:
     t0 = time.perf_counter()
     import dataclasses
 
-    from lapsbench.report import command_line, write_results
+    from lapsbench.results.writer import command_line
+    from lapsbench.run.output import write_results
     from lapsbench.runner import run_scenario
     from lapsbench.scenario import load_scenario
     import_s = time.perf_counter() - t0

@@ -80,8 +80,10 @@ def run(
     """Simulate every scheduler of a scenario on the same requests; write results and print a table."""
     from rich.console import Console
 
-    from lapsbench.compare import select_schedulers
-    from lapsbench.report import command_line, print_summary, write_results
+    from lapsbench.results.render import print_summary
+    from lapsbench.results.writer import command_line
+    from lapsbench.run.compare import select_schedulers
+    from lapsbench.run.output import write_results
     from lapsbench.runner import run_scenario
     from lapsbench.scenario import load_scenario
 
@@ -95,9 +97,9 @@ def run(
     result = run_scenario(spec) if quiet or not console.is_terminal else _run_with_progress(spec, console)
     summary, _ = write_results(spec.out_dir, spec, result, command_line())
     if plots:
-        from lapsbench.compare import comparison_of_run
         from lapsbench.fsutil import atomic_dir
-        from lapsbench.plots import write_plots
+        from lapsbench.results.plots import write_plots
+        from lapsbench.run.compare import comparison_of_run
 
         with atomic_dir(spec.out_dir / "plots") as tmp:
             write_plots(comparison_of_run(spec, result), tmp)
@@ -141,9 +143,10 @@ def compare(
     sweeps with saturation marks, plots; or rebuild the tables from saved results directories."""
     from rich.console import Console
 
-    from lapsbench.compare import load_results, parse_rates, run_comparison, select_schedulers, write_comparison
-    from lapsbench.report import command_line
-    from lapsbench.report_compare import rich_tables
+    from lapsbench.results.comparison import load_results
+    from lapsbench.results.render_compare import rich_tables
+    from lapsbench.results.writer import command_line, write_comparison
+    from lapsbench.run.compare import parse_rates, run_comparison, select_schedulers
     from lapsbench.scenario import load_scenario
 
     wanted = _scheduler_list(schedulers)
@@ -228,9 +231,9 @@ def validate(
     from rich.console import Console
 
     from lapsbench.fsutil import check_output
-    from lapsbench.report import command_line
-    from lapsbench.validate import markdown, write_validation
-    from lapsbench.validate import validate as run_validate
+    from lapsbench.results.validate import markdown, write_validation
+    from lapsbench.results.validate import validate as run_validate
+    from lapsbench.results.writer import command_line
 
     check_output(out, "--out", kind="dir", inputs=(real, sim))
     result = run_validate(real, sim)
@@ -343,7 +346,7 @@ def sweep(
     """Run a scenario over a grid of overrides (resumable); merge results; print a table per point and
     scheduler; plot the metrics against the axes; optionally search capacity."""
     from lapsbench.fsutil import check_output
-    from lapsbench.sweep import load_sweep, print_sweep, run_sweep_with_progress
+    from lapsbench.run.sweep import load_sweep, print_sweep, run_sweep_with_progress
 
     spec = load_sweep(sweep_file, out, overrides or ())
     check_output(spec.out, "--out" if out is not None else f"{sweep_file}: sweep.out", kind="dir")
@@ -371,7 +374,8 @@ def replay(
     from rich.console import Console
 
     from lapsbench.replay.run import check_replayable, replay_scenario, write_replay
-    from lapsbench.report import command_line, print_summary
+    from lapsbench.results.render import print_summary
+    from lapsbench.results.writer import command_line
     from lapsbench.scenario import load_scenario
 
     spec = load_scenario(scenario)

@@ -24,19 +24,14 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from lapsbench.config.toml import read_toml
 from lapsbench.errors import LapsbenchError
 from lapsbench.resources import PROFILES_DIR
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 FEATURES = ("const", "batch", "tokens", "context", "tokens_sq", "tokens_context", "context_max", "batch_context_max")
 PHASES = ("decode", "prefill")
@@ -315,10 +310,7 @@ def _step(raw: object, where: str) -> StepModel | None:
 
 def load_profile_file(path: Path, draft: str | None = None) -> CostModel:
     """Read a fitted profile TOML (see docs/profiles.md)."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise LapsbenchError(f"{path}: cannot read profile TOML: {exc}") from None
+    data = read_toml(path, "profile")
     models = data.get("models", {})
     target = data.get("target")
     draft = draft or data.get("draft")

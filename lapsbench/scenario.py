@@ -11,19 +11,15 @@ import copy
 import dataclasses
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lapsbench.config.toml import TOMLDecodeError, read_toml
+from lapsbench.config.toml import loads as toml_loads
 from lapsbench.errors import LapsbenchError
 from lapsbench.resources import is_shipped
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 def _f(default: Any, help: str, check: Any = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -364,14 +360,7 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     """Load and validate a scenario file, with `--set KEY=VALUE` overrides applied first (an error in an
     overridden key names `--set` instead of the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise LapsbenchError(f"{path}: no such scenario file; expected a TOML scenario")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise LapsbenchError(f"{path}: invalid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LapsbenchError(f"{path}: cannot read scenario: {exc}") from None
+    data = read_toml(path, "scenario", "; expected a TOML scenario")
     data, keys = apply_overrides(data, overrides)
     try:
         return parse_scenario(data, str(path.parent))
@@ -420,8 +409,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not _KEY_PATH.fullmatch(key):
         raise LapsbenchError(f"--set: {text!r} — expected KEY.PATH=VALUE, e.g. speculation.k=2")
     try:
-        return key, tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+        return key, toml_loads(f"v = {raw}")["v"]
+    except TOMLDecodeError:
         if _BARE_WORD.fullmatch(raw):
             return key, raw
         raise LapsbenchError(f"--set {key}: {raw!r} is not a TOML value — expected e.g. 2, 0.3, true, "

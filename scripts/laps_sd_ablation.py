@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import polars as pl
 
-from lapsbench.metrics import ci95_halfwidth
+from lapsbench.results.metrics import ci95_halfwidth
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import SchedulerSpec, load_scenario
 

@@ -8,7 +8,7 @@ FCFS, with 95% CIs over the 20 replications, plus sustained throughput. Run from
 import argparse
 import dataclasses
 
-from lapsbench.paper_metrics import versus_baseline
+from lapsbench.results.paper_metrics import versus_baseline
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import load_scenario
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lapsbench.compare import select_schedulers
 from lapsbench.errors import LapsbenchError
 from lapsbench.policies import registry
+from lapsbench.run.compare import select_schedulers
 from lapsbench.scenario import load_scenario, parse_override
 
 from conftest import REPO, write_canonical_trace

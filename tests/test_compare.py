@@ -15,11 +15,12 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from lapsbench.compare import load_results, parse_rates, run_comparison
 from lapsbench.errors import LapsbenchError
 from lapsbench.policies import registry
+from lapsbench.results.comparison import load_results
+from lapsbench.results.stats import offered_rate, paired_bootstrap_ratio, paired_t_ratio, ssjf_throughput
+from lapsbench.run.compare import parse_rates, run_comparison
 from lapsbench.scenario import load_scenario
-from lapsbench.stats import offered_rate, paired_bootstrap_ratio, paired_t_ratio, ssjf_throughput
 
 from conftest import REPO, write_canonical_trace
 
@@ -235,7 +236,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> N
 def test_plot_styles_are_stable_and_distinct() -> None:
     """Known names have fixed Okabe–Ito colours; a second label of a policy keeps the policy's colour
     with another line style; an unknown label's style depends only on its name."""
-    from lapsbench.plots import OKABE_ITO, style
+    from lapsbench.results.plots import OKABE_ITO, style
 
     assert style("fcfs")["color"] == OKABE_ITO[0] and style("laps-sd")["color"] == "#D55E00"
     copy = style("fcfs-copy", "fcfs")
@@ -247,7 +248,8 @@ def test_plot_styles_are_stable_and_distinct() -> None:
 def test_select_schedulers_and_baseline(tmp_path: Path) -> None:
     """--schedulers keeps labels (or every label of a policy name) in the order given; the baseline
     defaults to fcfs, else the first scheduler, and must be one of them."""
-    from lapsbench.compare import resolve_baseline, select_schedulers
+    from lapsbench.results.comparison import resolve_baseline
+    from lapsbench.run.compare import select_schedulers
 
     s = load_scenario(write_scenario(tmp_path, [("fcfs", "fcfs"), ("las", "las-a"), ("las", "las-b"),
                                                 ("srpt", "srpt")]))

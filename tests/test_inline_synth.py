@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lapsbench.compare import LoadSpec, run_comparison
 from lapsbench.costmodel import find_profile, load_profile_file
 from lapsbench.resources import SCENARIOS_DIR
+from lapsbench.run.compare import LoadSpec, run_comparison
+from lapsbench.run.sweep import load_sweep
 from lapsbench.scenario import load_scenario
-from lapsbench.sweep import load_sweep
 from lapsbench.trace.schema import trace_hash
 from lapsbench.trace.synth import synth_trace
 from lapsbench.workload import trace_sha256
@@ -124,7 +124,7 @@ def test_sweep_over_the_shipped_synth_scenario(tmp_path: Path):
 
 
 def _points(sweep_file: Path) -> list[str]:
-    from lapsbench.sweep import grid_points
+    from lapsbench.run.sweep import grid_points
 
     return [p.id for p in grid_points(load_sweep(sweep_file))]
 

@@ -23,8 +23,8 @@ from lapsbench.acceptance import EmpiricalAcceptance
 from lapsbench.costmodel import find_profile
 from lapsbench.errors import LapsbenchError
 from lapsbench.resources import ACCEPTANCE_FILE, DATA_DIR, PROFILES_DIR, SCENARIOS_DIR, write_quickstart
+from lapsbench.run.sweep import grid_points, load_sweep
 from lapsbench.scenario import EmpiricalAcceptanceSpec, load_scenario
-from lapsbench.sweep import grid_points, load_sweep
 from lapsbench.workload import (
     build_acceptance,
     build_cost,

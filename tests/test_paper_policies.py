@@ -11,9 +11,9 @@ from lapsbench.acceptance import FixedAcceptance
 from lapsbench.costmodel import fixed_profile, load_profile_file
 from lapsbench.engine import simulate
 from lapsbench.errors import LapsbenchError
-from lapsbench.metrics import t95
 from lapsbench.policies import make_policy
 from lapsbench.predictors import bucket_of, confusion_matrix
+from lapsbench.results.metrics import t95
 
 import oracles
 from conftest import REPO, create_acceptance, create_state, run_policy

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from lapsbench.errors import LapsbenchError
-from lapsbench.paper_metrics import thr25, versus_baseline
+from lapsbench.results.paper_metrics import thr25, versus_baseline
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import load_scenario, parse_scenario
 from lapsbench.workload import trace_sha256

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lapsbench.compare import parse_rates, run_comparison
-from lapsbench.plots import figures, numeric_axes, write_sweep_plots
+from lapsbench.results.plots import figures, numeric_axes, write_sweep_plots
+from lapsbench.run.compare import parse_rates, run_comparison
 from lapsbench.scenario import load_scenario
 
 from conftest import write_canonical_trace

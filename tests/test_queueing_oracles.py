@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lapsbench.costmodel import fixed_profile
-from lapsbench.metrics import t95
+from lapsbench.results.metrics import t95
 
 import oracles
 from conftest import create_state, run_policy

@@ -7,7 +7,7 @@ import io
 import polars as pl
 from rich.console import Console
 
-from lapsbench.report import print_summary
+from lapsbench.results.render import print_summary
 
 ROW = {"scheduler": "laps-sd-global", "jct_mean_s": 93.0834, "jct_mean_ci95_s": 0.5104, "jct_p50_s": 1.2251,
        "jct_p99_s": 93.0831, "ttft_mean_s": 0.0351, "ttft_p99_s": 14.2161, "tpot_mean_s": 0.02223,

@@ -15,8 +15,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.run.sweep import grid_overrides, grid_points, load_sweep, run_sweep
 from lapsbench.scenario import EngineSpec, load_scenario
-from lapsbench.sweep import grid_overrides, grid_points, load_sweep, run_sweep
 
 from sweep_helpers import REPO, cli, read_dataset, read_summary, write_sweep
 
@@ -166,7 +166,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
 def test_point_names_spell_the_axis_values() -> None:
     """Exact `key=value` names when the values are plain; the hash appended when the spelling loses
     something (replaced characters, a table value, a long name), so two points never share a folder."""
-    from lapsbench.sweep import NAME_MAX, point_name
+    from lapsbench.run.sweep import NAME_MAX, point_name
 
     pid = "0123456789abcdef"
     assert point_name({"trace.rate_scale": 0.2, "speculation.k": 4}, pid) == "trace.rate_scale=0.2,speculation.k=4"

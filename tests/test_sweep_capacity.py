@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lapsbench.sweep import load_sweep, run_sweep
+from lapsbench.run.sweep import load_sweep, run_sweep
 from lapsbench.trace.schema import write_trace
 from lapsbench.trace.synth import synth_trace
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from polars.testing import assert_frame_equal
 
-from lapsbench.sweep import load_sweep, run_sweep
+from lapsbench.run.sweep import load_sweep, run_sweep
 
 from sweep_helpers import cli, read_dataset, read_summary, write_sweep
 

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from lapsbench.errors import LapsbenchError
-from lapsbench.validate import validate
+from lapsbench.results.validate import validate
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -30,6 +30,7 @@ import polars as pl
 
 from lapsbench.calibrate.models import MODELS, LlamaConfig, parse_model_spec
 from lapsbench.calibrate.steplog import STEP_PHASES, read_steplog, step_phase
+from lapsbench.config.toml import read_toml
 from lapsbench.costmodel import FEATURES, PHASES, STEP_KEYS, CostModel, PhaseModel, StepModel, sd_step_s
 from lapsbench.errors import LapsbenchError
 from lapsbench.fsutil import atomic_file
@@ -775,12 +776,9 @@ def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: li
 
 def check_profile(profile: Path, measured: Path, gpu: str | None) -> list[dict[str, Any]]:
     """Per model and phase in both files: MAPE, worst APE and bias (mean signed relative error)."""
-    from lapsbench.costmodel import _phase, tomllib
+    from lapsbench.costmodel import _phase
 
-    try:
-        data = tomllib.loads(profile.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise LapsbenchError(f"{profile}: cannot read profile TOML: {exc}") from None
+    data = read_toml(profile, "profile")
     pmodels = data.get("models")
     if not isinstance(pmodels, dict) or not pmodels:
         raise LapsbenchError(f"{profile}: no [models] table; expected a fitted profile")

@@ -42,7 +42,7 @@ def replay_scenario(s: Scenario, executor: SimulatedExecutor,
 def write_replay(out_dir: Path, s: Scenario, result: RunResult, steps: pl.DataFrame, executor: SimulatedExecutor,
                  command: str) -> pl.DataFrame:
     """`run`'s results layout plus steps.parquet; meta.json names the executor (and GPU, torch, CUDA)."""
-    from lapsbench.report import write_results
+    from lapsbench.run.output import write_results
 
     summary, _ = write_results(out_dir, s, result, command, extra_meta={"replay": executor.meta()},
                                extra_files=lambda tmp: write_steplog(tmp / "steps.parquet", steps))

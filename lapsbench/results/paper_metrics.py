@@ -1,22 +1,18 @@
 """Metrics defined the way the papers defined them (baselines.md §6.2), beside lapsbench's own.
 
-`thr25`: SSJF's "throughput" — the completion rate over the first 25% of completions: k / t_k with
-k = ⌊0.25·(N − 1)⌋ and t_k the completion time of the (k + 1)-th finished job, measured from t = 0 (the
-first arrival). Not a capacity measure: a work-conserving single server has the same sustained throughput
-(N / makespan) under every policy."""
+`thr25`: SSJF's "throughput", `stats.ssjf_throughput` (one definition) — the completion rate over the first
+25% of completions: k / t_k with k = ⌊0.25·(N − 1)⌋ and t_k the completion time of the (k + 1)-th finished
+job, measured from t = 0 (the first arrival); NaN for fewer than five requests. Not a capacity measure: a
+work-conserving single server has the same sustained throughput (N / makespan) under every policy."""
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
-from lapsbench.metrics import ci95_halfwidth
+from lapsbench.results.metrics import ci95_halfwidth
+from lapsbench.results.stats import ssjf_throughput as thr25
 
-
-def thr25(finish_s: np.ndarray) -> float:
-    finish = np.sort(np.asarray(finish_s, np.float64))
-    k = int(np.floor(0.25 * (finish.size - 1)))
-    return k / finish[k] if finish[k] > 0 else float("nan")
+__all__ = ["per_replication", "thr25", "versus_baseline"]
 
 
 def per_replication(requests: pl.DataFrame) -> pl.DataFrame:

@@ -1,65 +1,38 @@
-"""`lapsbench compare`: every scheduler on identical requests and randomness, paired against a baseline,
-optionally over a load sweep; or the same tables rebuilt from saved results directories.
-
-Everything here is a pure function of the per-request records frame (plus the scenario's seed and SLO),
-so a comparison rebuilt from `requests.parquet` gives the same numbers as the one that simulated. See
-docs/compare.md for the confidence intervals, the load syntax and the saturation rule."""
+"""A comparison's tables: every scheduler paired against a baseline per load point, from the per-request
+records frame (plus the scenario's seed and SLO) alone, so a comparison rebuilt from saved results
+directories gives the same numbers as the one that simulated. See docs/compare.md for the confidence
+intervals and the saturation rule. Rendering (render_compare.py, plots.py) and writing (writer.py) read a
+`Comparison`; nothing here imports them."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import struct
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from lapsbench import __version__
 from lapsbench.errors import LapsbenchError
-from lapsbench.metrics import summarize, summarize_replications
-from lapsbench.scenario import Scenario, SchedulerSpec, SloSpec, load_scenario, scenario_to_toml
-from lapsbench.stats import (
+from lapsbench.results.metrics import summarize, summarize_replications
+from lapsbench.results.records import read_engine_stats, read_results_dir
+from lapsbench.results.stats import (
     BOOTSTRAP_RESAMPLES,
     offered_rate,
     paired_bootstrap_ratio,
     paired_t_ratio,
     ssjf_throughput,
 )
-
-if TYPE_CHECKING:
-    from lapsbench.runner import RunResult
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from lapsbench.scenario import SloSpec, load_scenario
 
 # A load point is saturated when its sustained throughput (requests / makespan) falls below this
 # fraction of the offered rate: the server fell behind the arrivals and the run ends draining a backlog
 # that grew with the run (docs/compare.md).
 SATURATION_THRESHOLD = 0.95
 CHANGED = ("jct", "ttft", "tpot")   # metrics whose mean gets a paired change against the baseline
-RATE_SUFFIX = "rps"
-
-# progress(label, replication, finished, total) as in the runner, plus the load point in front.
-Progress = Callable[[str, int, int, int], None]
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """One item of --rates: a multiple of the trace's native rate, or an absolute rate in requests/s."""
-
-    value: float
-    absolute: bool
-
-    def rate_scale(self, native_rps: float) -> float:
-        return self.value / native_rps if self.absolute else self.value
 
 
 @dataclass
@@ -87,68 +60,6 @@ class Comparison:
     def labels(self) -> list[str]:
         return list(dict.fromkeys(self.summary["scheduler"].to_list()))
 
-
-# ---------------------------------------------------------------------------------------------- input
-
-def parse_rates(text: str) -> list[LoadSpec]:
-    """`0.5,1,1.5` (multiples of the trace's native rate) or `2rps,4rps` (absolute requests/s); the two
-    may be mixed. Empty, non-positive, non-finite or repeated items are bad input."""
-    items = [t.strip() for t in text.split(",")]
-    if not any(items):
-        raise LapsbenchError(f"--rates: {text!r} is an empty sweep — expected e.g. 0.5,1,1.5 or 2rps,4rps")
-    specs = []
-    for item in items:
-        if not item:
-            raise LapsbenchError(f"--rates: {text!r} has an empty item — expected e.g. 0.5,1,1.5 or 2rps,4rps")
-        absolute = item.lower().endswith(RATE_SUFFIX)
-        number = item[: -len(RATE_SUFFIX)] if absolute else item
-        try:
-            value = float(number)
-        except ValueError:
-            raise LapsbenchError(f"--rates: {item!r} — expected a number (multiple of the trace's rate) "
-                                 f"or a number followed by rps (requests/s)") from None
-        if not (math.isfinite(value) and value > 0):
-            raise LapsbenchError(f"--rates: {item!r} — expected a rate > 0")
-        specs.append(LoadSpec(value, absolute))
-    if len(set(specs)) != len(specs):
-        raise LapsbenchError(f"--rates: {text!r} repeats a rate — expected distinct rates")
-    return specs
-
-
-def native_rate(s: Scenario) -> float:
-    """Mean arrival rate (requests/s) of the scenario's trace window at rate_scale 1."""
-    from lapsbench.workload import load_workload
-
-    w = load_workload(dataclasses.replace(s, trace=dataclasses.replace(s.trace, rate_scale=1.0)))
-    rate = offered_rate(w.arrival_s)
-    if not math.isfinite(rate):
-        where = "trace.synth" if s.trace.synth else f"trace.path: {s.trace.path}"
-        raise LapsbenchError(f"{where} — the window has fewer than two distinct arrival "
-                             f"times, so an absolute rate in rps cannot be converted to a rate_scale")
-    return rate
-
-
-def select_schedulers(s: Scenario, wanted: Sequence[str] | None) -> Scenario:
-    """The schedulers named in --schedulers, in the order given: a label of the scenario keeps its TOML
-    parameters; a policy name of the scenario selects every label of that policy; any other registered
-    scheduler name is added with its default parameters."""
-    from lapsbench.policies import registry
-
-    if not wanted:
-        return s
-    chosen: list[SchedulerSpec] = []
-    for w in wanted:
-        match = [spec for spec in s.scheduler if spec.label == w] or [spec for spec in s.scheduler if spec.name == w]
-        if not match and w in registry():
-            match = [SchedulerSpec(name=w, label=w, params={})]
-        if not match:
-            labels = ", ".join(spec.label for spec in s.scheduler)
-            raise LapsbenchError(f"--schedulers: {w!r} is neither a scheduler of the scenario ({labels}) nor a "
-                                 f"registered one — expected one of: {', '.join(sorted(registry()))}")
-        chosen += [m for m in match if m not in chosen]
-    return dataclasses.replace(s, scheduler=tuple(chosen))
-
-
 def resolve_baseline(labels: Sequence[str], baseline: str | None) -> str:
     """The baseline label: as given (it must be a scheduler of the comparison), else `fcfs` when present,
     else the first scheduler."""
@@ -158,60 +69,6 @@ def resolve_baseline(labels: Sequence[str], baseline: str | None) -> str:
         raise LapsbenchError(f"--baseline: {baseline!r} is not among the schedulers — expected one of: "
                              f"{', '.join(labels)}")
     return baseline
-
-
-def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str | None,
-                   progress: Callable[[float], Progress | None] | None = None,
-                   resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison:
-    """Simulate every scheduler × replication at every load point (the scenario's own rate_scale when
-    `loads` is None) and build the paired comparison."""
-    from lapsbench.runner import run_scenario
-    from lapsbench.workload import trace_identity, with_absolute_paths
-
-    labels = [spec.label for spec in s.scheduler]
-    base = resolve_baseline(labels, baseline)
-    if loads is None:
-        scales = [s.trace.rate_scale]
-    else:
-        native = native_rate(s) if any(x.absolute for x in loads) else math.nan
-        scales = [x.rate_scale(native) for x in loads]
-        if len(set(scales)) != len(scales):
-            raise LapsbenchError("--rates: two items give the same rate_scale — expected distinct load points")
-    frames, stats, wall, workload, derived = [], [], 0.0, None, {}
-    for scale in scales:
-        point = dataclasses.replace(s, trace=dataclasses.replace(s.trace, rate_scale=scale))
-        result = run_scenario(point, progress(scale) if progress else None)
-        wall += result.wall_s
-        workload = result.workload
-        derived = derived or result.derived or {}  # rate-independent: the first point's
-        frames.append(result.requests.with_columns(pl.lit(scale, pl.Float64).alias("rate_scale")))
-        if result.engine_stats is not None:
-            stats.append(result.engine_stats.with_columns(pl.lit(scale, pl.Float64).alias("rate_scale")))
-    assert workload is not None
-    requests = pl.concat(frames, how="vertical")
-    meta = {**trace_identity(s), "wall_s": round(wall, 3), "derived": derived, "load_unit": load_unit(loads)}
-    return build_comparison(requests, name=s.name, seed=s.seed, slo=s.slo, baseline=base, meta=meta,
-                            scenario_toml=scenario_to_toml(with_absolute_paths(s)), resamples=resamples,
-                            engine_stats=pl.concat(stats) if stats else None)
-
-
-def load_unit(loads: Sequence[LoadSpec] | None) -> str:
-    """How the load points were given, for labels: `rps` (all absolute), `scale` (all multiples of the
-    trace's rate, or the scenario's own rate_scale) or `mixed`."""
-    kinds = {x.absolute for x in loads or ()}
-    return "rps" if kinds == {True} else "mixed" if len(kinds) == 2 else "scale"
-
-
-def comparison_of_run(s: Scenario, result: RunResult) -> Comparison:
-    """The comparison of one `run` (its own rate_scale, the default baseline), for `run --plots`."""
-    requests = result.requests.with_columns(pl.lit(s.trace.rate_scale, pl.Float64).alias("rate_scale"))
-    stats = result.engine_stats
-    if stats is not None:
-        stats = stats.with_columns(pl.lit(s.trace.rate_scale, pl.Float64).alias("rate_scale"))
-    labels = [spec.label for spec in s.scheduler]
-    return build_comparison(requests, name=s.name, seed=s.seed, slo=s.slo, baseline=resolve_baseline(labels, None),
-                            meta={"load_unit": "scale"}, engine_stats=stats)
-
 
 def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequence[str] | None = None,
                  resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison:
@@ -223,7 +80,7 @@ def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequenc
     scheduler at the same load in two directories."""
     if not dirs:
         raise LapsbenchError("compare: expected a scenario TOML or one or more results directories")
-    loaded = [_read_dir(d) for d in dirs]
+    loaded = [read_results_dir(d) for d in dirs]
     first_dir, first_meta, first_raw, _ = loaded[0]
     for d, meta, raw, _ in loaded[1:]:
         for key, what in (("trace_sha256", "traces"), ("lapsbench_version", "lapsbench versions")):
@@ -262,44 +119,11 @@ def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequenc
             "load_unit": first_meta.get("load_unit", "scale") if len(dirs) == 1 else "scale"}
     if first_meta.get("lapsbench_version") != __version__:
         meta["source_lapsbench_version"] = first_meta.get("lapsbench_version")
-    stats = [x for x in (_read_engine_stats(d, raw) for d, _m, raw, _r in loaded) if x is not None]
+    stats = [x for x in (read_engine_stats(d, raw) for d, _m, raw, _r in loaded) if x is not None]
     engine_stats = pl.concat(stats, how="diagonal_relaxed") if len(stats) == len(loaded) else None
     return build_comparison(requests, name=scenario.name, seed=scenario.seed, slo=scenario.slo, baseline=base,
                             meta=meta, scenario_toml=(first_dir / "scenario.toml").read_text(), resamples=resamples,
                             engine_stats=engine_stats)
-
-
-def _read_engine_stats(d: Path, raw: dict[str, Any]) -> pl.DataFrame | None:
-    """engine_stats.parquet of a results directory (absent in results from before it existed)."""
-    path = d / "engine_stats.parquet"
-    if not path.is_file():
-        return None
-    stats = pl.read_parquet(path)
-    if "rate_scale" not in stats.columns:
-        stats = stats.with_columns(pl.lit(float(raw.get("trace", {}).get("rate_scale", 1.0)), pl.Float64)
-                                   .alias("rate_scale"))
-    return stats
-
-
-def _read_dir(d: Path) -> tuple[Path, dict[str, Any], dict[str, Any], pl.DataFrame]:
-    if not d.is_dir():
-        raise LapsbenchError(f"{d}: not a directory — expected a scenario .toml or results directories")
-    for name in ("requests.parquet", "meta.json", "scenario.toml"):
-        if not (d / name).is_file():
-            raise LapsbenchError(f"{d}: no {name} — expected a results directory written by lapsbench run or compare")
-    try:
-        meta = json.loads((d / "meta.json").read_text())
-        raw = tomllib.loads((d / "scenario.toml").read_text())
-        requests = pl.read_parquet(d / "requests.parquet")
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, OSError, pl.exceptions.PolarsError) as exc:
-        raise LapsbenchError(f"{d}: unreadable results: {str(exc).splitlines()[0]}") from None
-    needed = {"scheduler", "replication", "request_id", "arrival_s", "finish_s", "jct_s", "ttft_s", "tpot_s",
-              "output_tokens"}
-    if not isinstance(meta, dict) or not needed <= set(requests.columns):
-        raise LapsbenchError(f"{d}: requests.parquet lacks {sorted(needed - set(requests.columns))} — expected "
-                             f"the per-request records of lapsbench run")
-    return d, meta, raw, requests
-
 
 def _pairing_keys(raw: dict[str, Any]) -> list[str]:
     keys = ["seed", "replications"]
@@ -432,57 +256,3 @@ _FIRST = ["rate_scale", "offered_rps", "scheduler", "policy", "replications", "r
 def _order(summary: pl.DataFrame) -> pl.DataFrame:
     first = [c for c in _FIRST if c in summary.columns]
     return summary.select(first + [c for c in summary.columns if c not in first])
-
-
-# ------------------------------------------------------------------------------------------------ output
-
-def write_comparison(out_dir: Path, comp: Comparison, command: str, plots: bool = True) -> None:
-    """Write every file into a temporary directory that replaces `out_dir` only when complete."""
-    from lapsbench.fsutil import atomic_dir
-    from lapsbench.report import environment
-    from lapsbench.report_compare import comparison_markdown
-
-    meta = {
-        "lapsbench_version": __version__,
-        "kind": "compare",
-        "scenario": comp.name,
-        "seed": comp.seed,
-        "replications": int(comp.requests["replication"].n_unique()),
-        "schedulers": comp.labels,
-        "baseline": comp.baseline,
-        "rate_scales": comp.rate_scales,
-        "ci_method": comp.ci_method,
-        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
-        "saturation_threshold": SATURATION_THRESHOLD,
-        "requests": int(comp.requests.filter(
-            (pl.col("scheduler") == comp.baseline) & (pl.col("replication") == 0)).height),
-        **comp.meta,
-        "command": command,
-        **environment(),
-    }
-    with atomic_dir(out_dir) as tmp:
-        comp.requests.write_parquet(tmp / "requests.parquet", compression="zstd")
-        if comp.engine_stats is not None:
-            comp.engine_stats.write_parquet(tmp / "engine_stats.parquet")
-        comp.summary.write_csv(tmp / "summary.csv")
-        comp.per_replication.write_csv(tmp / "summary_by_replication.csv")
-        payload = {
-            "baseline": comp.baseline,
-            "ci_method": comp.ci_method,
-            "schedulers": [{k: _json_safe(v) for k, v in row.items()} for row in comp.summary.to_dicts()],
-            "by_replication": [{k: _json_safe(v) for k, v in row.items()} for row in comp.per_replication.to_dicts()],
-        }
-        (tmp / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (tmp / "comparison.md").write_text(comparison_markdown(comp))
-        (tmp / "scenario.toml").write_text(comp.scenario_toml)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if plots:
-            from lapsbench.plots import write_plots
-
-            write_plots(comp, tmp / "plots")
-
-
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

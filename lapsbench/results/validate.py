@@ -19,6 +19,7 @@ import polars as pl
 
 from lapsbench.errors import LapsbenchError
 from lapsbench.fsutil import atomic_dir
+from lapsbench.results.writer import json_safe
 
 KEY = ("scheduler", "replication", "request_id")
 METRICS = ("jct_s", "ttft_s", "tpot_s")
@@ -171,19 +172,9 @@ def markdown(v: Validation, command: str = "") -> str:
     return "\n".join(out)
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(y) for k, y in x.items()}
-    if isinstance(x, list):
-        return [_json_safe(y) for y in x]
-    return x
-
-
 def plot(v: Validation, out: Path) -> list[Path]:
     """Simulated against real per-request JCT, log-log, one colour per scheduler, with y = x and ±5%."""
-    from lapsbench.plots import _save, _setup, style
+    from lapsbench.results.plots import _save, _setup, style
 
     plt = _setup()
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
@@ -218,7 +209,7 @@ def write_validation(out: Path, v: Validation, command: str, plots: bool = True)
         f"{m}_{st}": tol for (m, st), tol in TARGETS.items()}, "schedulers": v.rows, "ranking": v.ranking}
     with atomic_dir(out) as tmp:
         (tmp / "validation.md").write_text(markdown(v, command))
-        (tmp / "validation.json").write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+        (tmp / "validation.json").write_text(json.dumps(json_safe(payload), indent=2) + "\n")
         if plots:
             (tmp / "plots").mkdir()
             plot(v, tmp / "plots")

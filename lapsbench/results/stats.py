@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lapsbench.metrics import t95
+from lapsbench.results.metrics import t95
 
 BOOTSTRAP_RESAMPLES = 1000
 _CHUNK = 100  # resamples per matrix product: bounds memory at _CHUNK × requests counts

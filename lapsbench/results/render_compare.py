@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 from rich.table import Table
 
-from lapsbench.compare import SATURATION_THRESHOLD, Comparison
+from lapsbench.results.comparison import SATURATION_THRESHOLD, Comparison
 
 
 @dataclass(frozen=True)

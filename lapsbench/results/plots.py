@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from lapsbench.compare import Comparison
+from lapsbench.results.comparison import Comparison
 
 OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
 # Fixed slots: the baseline-like policies first; laps-sd gets vermillion, the most salient colour.

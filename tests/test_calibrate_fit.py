@@ -10,8 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lapsbench.calibrate.fit import check_profile, features, fit_profile, kv_capacity_tokens
+from lapsbench.calibrate.fit import check_profile, fit_profile
+from lapsbench.calibrate.forward import features
 from lapsbench.calibrate.models import MODELS
+from lapsbench.calibrate.profile_file import kv_capacity_tokens
 from lapsbench.costmodel import FEATURES, load_profile_file, tomllib
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ from test_calibrate_fit import TRUE, _synthetic
 
 from lapsbench import costkernel as ck
 from lapsbench.batching import BatchConfig
-from lapsbench.calibrate.fit import STEP_LOG, fit_profile
+from lapsbench.calibrate.fit import fit_profile
+from lapsbench.calibrate.profile_file import STEP_LOG
 from lapsbench.costmodel import CostModel, PhaseModel, StepModel, load_profile_file, sd_step_s
 from lapsbench.errors import LapsbenchError
 
@@ -126,7 +127,7 @@ def test_measured_plus_step_log_fits_step_terms(tmp_path: Path) -> None:
     true = true_forward_cost(StepModel(sd_factor=1.05, decode_ms=0.15, prefill_ms=0.27, mixed_ms=0.4))
     log = synthetic_log(800, seed=5).drop("wall_ms")
     log = log.with_columns(pl.col("context_max").clip(upper_bound=pl.col("context_tokens")))
-    from lapsbench.calibrate.fit import price_steps
+    from lapsbench.calibrate.step_fit import price_steps
 
     g = np.random.default_rng(9)
     ms = price_steps(true, log.with_columns(pl.lit(1.0).alias("wall_ms"))) * np.exp(0.005 * g.standard_normal(

@@ -89,7 +89,8 @@ def fit(
 ) -> None:
     """Fit the cost model per model and phase (and per step phase from a step log); store coefficients and
     held-out error in a profile."""
-    from lapsbench.calibrate.fit import STEP_LOG, fit_profile
+    from lapsbench.calibrate.fit import fit_profile
+    from lapsbench.calibrate.profile_file import STEP_LOG
     from lapsbench.errors import LapsbenchError
     from lapsbench.fsutil import check_output
 

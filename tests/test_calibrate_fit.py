@@ -14,7 +14,8 @@ from lapsbench.calibrate.fit import check_profile, fit_profile
 from lapsbench.calibrate.forward import features
 from lapsbench.calibrate.models import MODELS
 from lapsbench.calibrate.profile_file import kv_capacity_tokens
-from lapsbench.costmodel import FEATURES, load_profile_file, tomllib
+from lapsbench.config.toml import loads as toml_loads
+from lapsbench.costmodel import FEATURES, load_profile_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MAPE = 0.05
@@ -66,7 +67,7 @@ def test_fit_recovers_known_linear_coefficients(tmp_path: Path) -> None:
     _synthetic(noise=0.0).write_csv(csv)
     out = tmp_path / "p.toml"
     fits = _fit(csv, out)
-    data = tomllib.loads(out.read_text())
+    data = toml_loads(out.read_text())
     for phase in ("decode", "prefill"):
         assert fits["llama2-7b"][phase]["mape"] < 1e-6
         coef = data["models"]["llama2-7b"][phase]
@@ -90,7 +91,7 @@ def test_fit_with_noise_predicts_within_noise(tmp_path: Path) -> None:
     for model in ("llama2-7b", "llama-68m"):
         for phase in ("decode", "prefill"):
             assert fits[model][phase]["mape"] < 0.04, (model, phase, fits[model][phase])
-    data = tomllib.loads(out.read_text())
+    data = toml_loads(out.read_text())
     assert data["fit"]["llama2-7b"]["decode"]["n_test"] > 0
     rows = check_profile(out, csv, None)
     assert all(r["mape"] < 0.04 for r in rows)
@@ -218,7 +219,7 @@ def test_shipped_profiles_exist() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_profile_loads_and_meets_error_targets(path: Path) -> None:
-    data = tomllib.loads(path.read_text())
+    data = toml_loads(path.read_text())
     cost = load_profile_file(path)
     assert cost.kv_capacity_tokens > 0 and cost.draft is not None
     for model, phases in data["fit"].items():

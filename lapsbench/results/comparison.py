@@ -60,6 +60,7 @@ class Comparison:
     def labels(self) -> list[str]:
         return list(dict.fromkeys(self.summary["scheduler"].to_list()))
 
+
 def resolve_baseline(labels: Sequence[str], baseline: str | None) -> str:
     """The baseline label: as given (it must be a scheduler of the comparison), else `fcfs` when present,
     else the first scheduler."""
@@ -69,6 +70,7 @@ def resolve_baseline(labels: Sequence[str], baseline: str | None) -> str:
         raise LapsbenchError(f"--baseline: {baseline!r} is not among the schedulers — expected one of: "
                              f"{', '.join(labels)}")
     return baseline
+
 
 def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequence[str] | None = None,
                  resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison:
@@ -124,6 +126,7 @@ def load_results(dirs: Sequence[Path], baseline: str | None, schedulers: Sequenc
     return build_comparison(requests, name=scenario.name, seed=scenario.seed, slo=scenario.slo, baseline=base,
                             meta=meta, scenario_toml=(first_dir / "scenario.toml").read_text(), resamples=resamples,
                             engine_stats=engine_stats)
+
 
 def _pairing_keys(raw: dict[str, Any]) -> list[str]:
     keys = ["seed", "replications"]

@@ -36,6 +36,7 @@ class LoadSpec:
     def rate_scale(self, native_rps: float) -> float:
         return self.value / native_rps if self.absolute else self.value
 
+
 def parse_rates(text: str) -> list[LoadSpec]:
     """`0.5,1,1.5` (multiples of the trace's native rate) or `2rps,4rps` (absolute requests/s); the two
     may be mixed. Empty, non-positive, non-finite or repeated items are bad input."""
@@ -93,6 +94,7 @@ def select_schedulers(s: Scenario, wanted: Sequence[str] | None) -> Scenario:
                                  f"registered one — expected one of: {', '.join(sorted(registry()))}")
         chosen += [m for m in match if m not in chosen]
     return dataclasses.replace(s, scheduler=tuple(chosen))
+
 
 def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str | None,
                    progress: Callable[[float], Progress | None] | None = None,

@@ -11,10 +11,9 @@ import polars as pl
 
 from lapsbench.batching import BatchedEngine
 from lapsbench.engine import simulate
-from lapsbench.policies import make_policy
-from lapsbench.policies.base import Policy
 from lapsbench.replay.loop import SimulatedExecutor, replay_single
 from lapsbench.scenario import Scenario
+from lapsbench.schedulers.base import Scheduler, make_policy
 from lapsbench.state import EngineState
 from lapsbench.steptable import build_step_table
 from lapsbench.workload import (
@@ -92,7 +91,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
             table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
                                      s.speculation.k, cost, acceptance)
         for spec in s.scheduler:
-            policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}")
+            policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}", s.base_dir)
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
                                 workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
                                 seed=s.seed, replication=replication, acceptance=acceptance, step_table=table)
@@ -114,7 +113,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
                 engine.run(callback, executor=executor)
                 row = engine.stats()
             stats.append({"scheduler": spec.label, "replication": replication, **row})
-            frames.append(records(state, spec.label, spec.name, replication))
+            frames.append(records(state, spec.label, policy.name, replication))
     return collect(s, first, frames, stats, start, derived)
 
 
@@ -144,8 +143,8 @@ def derived_parameters(s: Scenario, workload: Workload, cost) -> tuple[dict[str,
     held_out = None
     params, derived = {}, {}
     for spec in s.scheduler:
-        policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
-        if held_out is None and type(policy).derive is not Policy.derive:
+        policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}", s.base_dir)
+        if held_out is None and type(policy).derive is not Scheduler.derive:
             held_out = held_out_output_tokens(s, workload)
         extra = policy.derive(state, held_out)
         params[spec.label] = {**spec.params, **extra}

@@ -21,7 +21,7 @@ from lapsbench.acceptance import (
 )
 from lapsbench.engine import simulate
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import make_policy
+from lapsbench.schedulers import make_policy
 from lapsbench.scenario import parse_scenario
 from lapsbench.workload import build_acceptance, load_workload
 

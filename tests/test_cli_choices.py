@@ -13,7 +13,7 @@ import pytest
 
 from lapsbench.compare import select_schedulers
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import registry
+from lapsbench.schedulers import registry
 from lapsbench.scenario import load_scenario, parse_override
 
 from conftest import REPO, write_canonical_trace

@@ -17,7 +17,7 @@ from polars.testing import assert_frame_equal
 
 from lapsbench.compare import load_results, parse_rates, run_comparison
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import registry
+from lapsbench.schedulers import registry
 from lapsbench.scenario import load_scenario
 from lapsbench.stats import offered_rate, paired_bootstrap_ratio, paired_t_ratio, ssjf_throughput
 

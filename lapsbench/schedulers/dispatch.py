@@ -22,6 +22,8 @@ generated copy of this interface and of each engine module (lapsbench.schedulers
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 from numba import njit, types
 from numba.core.errors import TypingError
@@ -35,14 +37,13 @@ CODE = {cls.name: code for code, cls in enumerate(BUILTIN)}
 
 
 def _packed_class(cls: type) -> type:
-    """The NamedTuple class a built-in scheduler's `pack` returns (its module's `Packed`)."""
-    import sys
-
-    return sys.modules[cls.__module__].Packed
+    """The NamedTuple class a built-in scheduler's `pack` returns (its return annotation)."""
+    return typing.get_type_hints(cls.pack)["return"]
 
 
 _BY_PACKED = {_packed_class(cls): cls for cls in BUILTIN}
-if sorted(CODE) != sorted(registry()) or len(_BY_PACKED) != len(BUILTIN):
+# distinct class names too: numba names a compiled specialisation by its argument types' names
+if sorted(CODE) != sorted(registry()) or len({c.__name__ for c in _BY_PACKED}) != len(BUILTIN):
     raise RuntimeError(f"the dispatch table {sorted(CODE)} does not match the registry {sorted(registry())}")
 _OBSERVES = np.array([hasattr(cls, "observe") for cls in BUILTIN])
 _PRERANKS = np.array([hasattr(cls, "prerank") for cls in BUILTIN])

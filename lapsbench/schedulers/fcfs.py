@@ -8,7 +8,7 @@ from numba import njit
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class FCFSPacked(NamedTuple):
     pass
 
 
@@ -20,8 +20,8 @@ class FCFS(Scheduler):
     static_keys = True
     summary = "first come, first served; non-preemptive"
 
-    def pack(self, state) -> Packed:
-        return Packed()
+    def pack(self, state) -> FCFSPacked:
+        return FCFSPacked()
 
     @staticmethod
     @njit(cache=True, inline="always")

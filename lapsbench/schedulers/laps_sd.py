@@ -64,7 +64,7 @@ QUEUE, GLOBAL_SRPT, PERCEIVED = 0, 1, 2
 PLACEMENT_CODE = {"queue": QUEUE, "global-srpt": GLOBAL_SRPT, "perceived": PERCEIVED}
 
 
-class Packed(NamedTuple):
+class LAPSSDPacked(NamedTuple):
     unit: int
     placement: int
     global_after_queue: int
@@ -197,9 +197,9 @@ class LAPSSD(PredictorParams, Scheduler):
             table = table + k * state.cost.draft_s(ones, everything)
         return np.ascontiguousarray(table, np.float64)
 
-    def pack(self, state) -> Packed:
+    def pack(self, state) -> LAPSSDPacked:
         n, w = state.n, self.window + 1
-        return Packed(UNIT_CODE[self.unit], PLACEMENT_CODE[self.perceptible_policy], self.global_after_queue,
+        return LAPSSDPacked(UNIT_CODE[self.unit], PLACEMENT_CODE[self.perceptible_policy], self.global_after_queue,
                       self.window, self.min_steps, state.k, float(self.min_remaining_tokens),
                       float(self.acceptance_prior_mean), float(self.acceptance_prior_strength), float(self.tolerance),
                       self.ladder(state), self.step_factor(state), np.asarray(self.predict(state).tokens, np.float64),

@@ -14,7 +14,7 @@ from lapsbench.schedulers._common import UNIT_CODE, attained, need_choice
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class LASPacked(NamedTuple):
     unit: int  # a UNIT_* code
 
 
@@ -29,8 +29,8 @@ class LAS(Scheduler):
     def __post_init__(self) -> None:
         need_choice("unit", self.unit, ("steps", "tokens", "seconds"))
 
-    def pack(self, state) -> Packed:
-        return Packed(UNIT_CODE[self.unit])
+    def pack(self, state) -> LASPacked:
+        return LASPacked(UNIT_CODE[self.unit])
 
     @staticmethod
     @njit(cache=True, inline="always")

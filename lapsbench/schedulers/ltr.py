@@ -18,7 +18,7 @@ from lapsbench.schedulers._common import PredictorParams, need_at_least
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class LTRPacked(NamedTuple):
     starvation_steps: int
     boost_steps: int
     score: np.ndarray       # float64: the predictor's key, fixed at arrival
@@ -43,9 +43,9 @@ class LTR(PredictorParams, Scheduler):
         need_at_least("starvation_steps", self.starvation_steps, 0)
         need_at_least("boost_steps", self.boost_steps, 1)
 
-    def pack(self, state) -> Packed:
+    def pack(self, state) -> LTRPacked:
         n = state.n
-        return Packed(self.starvation_steps, self.boost_steps, np.asarray(self.predict(state).key, np.float64),
+        return LTRPacked(self.starvation_steps, self.boost_steps, np.asarray(self.predict(state).key, np.float64),
                       np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(2, np.int64))
 
     @staticmethod

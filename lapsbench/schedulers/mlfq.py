@@ -31,7 +31,7 @@ from lapsbench.schedulers._common import (
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class MLFQPacked(NamedTuple):
     unit: int
     fifo: bool
     promote_period: int
@@ -65,13 +65,13 @@ class MLFQ(Scheduler):
         need_non_negative("promote_idle_s", self.promote_idle_s)
         need_at_least("promote_period", self.promote_period, 1)
 
-    def pack(self, state) -> Packed:
+    def pack(self, state) -> MLFQPacked:
         # quanta by level up to one no request can reach (a quantum of 1e18, or 2·10⁶ levels for ratios
         # barely above 1); past the table's end the quantum stays at its last, astronomically large, value
         levels = 1 if self.ratio == 1 else int(np.ceil(np.log(1e18 / self.base_quantum_s) / np.log(self.ratio))) + 1
         levels = min(levels, 2_000_000)
         n = state.n
-        return Packed(UNIT_CODE[self.unit], self.within_level == "fifo", self.promote_period,
+        return MLFQPacked(UNIT_CODE[self.unit], self.within_level == "fifo", self.promote_period,
                       float(self.promote_idle_s), self.base_quantum_s * self.ratio ** np.arange(levels, dtype=np.float64),
                       np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n), state.arrival_s.astype(np.float64),
                       np.zeros(2, np.int64))

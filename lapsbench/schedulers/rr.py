@@ -11,7 +11,7 @@ from numba import njit
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class RoundRobinPacked(NamedTuple):
     pass
 
 
@@ -21,8 +21,8 @@ class RoundRobin(Scheduler):
     name = "rr"
     summary = "round robin, one step each (processor sharing at step granularity)"
 
-    def pack(self, state) -> Packed:
-        return Packed()
+    def pack(self, state) -> RoundRobinPacked:
+        return RoundRobinPacked()
 
     @staticmethod
     @njit(cache=True, inline="always")

@@ -8,7 +8,7 @@ from numba import njit
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class SJFPacked(NamedTuple):
     pass
 
 
@@ -20,8 +20,8 @@ class SJF(Scheduler):
     static_keys = True
     summary = "oracle shortest job first by true output tokens; non-preemptive"
 
-    def pack(self, state) -> Packed:
-        return Packed()
+    def pack(self, state) -> SJFPacked:
+        return SJFPacked()
 
     @staticmethod
     @njit(cache=True, inline="always")

@@ -33,7 +33,7 @@ from lapsbench.schedulers._common import (
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class SkipJoinPacked(NamedTuple):
     unit: int
     levels: int
     starve_limit_s: float
@@ -65,7 +65,7 @@ class SkipJoinMLFQ(Scheduler):
         need_non_negative("starve_limit_s", self.starve_limit_s)
         need_choice("unit", self.unit, UNITS)
 
-    def pack(self, state) -> Packed:
+    def pack(self, state) -> SkipJoinPacked:
         n = state.n
         base = self.base_quantum_s
         if base == 0:  # one decode step of the median-prompt request (one step of service in other units)
@@ -78,7 +78,7 @@ class SkipJoinMLFQ(Scheduler):
         step = np.zeros(0)
         if seconds:  # for the demotion's skip
             step = decode_step_s(state, np.arange(int((state.prompt_tokens + state.output_tokens).max(initial=0)) + 1))
-        return Packed(UNIT_CODE[self.unit], self.levels, float(self.starve_limit_s), q,
+        return SkipJoinPacked(UNIT_CODE[self.unit], self.levels, float(self.starve_limit_s), q,
                       np.ascontiguousarray(step, np.float64), level, np.zeros(n, np.int64), np.zeros(n),
                       state.arrival_s.astype(np.float64), np.zeros(1, np.int64))
 

@@ -8,7 +8,7 @@ from numba import njit
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class SRPTPacked(NamedTuple):
     pass
 
 
@@ -18,8 +18,8 @@ class SRPT(Scheduler):
     name = "srpt"
     summary = "oracle shortest remaining tokens first; preemptive at step boundaries"
 
-    def pack(self, state) -> Packed:
-        return Packed()
+    def pack(self, state) -> SRPTPacked:
+        return SRPTPacked()
 
     @staticmethod
     @njit(cache=True, inline="always")

@@ -13,7 +13,7 @@ from lapsbench.schedulers._common import TrueFuture
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class SRPTSDPacked(NamedTuple):
     first: np.ndarray    # int64: the request's first row in the step table
     n_steps: np.ndarray  # int64: its steps
     cum_ns: np.ndarray   # float64: the table's cumulative ns per row (exact in float64 below 2^53 ns)
@@ -25,9 +25,9 @@ class SRPTSD(Scheduler):
     name = "srpt-sd"
     summary = "oracle shortest true remaining time under the true future acceptance; preemptive"
 
-    def pack(self, state) -> Packed:
+    def pack(self, state) -> SRPTSDPacked:
         table = TrueFuture(state).table
-        return Packed(np.ascontiguousarray(table.offset[:-1], np.int64),
+        return SRPTSDPacked(np.ascontiguousarray(table.offset[:-1], np.int64),
                       np.ascontiguousarray(table.n_steps, np.int64), table.cum_ns.astype(np.float64))
 
     @staticmethod

@@ -20,7 +20,7 @@ from lapsbench.schedulers._common import PredictorParams, TrueFuture, decode_ste
 from lapsbench.schedulers.base import Scheduler, register
 
 
-class Packed(NamedTuple):
+class SSJFPacked(NamedTuple):
     guard: bool
     has_service: bool          # the factor rule applies (a service time is known)
     starvation_s: float
@@ -48,7 +48,7 @@ class SSJF(PredictorParams, Scheduler):
         need_non_negative("starvation_s", self.starvation_s)
         need_non_negative("starvation_factor", self.starvation_factor)
 
-    def pack(self, state) -> Packed:
+    def pack(self, state) -> SSJFPacked:
         service = None
         if self.starvation_guard and self.starvation_factor > 0:
             if state.acceptance is not None:
@@ -56,7 +56,7 @@ class SSJF(PredictorParams, Scheduler):
             else:  # bare engine tests: every step at the request's prompt context
                 service = state.output_tokens * decode_step_s(state, state.prompt_tokens)
         has_service = service is not None
-        return Packed(self.starvation_guard, has_service, float(self.starvation_s), float(self.starvation_factor),
+        return SSJFPacked(self.starvation_guard, has_service, float(self.starvation_s), float(self.starvation_factor),
                       np.asarray(self.predict(state).key, np.float64),
                       np.asarray(service if has_service else np.zeros(state.n), np.float64), np.zeros(1, np.int64))
 

@@ -44,10 +44,15 @@ class Bound:
         self.P = scheduler.pack(state)
         self.R = request_view(state)
 
+    def keys(self, active: np.ndarray, now: float = 0.0, rank: bool = False) -> np.ndarray:
+        """The keys of `active` (one row each), after `prerank` when `rank`."""
+        return self.module.keys_of(self.code, self.P, self.R, np.ascontiguousarray(active, np.int64), float(now),
+                                   rank)
+
     def order(self, active: np.ndarray, now: float) -> np.ndarray:
         """`active` (ascending index) best first: prerank, then (keys, index)."""
         active = np.ascontiguousarray(active, np.int64)
-        k = self.module.keys_of(self.code, self.P, self.R, active, float(now), True)
+        k = self.keys(active, now, True)
         return active[np.lexsort((active, k[:, 2], k[:, 1], k[:, 0]))]
 
     def observe(self, served: np.ndarray, end: float) -> None:

@@ -78,6 +78,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
     frames = []
     stats = []
     params, derived = derived_parameters(s, workload, cost)
+    check_user_schedulers(s, workload, cost, params)
     for replication in range(s.replications):
         if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
             workload = load_workload(s, replication)
@@ -132,6 +133,19 @@ def collect(s: Scenario, workload: Workload, frames: list[pl.DataFrame], stats: 
     engine_stats = pl.DataFrame(stats).with_columns(pl.col("replication").cast(pl.Int32))
     return RunResult(requests=requests, workload=workload, wall_s=time.perf_counter() - start,
                      engine_stats=engine_stats, derived=derived or {})
+
+
+def check_user_schedulers(s: Scenario, workload: Workload, cost, params: dict[str, dict]) -> None:
+    """Compile every user scheduler's functions on the first requests: one line, before any engine runs."""
+    from lapsbench.schedulers.user import check_user_scheduler, is_user
+
+    for spec in s.scheduler:
+        policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}", s.base_dir)
+        if is_user(policy):
+            state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
+                                workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
+                                seed=s.seed)
+            check_user_scheduler(policy, state, f"scheduler {spec.label}")
 
 
 def derived_parameters(s: Scenario, workload: Workload, cost) -> tuple[dict[str, dict], dict[str, dict]]:

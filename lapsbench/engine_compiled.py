@@ -76,11 +76,11 @@ def _run(code, P, R, arrival_ns, offset, cum_tokens, cum_ns, preemptive, first_t
             for j in range(1, na):
                 i = active[j]
                 if dispatch.key_less(keys[i, 0], keys[i, 1], keys[i, 2], i,
-                               keys[chosen, 0], keys[chosen, 1], keys[chosen, 2], chosen):
+                                     keys[chosen, 0], keys[chosen, 1], keys[chosen, 2], chosen):
                     runner_up = chosen
                     chosen = i
                 elif runner_up < 0 or dispatch.key_less(keys[i, 0], keys[i, 1], keys[i, 2], i, keys[runner_up, 0],
-                                                  keys[runner_up, 1], keys[runner_up, 2], runner_up):
+                                                        keys[runner_up, 1], keys[runner_up, 2], runner_up):
                     runner_up = i
         ranked = False
         if last >= 0 and chosen != last and not done[last]:
@@ -134,8 +134,9 @@ def _run(code, P, R, arrival_ns, offset, cum_tokens, cum_ns, preemptive, first_t
             if ranks and dispatch.prerank(code, P, R, active, na, now_s):
                 _refresh(code, P, R, active, na, keys)
                 break
-            if runner_up >= 0 and dispatch.key_less(keys[runner_up, 0], keys[runner_up, 1], keys[runner_up, 2], runner_up,
-                                              keys[chosen, 0], keys[chosen, 1], keys[chosen, 2], chosen):
+            if runner_up >= 0 and dispatch.key_less(keys[runner_up, 0], keys[runner_up, 1], keys[runner_up, 2],
+                                                    runner_up, keys[chosen, 0], keys[chosen, 1], keys[chosen, 2],
+                                                    chosen):
                 break
             ranked = False
     reg[NOW], reg[ADMITTED], reg[PRESENT], reg[LAST], reg[FINISHED] = now, admitted, na, last, finished

@@ -22,9 +22,9 @@ import numpy as np
 import polars as pl
 
 from lapsbench.metrics import ci95_halfwidth
+from lapsbench.scenario import load_scenario
 from lapsbench.schedulers import make_policy
 from lapsbench.schedulers.laps_sd import perceptible_steps
-from lapsbench.scenario import load_scenario
 from lapsbench.stats import paired_t_ratio
 from lapsbench.steptable import build_step_table
 from lapsbench.workload import build_acceptance, build_cost, load_workload

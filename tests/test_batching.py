@@ -15,9 +15,9 @@ from lapsbench.batching import BatchConfig, BatchedEngine, _roundup
 from lapsbench.costmodel import CostModel, PhaseModel, fixed_profile
 from lapsbench.engine import table_for
 from lapsbench.errors import LapsbenchError
-from lapsbench.schedulers import make_policy, registry
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
+from lapsbench.schedulers import make_policy, registry
 
 from conftest import create_acceptance, create_state, write_canonical_trace
 from test_policy_conformance import IDS as VARIANT_IDS

@@ -13,8 +13,8 @@ import pytest
 
 from lapsbench.compare import select_schedulers
 from lapsbench.errors import LapsbenchError
-from lapsbench.schedulers import registry
 from lapsbench.scenario import load_scenario, parse_override
+from lapsbench.schedulers import registry
 
 from conftest import REPO, write_canonical_trace
 

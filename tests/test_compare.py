@@ -17,8 +17,8 @@ from polars.testing import assert_frame_equal
 
 from lapsbench.compare import load_results, parse_rates, run_comparison
 from lapsbench.errors import LapsbenchError
-from lapsbench.schedulers import registry
 from lapsbench.scenario import load_scenario
+from lapsbench.schedulers import registry
 from lapsbench.stats import offered_rate, paired_bootstrap_ratio, paired_t_ratio, ssjf_throughput
 
 from conftest import REPO, write_canonical_trace

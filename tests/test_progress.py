@@ -23,9 +23,9 @@ from lapsbench import progress as lp
 from lapsbench.batching import BatchConfig, BatchedEngine
 from lapsbench.costmodel import fixed_profile
 from lapsbench.engine import simulate, table_for
-from lapsbench.schedulers import make_policy
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
+from lapsbench.schedulers import make_policy
 
 from conftest import REPO, create_acceptance, create_state, write_canonical_trace
 

@@ -4,7 +4,6 @@ a built-in one, runs compiled on generated engine modules, and equals the built-
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import numpy as np

@@ -199,12 +199,15 @@ class LAPSSD(PredictorParams, Scheduler):
 
     def pack(self, state) -> LAPSSDPacked:
         n, w = state.n, self.window + 1
-        return LAPSSDPacked(UNIT_CODE[self.unit], PLACEMENT_CODE[self.perceptible_policy], self.global_after_queue,
-                      self.window, self.min_steps, state.k, float(self.min_remaining_tokens),
-                      float(self.acceptance_prior_mean), float(self.acceptance_prior_strength), float(self.tolerance),
-                      self.ladder(state), self.step_factor(state), np.asarray(self.predict(state).tokens, np.float64),
-                      np.zeros(n, np.bool_), np.full(n, -1, np.int64), np.zeros((n, w), np.int64),
-                      np.zeros((n, w), np.int64))
+        return LAPSSDPacked(
+            unit=UNIT_CODE[self.unit], placement=PLACEMENT_CODE[self.perceptible_policy],
+            global_after_queue=self.global_after_queue, window=self.window, min_steps=self.min_steps, k=state.k,
+            min_remaining_tokens=float(self.min_remaining_tokens), prior_mean=float(self.acceptance_prior_mean),
+            prior_strength=float(self.acceptance_prior_strength), tolerance=float(self.tolerance),
+            bounds=self.ladder(state), factor=self.step_factor(state),
+            predicted=np.asarray(self.predict(state).tokens, np.float64), perceptible=np.zeros(n, np.bool_),
+            perceptible_at=np.full(n, -1, np.int64), ring_generated=np.zeros((n, w), np.int64),
+            ring_drafted=np.zeros((n, w), np.int64))
 
     # ------------------------------------------------------------------------------------ compiled
     @staticmethod

@@ -46,7 +46,7 @@ class LTR(PredictorParams, Scheduler):
     def pack(self, state) -> LTRPacked:
         n = state.n
         return LTRPacked(self.starvation_steps, self.boost_steps, np.asarray(self.predict(state).key, np.float64),
-                      np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(2, np.int64))
+                         np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(2, np.int64))
 
     @staticmethod
     @njit(cache=True, inline="always")

@@ -71,10 +71,10 @@ class MLFQ(Scheduler):
         levels = 1 if self.ratio == 1 else int(np.ceil(np.log(1e18 / self.base_quantum_s) / np.log(self.ratio))) + 1
         levels = min(levels, 2_000_000)
         n = state.n
+        quanta = self.base_quantum_s * self.ratio ** np.arange(levels, dtype=np.float64)
         return MLFQPacked(UNIT_CODE[self.unit], self.within_level == "fifo", self.promote_period,
-                      float(self.promote_idle_s), self.base_quantum_s * self.ratio ** np.arange(levels, dtype=np.float64),
-                      np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n), state.arrival_s.astype(np.float64),
-                      np.zeros(2, np.int64))
+                          float(self.promote_idle_s), quanta, np.zeros(n, np.int64), np.zeros(n, np.int64),
+                          np.zeros(n), state.arrival_s.astype(np.float64), np.zeros(2, np.int64))
 
     @staticmethod
     @njit(cache=True, inline="always")

@@ -79,8 +79,8 @@ class SkipJoinMLFQ(Scheduler):
         if seconds:  # for the demotion's skip
             step = decode_step_s(state, np.arange(int((state.prompt_tokens + state.output_tokens).max(initial=0)) + 1))
         return SkipJoinPacked(UNIT_CODE[self.unit], self.levels, float(self.starve_limit_s), q,
-                      np.ascontiguousarray(step, np.float64), level, np.zeros(n, np.int64), np.zeros(n),
-                      state.arrival_s.astype(np.float64), np.zeros(1, np.int64))
+                              np.ascontiguousarray(step, np.float64), level, np.zeros(n, np.int64), np.zeros(n),
+                              state.arrival_s.astype(np.float64), np.zeros(1, np.int64))
 
     @staticmethod
     @njit(cache=True, inline="always")

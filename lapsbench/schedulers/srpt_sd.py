@@ -28,7 +28,7 @@ class SRPTSD(Scheduler):
     def pack(self, state) -> SRPTSDPacked:
         table = TrueFuture(state).table
         return SRPTSDPacked(np.ascontiguousarray(table.offset[:-1], np.int64),
-                      np.ascontiguousarray(table.n_steps, np.int64), table.cum_ns.astype(np.float64))
+                            np.ascontiguousarray(table.n_steps, np.int64), table.cum_ns.astype(np.float64))
 
     @staticmethod
     @njit(cache=True, inline="always")

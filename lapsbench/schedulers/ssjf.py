@@ -57,8 +57,8 @@ class SSJF(PredictorParams, Scheduler):
                 service = state.output_tokens * decode_step_s(state, state.prompt_tokens)
         has_service = service is not None
         return SSJFPacked(self.starvation_guard, has_service, float(self.starvation_s), float(self.starvation_factor),
-                      np.asarray(self.predict(state).key, np.float64),
-                      np.asarray(service if has_service else np.zeros(state.n), np.float64), np.zeros(1, np.int64))
+                          np.asarray(self.predict(state).key, np.float64),
+                          np.asarray(service if has_service else np.zeros(state.n), np.float64), np.zeros(1, np.int64))
 
     @staticmethod
     @njit(cache=True, inline="always")

@@ -98,6 +98,8 @@ def load_user_class(name: str, where: str = "scheduler", base_dir: Any = None) -
         raise LapsbenchError(f"{where}.name: {source}: no class {cls_name!r}")
     if not issubclass(cls, Scheduler):
         raise LapsbenchError(f"{where}.name: {source}: {cls_name} must subclass lapsbench.schedulers.Scheduler")
+    if not isinstance(cls.name, str) or not cls.name:
+        raise LapsbenchError(f"{where}.name: {source}: {cls_name} has no name (set name = \"my-scheduler\")")
     if cls.pack is Scheduler.pack:
         raise LapsbenchError(f"{where}.name: {source}: {cls_name} has no pack(self, state) method")
     for fn, params in FUNCTIONS.items():

@@ -176,3 +176,26 @@ def test_generated_modules_are_written_once_and_reused(tmp_path: Path):
     view = empty_view(np.zeros(3), np.ones(3, np.int64), np.array([5, 2, 9]))
     keys = module.keys_of(0, policy.pack(type("S", (), {"n": 3})()), view, np.arange(3), 0.0, True)
     assert keys[:, 0].tolist() == [5.0, 2.0, 9.0]   # the user's key, through the generated dispatch
+
+
+@pytest.mark.parametrize("example", ["shortest_predicted", "acceptance_weighted"])
+def test_the_shipped_examples_parse_and_compile(example: str):
+    """Each example scenario names its scheduler relative to itself; the scheduler packs and compiles."""
+    from lapsbench.costmodel import fixed_profile
+    from lapsbench.scenario import load_scenario
+    from lapsbench.schedulers.base import make_policy
+    from lapsbench.schedulers.stepwise import Bound
+    from lapsbench.schedulers.user import check_user_scheduler
+    from lapsbench.state import EngineState
+
+    root = Path(__file__).resolve().parent.parent / "examples" / "schedulers"
+    s = load_scenario(root / f"{example}.toml")
+    spec = s.scheduler[-1]
+    assert spec.name == f"{root / example}.py:{spec.name.rsplit(':', 1)[1]}"
+    policy = make_policy(spec.name, spec.params)
+    state = EngineState(np.arange(3), np.zeros(3), np.array([10, 10, 10]), np.array([30, 5, 9]), 4,
+                        fixed_profile(0.01, 0.002))
+    check_user_scheduler(policy, state, "scheduler")
+    b = Bound(policy, state)
+    state.generated[:], state.decode_steps[:], state.drafted[:] = [9, 1, 1], [2, 0, 0], [8, 0, 0]
+    assert b.order(np.arange(3), 0.0)[0] in (1, 2)   # the short ones first, under either example

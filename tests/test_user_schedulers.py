@@ -3,7 +3,6 @@ a built-in one, runs compiled on generated engine modules, and equals the built-
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -108,11 +107,10 @@ def same_records(df: pl.DataFrame, a: str, b: str) -> None:
     assert left.height and left.equals(right), (a, b)
 
 
-@pytest.mark.parametrize("engine", ["batching = \"none\"", "batching = \"continuous\"\nmax_batch = 4"],
-                         ids=["batch-1", "continuous"])
+@pytest.mark.parametrize("engine", ["batching = \"none\"", pytest.param(
+    "batching = \"continuous\"\nmax_batch = 4", marks=pytest.mark.slow)], ids=["batch-1", "continuous"])
 def test_user_schedulers_equal_the_builtins_they_restate(tmp_path: Path, engine: str):
-    if "continuous" in engine and not os.environ.get("LAPSBENCH_SLOW"):
-        pytest.skip("compiles the batched loop for two user schedulers (~1 min cold); LAPSBENCH_SLOW=1 runs it")
+    """(continuous: slow, it compiles the batched loop for two user schedulers, ~1 min cold)"""
     path = write_case(tmp_path, ['name = "sjf"', 'name = "mine.py:MySJF"', 'name = "las"',
                                  'name = "mine.py:MyLAS"\nlabel = "mine"'], engine=engine)
     code, _, err = cli("run", path, "--quiet")

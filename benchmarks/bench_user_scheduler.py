@@ -1,8 +1,9 @@
 """A user scheduler (examples/schedulers/shortest_predicted.py) against the built-in `srpt` on a 10^5-request
 batch-1 replay (bench_engine.py's workload: Azure-conv lengths, Poisson at load ρ = 0.8, h100-llama2-7b,
-k = 4, α = 0.7). Prints each scheduler's median run time after a warm-up and their ratio (target <= 1.5),
-then starts a second process that runs the user scheduler once: its time, and the numba cache hits and
-misses of the generated engine loop (a miss = a compilation; none expected).
+k = 4, α = 0.7). Prints each scheduler's median run time after a warm-up (and how much of it is the
+scheduler's `pack`) and their ratio (target <= 1.5); then starts a second process that runs the user
+scheduler once: its time, and the numba cache hits and misses of the generated engine loop (a miss = a
+compilation; none expected).
 
     python benchmarks/bench_user_scheduler.py --requests 100000
 """
@@ -42,12 +43,16 @@ def setup(n: int):
     table = build_step_table(ids, prompt, output, 4, cost, acceptance)
     table.cum_ns  # noqa: B018  (priced on first use)
 
-    def run(name: str, params: dict | None = None) -> float:
+    def run(name: str, params: dict | None = None) -> tuple[float, float]:
+        """(seconds of the whole replay, of which the scheduler's pack)."""
         state = EngineState(ids, arrival, prompt, output, 4, cost, acceptance=acceptance)
         policy = make_policy(name, params)
         start = time.perf_counter()
         simulate(state, policy, acceptance, table=table)
-        return time.perf_counter() - start
+        took = time.perf_counter() - start
+        start = time.perf_counter()
+        policy.pack(state)
+        return took, time.perf_counter() - start
     return run
 
 
@@ -71,19 +76,25 @@ def main() -> None:
     args = parser.parse_args()
     run = setup(args.requests)
     if args.second_process:
-        builtin, took = run("srpt"), run(USER)
+        builtin, took = run("srpt")[0], run(USER)[0]
         print(f"second process, first call: srpt {builtin:.2f} s, shortest-predicted {took:.2f} s; generated "
               f"engine loop: {engine_loop_stats()}")
         return
     cases = {"srpt": ("srpt", None), "shortest-predicted, median_error 0 (srpt's schedule)": (USER, {
         "median_error": 0.0}), "shortest-predicted, median_error 0.25": (USER, None)}
-    medians = {}
-    for label, (name, params) in cases.items():
+    for name, params in cases.values():
         run(name, params)  # warm-up: compiles (or loads from numba's cache)
-        times = [run(name, params) for _ in range(args.repeats)]
-        medians[label] = statistics.median(times)
-        print(f"{label:>52}: median {medians[label]:.3f} s over {args.repeats} runs "
-              f"({', '.join(f'{t:.3f}' for t in times)}); / srpt {medians[label] / medians['srpt']:.2f}")
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label in cases}
+    for _ in range(args.repeats):  # interleaved, so that a change in the machine's load hits every case alike
+        for label, (name, params) in cases.items():
+            runs[label].append(run(name, params))
+    srpt = statistics.median(t for t, _ in runs["srpt"])
+    for label, got in runs.items():
+        times = [t for t, _ in got]
+        median = statistics.median(times)
+        print(f"{label:>52}: median {median:.3f} s over {args.repeats} runs "
+              f"({', '.join(f'{t:.3f}' for t in times)}; pack {statistics.median(p for _, p in got):.3f} s); "
+              f"/ srpt {median / srpt:.2f}")
     print("target: a user scheduler <= 1.5 x srpt")
     subprocess.run([sys.executable, __file__, "--requests", str(args.requests), "--second-process"], check=True)
 

@@ -237,8 +237,17 @@ def _write_once(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+_GENERATED: dict[tuple[str, type], Any] = {}
+
+
 def generated_module(engine_module: str, cls: type):
     """`engine_module` (e.g. "lapsbench.engine_compiled") compiled against the user's class `cls`."""
+    if (engine_module, cls) not in _GENERATED:
+        _GENERATED[engine_module, cls] = _generate(engine_module, cls)
+    return _GENERATED[engine_module, cls]
+
+
+def _generate(engine_module: str, cls: type):
     import numba
 
     import lapsbench

@@ -28,7 +28,7 @@ from lapsbench import rng  # noqa: E402
 from lapsbench.acceptance import FixedAcceptance  # noqa: E402
 from lapsbench.batching import BatchConfig, BatchedEngine  # noqa: E402
 from lapsbench.costmodel import load_profile_file  # noqa: E402
-from lapsbench.policies import make_policy, registry  # noqa: E402
+from lapsbench.schedulers import make_policy, registry  # noqa: E402
 from lapsbench.state import EngineState  # noqa: E402
 from lapsbench.steptable import build_step_table  # noqa: E402
 

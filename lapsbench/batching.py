@@ -23,11 +23,9 @@ Modes (SSJF's semantics for static and dynamic):
   requests) up to `max_batch` requests, `max_batch_tokens` tokens and the free KV memory.
 
 `run()` runs on the compiled loop (lapsbench/batching_compiled.py: numba, one engine step at a time, the
-policy's compiled kernel, acceptance from the replication's step table) whenever the policy has a kernel
-and the acceptance process is not position dependent; it reproduces `run(max_rounds=1)` — this module's
-`one_step`, the specification — bit for bit. Otherwise, between decisions the batch is fixed, so runs of
-pure-decode steps are computed at once with NumPy and cut at the first arrival, completion, memory
-shortfall or policy horizon (event skipping), exactly as one step at a time would do them.
+scheduler's compiled functions, acceptance from the replication's step table) unless the acceptance
+process is position dependent; it reproduces `run(max_rounds=1)` — this module's `one_step`, the
+specification, with the same compiled scheduler functions (lapsbench.schedulers.stepwise) — bit for bit.
 """
 
 from __future__ import annotations
@@ -40,17 +38,17 @@ import numpy as np
 
 from lapsbench.batching_compiled import LIVELOCK_FACTOR, livelock_message, run_compiled
 from lapsbench.costmodel import sd_step_s
-from lapsbench.engine import Acceptance, rank_order
+from lapsbench.engine import Acceptance
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies.base import Policy
 from lapsbench.progress import Throttled
+from lapsbench.schedulers.base import Scheduler
+from lapsbench.schedulers.stepwise import Bound
 from lapsbench.state import EngineState
 from lapsbench.steptable import StepTable
 
 MODES = ("none", "static", "dynamic", "continuous")
 PREEMPTION = ("swap", "recompute")
 ADMISSION = ("guarded", "greedy")
-MAX_SEGMENT_STEPS = 4096
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def _roundup(tokens: np.ndarray, block: int) -> np.ndarray:
 class BatchedEngine:
     """State of one batched run beyond EngineState: prefill progress and KV residency."""
 
-    def __init__(self, state: EngineState, policy: Policy, acceptance: Acceptance, config: BatchConfig,
+    def __init__(self, state: EngineState, policy: Scheduler, acceptance: Acceptance, config: BatchConfig,
                  check_invariants: bool = False, table: StepTable | None = None) -> None:
         """`table`: the replication's step table (lapsbench.steptable) for this state and acceptance, shared
         by every scheduler (default: `state.step_table`); built on demand by the compiled loop if neither."""
@@ -167,7 +165,7 @@ class BatchedEngine:
             # a static / dynamic batch runs as formed: no ranking until it ends
             batch = self.static_batch if cfg.mode == "static" else self.static_batch[~s.done[self.static_batch]]
             return batch, np.zeros(batch.size, np.int64), 0.0
-        order = rank_order(self.policy, s, active, now)
+        order = self.bound.order(active, now)
         if cfg.mode == "continuous":
             if not self.policy.preemptive:
                 # running = started and still holding its KV: a function of state alone, so the choice
@@ -337,15 +335,15 @@ class BatchedEngine:
         self._record(took, members.size)
         s.generated[live_dec] += emitted
         s.decode_steps[live_dec] += 1
+        s.drafted[live_dec] += k
         self.prefilled[pf] += c
         complete = pf[self.prefilled[pf] >= self.target[pf]]
         s.generated[complete] = np.minimum(s.generated[complete] + 1, s.output_tokens[complete])
         first = complete[np.isnan(s.first_token_s[complete])]
         s.first_token_s[first] = now
         served = np.concatenate((live_dec, pf))
-        tokens = np.concatenate((emitted, np.where(self.prefilled[pf] >= self.target[pf], 1, 0)))
         self._account(served, took, now, members.size)
-        self.policy.observe(s, served, tokens, np.full(served.size, now))
+        self.bound.observe(served, now)
         return now, self._finish(served, now)
 
     def _record(self, duration: float, batch_size: int) -> None:
@@ -385,92 +383,19 @@ class BatchedEngine:
             self._release(done)
         return done
 
-    def decode_segment(self, members: np.ndarray, max_rounds: int, now: float, next_arrival_s: float,
-                       stop_at_completion: bool, stop_at_arrival: bool) -> tuple[float, np.ndarray]:
-        """Several pure-decode steps of a fixed batch at once; cut after the first step that completes a
-        request (if asked), ends at or after the next arrival (if asked), or before a step that would
-        overflow KV memory. Identical to calling one_step repeatedly."""
-        s, k, block = self.s, self.s.k, self.cfg.block_size
-        live = members[~s.done[members]]
-        gen0 = s.generated[live]
-        out = s.output_tokens[live]
-        rounds = min(max_rounds, MAX_SEGMENT_STEPS, int((out - gen0).min() if stop_at_completion else
-                                                         (out - gen0).max()))
-        rounds = max(rounds, 1)
-        steps = s.decode_steps[live][None, :] + np.arange(rounds)[:, None]
-        if getattr(self.acc, "position_dependent", False):
-            drawn = np.empty((rounds, live.size), np.int64)
-            pos = gen0.copy()
-            for r in range(rounds):
-                drawn[r] = self.acc.emitted(live, steps[r], pos)
-                pos = np.minimum(pos + drawn[r], out)
-        else:
-            drawn = self.acc.emitted(np.broadcast_to(live, steps.shape), steps, steps)
-        gen_after = np.minimum(gen0[None, :] + np.cumsum(drawn, axis=0), out[None, :])
-        gen_before = np.vstack([gen0[None, :], gen_after[:-1]])
-        padding = members[s.done[members]]
-        live_ctx = s.prompt_tokens[live][None, :] + gen_before
-        padding_ctx = s.prompt_tokens[padding] + s.generated[padding]
-        ctx = live_ctx.sum(axis=1) + padding_ctx.sum()
-        ctx_max = np.maximum(live_ctx.max(axis=1, initial=0), padding_ctx.max(initial=0))
-        dt = sd_step_s(s.cost, k, np.full(rounds, members.size), ctx, context_max=ctx_max)
-        end = np.add.accumulate(np.concatenate(([now], dt)))[1:]
-        stop = rounds - 1
-        finishes = gen_after >= out[None, :]
-        if stop_at_completion:
-            done_rows = np.flatnonzero(finishes.any(axis=1))
-            if done_rows.size:
-                stop = min(stop, int(done_rows[0]))
-        else:  # static: the batch ends when its last member finishes
-            all_rows = np.flatnonzero(finishes.all(axis=1))
-            if all_rows.size:
-                stop = min(stop, int(all_rows[0]))
-        if stop_at_arrival and next_arrival_s <= end[stop]:
-            stop = min(stop, int(np.searchsorted(end, next_arrival_s, side="left")))
-        if self.cfg.mode == "continuous" and np.isfinite(self.cfg.kv_capacity_tokens) and rounds > 1:
-            # step j needs roundup(prompt + generated_before_j + k + 1) slots per live member
-            need = _roundup(s.prompt_tokens[live][None, :] + gen_before + k + 1, block).sum(axis=1)
-            others = self.used - int(self.footprint[live].sum())
-            over = np.flatnonzero(need + others > self.cfg.kv_capacity_tokens)
-            if over.size:
-                stop = min(stop, max(int(over[0]) - 1, 0))
-        executed = stop + 1
-        self._record(float(dt[:executed].sum()), members.size)
-        # A member stops stepping once it completes (in static mode it rides along as padding).
-        finished_row = np.where(finishes.any(axis=0), np.argmax(finishes, axis=0), rounds)
-        count = np.minimum(executed, finished_row + 1)
-        stepped = np.arange(executed)[:, None] < count[None, :]
-        emitted = np.where(stepped, gen_after[:executed] - gen_before[:executed], 0)
-        s.generated[live] = gen_after[count - 1, np.arange(live.size)]
-        s.decode_steps[live] += count
-        s.steps[live] += count
-        s.attained_s[live] = np.add.accumulate(
-            np.vstack([s.attained_s[live][None, :], np.where(stepped, dt[:executed, None], 0.0)]), axis=0)[-1]
-        self.served_share[live] = np.add.accumulate(
-            np.vstack([self.served_share[live][None, :], np.where(stepped, dt[:executed, None] / members.size, 0.0)]),
-            axis=0)[-1]
-        s.last_service_s[live] = end[count - 1]
-        if self.cfg.mode == "continuous":  # static/dynamic batches reserved their whole length
-            grown = _roundup(s.prompt_tokens[live] + gen_before[stop] + k + 1, block)
-            self.used += int(grown.sum() - self.footprint[live].sum())
-            self.footprint[live] = grown
-        served = np.broadcast_to(live, emitted.shape)[stepped]
-        self.policy.observe(s, served, emitted[stepped], np.broadcast_to(end[:executed, None], emitted.shape)[stepped])
-        return float(end[stop]), self._finish(live, float(end[stop]))
-
     # ------------------------------------------------------------------ the loop
     def run(self, progress: Callable[[int], None] | None = None, max_rounds: int | None = None,
             executor: StepExecutor | None = None) -> EngineState:
-        """Serve every request: on the compiled loop when it can (`compiled_steps` is then set), else with
-        event skipping. `max_rounds=1` runs the Python loop one step at a time (the reference behaviour);
-        so does an `executor`, which runs each step for real and whose clock gives the time (replay)."""
+        """Serve every request: on the compiled loop when it can (`compiled_steps` is then set), else one step
+        at a time in Python. `max_rounds=1` runs the Python loop (the reference behaviour); so does an
+        `executor`, which runs each step for real and whose clock gives the time (replay)."""
         if executor is not None:
             max_rounds = 1
         s, cfg = self.s, self.cfg
         n, arrival = s.n, s.arrival_s
-        self.policy.prepare(s)
         if max_rounds is None and run_compiled(self, progress, self.table):
             return s
+        self.bound = Bound(self.policy, s)
         now, admitted, finished = 0.0, 0, 0
         active = np.empty(0, np.int64)
         report = Throttled(progress, n) if progress is not None else None
@@ -491,27 +416,14 @@ class BatchedEngine:
             members, chunks, stall = self.select(active, now)
             assert members.size, "no request fits an empty engine: capacity checks are wrong"
             self._count_deselected(members)
-            next_arrival_s = float(arrival[admitted]) if admitted < n else np.inf
-            if max_rounds == 1 or self.policy.observes_each_step or (chunks > 0).any() or stall > 0:
-                generated_before = int(s.generated[members].sum())
-                now, done = self.one_step(members, chunks, stall, now, executor)
-                if done.size or int(s.generated[members].sum()) > generated_before:
-                    stuck = 0
-                else:
-                    stuck += int(chunks.sum())
-                    if stuck > LIVELOCK_FACTOR * work:
-                        raise LapsbenchError(livelock_message(self.policy.name, cfg.preemption, stuck, active.size))
+            generated_before = int(s.generated[members].sum())
+            now, done = self.one_step(members, chunks, stall, now, executor)
+            if done.size or int(s.generated[members].sum()) > generated_before:
+                stuck = 0
             else:
-                stuck = 0  # decode steps only: every one emits tokens
-                horizon = 1 << 40
-                if cfg.mode == "continuous" and members.size < active.size:
-                    # Someone waits, so the ranking decides who runs: ask the policy how long it holds. When
-                    # every present request is in the step, no ranking can change the choice before the next
-                    # arrival, completion or memory shortfall, where the segment stops anyway.
-                    horizon = self.policy.batch_horizon(s, members, now)
-                now, done = self.decode_segment(members, horizon, now, next_arrival_s,
-                                                stop_at_completion=cfg.mode != "static",
-                                                stop_at_arrival=cfg.mode == "continuous")
+                stuck += int(chunks.sum())
+                if stuck > LIVELOCK_FACTOR * work:
+                    raise LapsbenchError(livelock_message(self.policy.name, cfg.preemption, stuck, active.size))
             self.max_used = max(self.max_used, self.used)
             if self.check:
                 self.assert_invariants()
@@ -545,6 +457,6 @@ class BatchedEngine:
         assert not (self.resident & self.swapped).any()
 
 
-def simulate_batched(state: EngineState, policy: Policy, acceptance: Acceptance, config: BatchConfig,
+def simulate_batched(state: EngineState, policy: Scheduler, acceptance: Acceptance, config: BatchConfig,
                      progress: Callable[[int], None] | None = None) -> EngineState:
     return BatchedEngine(state, policy, acceptance, config).run(progress)

@@ -17,7 +17,7 @@ continuous run on the Python engine.
 
 The ranking: keys are cached per request and the present requests kept sorted by (keys, index) — the same
 total order as engine.rank_order. A request's keys change only when it is served or when `prerank` /
-`observe` return True (policies/compiled.py's contract), so after a step only the served requests are
+`observe` return True (lapsbench/schedulers/dispatch.py's contract), so after a step only the served requests are
 re-keyed and merged back; a True return re-keys and re-sorts everyone present.
 
 A run is one call: the loop keeps the finished count current in `li` and releases the GIL, and
@@ -34,17 +34,9 @@ from numba import njit
 
 from lapsbench.costkernel import decode_step_time_s, pack_cost, step_time_s
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies.compiled import (
-    key,
-    key_less,
-    keys_static,
-    observe,
-    observes,
-    prerank,
-    ranks_with_side_effects,
-    state_tuple,
-)
 from lapsbench.progress import run_polled
+from lapsbench.schedulers import dispatch
+from lapsbench.schedulers.stepwise import request_view
 
 STATIC, DYNAMIC, CONTINUOUS = 0, 1, 2
 MODE_CODE = {"static": STATIC, "dynamic": DYNAMIC, "continuous": CONTINUOUS}
@@ -79,7 +71,7 @@ def _step_time_s(packed, n_decode, context_decode, n_prefill, prefill_tokens, pr
 # ---------------------------------------------------------------------------------------------- ordering
 @njit(cache=True, inline="always")
 def _set_key(code, P, S, keys, i):
-    k0, k1, k2 = key(code, P, S, i)
+    k0, k1, k2 = dispatch.key(code, P, S, i)
     keys[i, 0] = k0
     keys[i, 1] = k1
     keys[i, 2] = k2
@@ -87,7 +79,7 @@ def _set_key(code, P, S, keys, i):
 
 @njit(cache=True)
 def _before(keys, a, b):
-    return key_less(keys[a, 0], keys[a, 1], keys[a, 2], a, keys[b, 0], keys[b, 1], keys[b, 2], b)
+    return dispatch.key_less(keys[a, 0], keys[a, 1], keys[a, 2], a, keys[b, 0], keys[b, 1], keys[b, 2], b)
 
 
 @njit(cache=True, inline="always")
@@ -379,12 +371,12 @@ def _invariants_hold(E, cap, used, n):
 # (atomically) around tuple accesses and helper calls, many times per step: measured ~7x slower. Helpers it
 # calls inherit the setting; the step pricing, which may allocate, runs with the runtime (_step_time_s).
 @njit(cache=True, _nrt=False, nogil=True)
-def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
+def run_loop(code, P, S, E, W, T, packed, ci, cf, li, lf):
     """Serve until every request has finished (returns DONE), or until li[LI_STOP] is set (returns STOPPED);
     < 0 = error."""
-    code = P.code
-    ranks, observes_steps, rekey = ranks_with_side_effects(code), observes(code), not keys_static(code)
-    arrival, prompt, output, generated, steps, decode_steps, attained, last_service, done = S
+    ranks, observes_steps = dispatch.ranks_with_side_effects(code), dispatch.observes(code)
+    rekey = not dispatch.keys_static(code)
+    arrival, prompt, output, generated, steps, decode_steps, drafted, attained, last_service, done = S
     first_token, finish, preemptions = E[0], E[1], E[2]
     prefilled, target, resident, footprint, served_share = E[4], E[5], E[6], E[9], E[10]
     active, order, keys, static_batch, prev_members, members, chunks, served, add, tmp, part = W[:11]
@@ -433,7 +425,7 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
                     chunks[nm] = 0
                     nm += 1
         else:
-            if ranks and prerank(code, P, S, active, na, now):
+            if ranks and dispatch.prerank(code, P, S, active, na, now):
                 no = _rekey_all(code, P, S, keys, active, na, order, tmp)
             ranking = order
             if mode == CONTINUOUS and not preemptive:  # running requests (started, holding KV) first, stable
@@ -513,6 +505,7 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
                 left = output[i] - generated[i]
                 generated[i] += e if e < left else left
                 decode_steps[i] += 1
+                drafted[i] += ci[CI_K]
                 emitted_any = True
             else:
                 prefilled[i] += c
@@ -534,7 +527,7 @@ def run_loop(P, S, E, W, T, packed, ci, cf, li, lf):
             last_service[i] = now
             served_share[i] += d / nm
         _sort(keys, served, m, tmp, True)
-        everyone = observes_steps and observe(code, P, S, served, m, now)
+        everyone = observes_steps and dispatch.observe(code, P, S, served, m, now)
         # finish
         n_done = 0
         for j in range(m):
@@ -638,16 +631,16 @@ def supported(engine) -> str | None:
 
 
 def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> bool:
-    """Run `engine` (its policy already prepared) on the compiled loop; False (nothing changed) when it
+    """Run `engine` on the compiled loop (the scheduler packed here); False (nothing changed) when it
     cannot, so the caller runs the Python loop. Sets the engine's statistics as the Python loop would.
     `progress(finished)` is called from this thread about 10 times a second while the loop runs, and at
     the end."""
     s, cfg = engine.s, engine.cfg
     if supported(engine) is not None:
         return False
-    P = engine.policy.kernel(s)
-    if P is None:
-        return False
+    from lapsbench.schedulers.user import code_and_module
+
+    code, module = code_and_module(engine.policy, __name__)
     try:
         packed = pack_cost(s.cost, s.k)
     except Exception:  # noqa: BLE001  (the Python engine raises the profile's own error when it prices)
@@ -658,7 +651,8 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
         table = build_step_table(s.request_id, s.prompt_tokens, s.output_tokens, s.k, s.cost, engine.acc)
     n, b = s.n, cfg.max_batch
     assert table.offset.size == n + 1, "the step table is for another workload"
-    S = _same_types(state_tuple(s))
+    S = type(request_view(s))(*_same_types(tuple(request_view(s))))
+    P = engine.policy.pack(s)
     P = type(P)(*_same_types(tuple(P)))
     for name in ("first_token_s", "finish_s", "preempted_s", "attained_s", "last_service_s"):
         assert getattr(s, name).dtype == np.float64 and getattr(s, name).flags.c_contiguous
@@ -681,7 +675,8 @@ def run_compiled(engine, progress: Callable[[int], None] | None, table=None) -> 
     li = np.zeros(18, np.int64)
     li[LI_USED] = engine.used
     lf = np.zeros(4, np.float64)
-    status = run_polled(run_loop, (P, S, E, W, T, packed, ci, cf, li, lf), li, LI_FINISHED, LI_STOP, progress)
+    status = run_polled(module.run_loop, (code, P, S, E, W, T, packed, ci, cf, li, lf), li, LI_FINISHED, LI_STOP,
+                        progress)
     if status == ERR_EMPTY:
         raise AssertionError("no request fits an empty engine: capacity checks are wrong")
     if status == ERR_TABLE:

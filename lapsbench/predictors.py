@@ -168,15 +168,3 @@ def predict_lengths(state: EngineState, kind: str, median_error: float = 0.25,
     sigma = _rank_sigma(log_true[sample], z[sample], tau)
     score = log_true + sigma * z
     return Prediction(np.exp(score), score)
-
-
-def observed_acceptance(state: EngineState, prior_mean: float = 0.5, prior_strength: float = 0.0) -> np.ndarray:
-    """Per request: accepted drafts / drafted tokens so far (Beta-smoothed when prior_strength > 0).
-    Requests with no speculative step yet get the prior mean."""
-    k = state.k
-    decode = state.decode_steps
-    accepted = np.maximum(state.generated - 1 - decode, 0).astype(np.float64)
-    trials = (k * decode).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        est = (accepted + prior_mean * prior_strength) / (trials + prior_strength)
-    return np.where(trials + prior_strength > 0, np.minimum(est, 1.0), prior_mean)

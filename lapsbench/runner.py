@@ -11,10 +11,9 @@ import polars as pl
 
 from lapsbench.batching import BatchedEngine
 from lapsbench.engine import simulate
-from lapsbench.policies import make_policy
-from lapsbench.policies.base import Policy
 from lapsbench.replay.loop import SimulatedExecutor, replay_single
 from lapsbench.scenario import Scenario
+from lapsbench.schedulers.base import Scheduler, make_policy
 from lapsbench.state import EngineState
 from lapsbench.steptable import build_step_table
 from lapsbench.workload import (
@@ -79,6 +78,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
     frames = []
     stats = []
     params, derived = derived_parameters(s, workload, cost)
+    check_user_schedulers(s, workload, cost, params)
     for replication in range(s.replications):
         if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
             workload = load_workload(s, replication)
@@ -92,7 +92,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
             table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
                                      s.speculation.k, cost, acceptance)
         for spec in s.scheduler:
-            policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}")
+            policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}", s.base_dir)
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
                                 workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
                                 seed=s.seed, replication=replication, acceptance=acceptance, step_table=table)
@@ -114,7 +114,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
                 engine.run(callback, executor=executor)
                 row = engine.stats()
             stats.append({"scheduler": spec.label, "replication": replication, **row})
-            frames.append(records(state, spec.label, spec.name, replication))
+            frames.append(records(state, spec.label, policy.name, replication))
     return collect(s, first, frames, stats, start, derived)
 
 
@@ -135,6 +135,19 @@ def collect(s: Scenario, workload: Workload, frames: list[pl.DataFrame], stats: 
                      engine_stats=engine_stats, derived=derived or {})
 
 
+def check_user_schedulers(s: Scenario, workload: Workload, cost, params: dict[str, dict]) -> None:
+    """Compile every user scheduler's functions on the first requests: one line, before any engine runs."""
+    from lapsbench.schedulers.user import check_user_scheduler, is_user
+
+    for spec in s.scheduler:
+        policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}", s.base_dir)
+        if is_user(policy):
+            state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
+                                workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
+                                seed=s.seed)
+            check_user_scheduler(policy, state, f"scheduler {spec.label}")
+
+
 def derived_parameters(s: Scenario, workload: Workload, cost) -> tuple[dict[str, dict], dict[str, dict]]:
     """Per scheduler label: its parameters with what its policy derives from the workload (Policy.derive),
     fixed once per run from the first replication's requests before any engine runs; and the derived part
@@ -144,8 +157,8 @@ def derived_parameters(s: Scenario, workload: Workload, cost) -> tuple[dict[str,
     held_out = None
     params, derived = {}, {}
     for spec in s.scheduler:
-        policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}")
-        if held_out is None and type(policy).derive is not Policy.derive:
+        policy = make_policy(spec.name, spec.params, f"scheduler {spec.label}", s.base_dir)
+        if held_out is None and type(policy).derive is not Scheduler.derive:
             held_out = held_out_output_tokens(s, workload)
         extra = policy.derive(state, held_out)
         params[spec.label] = {**spec.params, **extra}

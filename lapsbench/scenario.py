@@ -284,8 +284,9 @@ def _check_synth(table: Any) -> None:
         raise LapsbenchError(f"trace.synth.rate: {table['rate']!r} — expected a number > 0")
 
 
-def _parse_schedulers(raw: Any) -> tuple[SchedulerSpec, ...]:
-    from lapsbench.policies import make_policy
+def _parse_schedulers(raw: Any, base_dir: str = "") -> tuple[SchedulerSpec, ...]:
+    from lapsbench.schedulers.base import is_user_reference, make_policy
+    from lapsbench.schedulers.user import resolve_reference
 
     if isinstance(raw, dict):
         raw = [raw]
@@ -301,13 +302,15 @@ def _parse_schedulers(raw: Any) -> tuple[SchedulerSpec, ...]:
         name = table["name"]
         if not isinstance(name, str):
             raise LapsbenchError(f"{where}.name: {name!r} — expected a scheduler name string")
-        label = table.get("label", name)
+        if is_user_reference(name):  # a user's file.py:Class, made absolute (runs from anywhere, sweep workers)
+            name = resolve_reference(name, base_dir)
+        policy = make_policy(name, params, where)  # validates name and parameters now, before any run
+        label = table.get("label", policy.name)
         if not isinstance(label, str):
             raise LapsbenchError(f"{where}.label: {label!r} — expected a string")
         if label in labels:
             raise LapsbenchError(f"{where}.label: {label!r} appears twice; give each scheduler a distinct label")
         labels.add(label)
-        make_policy(name, params, where)  # validates name and parameters now, before any run
         specs.append(SchedulerSpec(name=name, label=label, params=params))
     return tuple(specs)
 
@@ -349,7 +352,7 @@ def parse_scenario(data: dict[str, Any], base_dir: str = "") -> Scenario:
         model=model,
         speculation=speculation,
         engine=parse_table(EngineSpec, top.get("engine", {}), "engine"),
-        scheduler=_parse_schedulers(top.get("scheduler")),
+        scheduler=_parse_schedulers(top.get("scheduler"), base_dir),
         slo=parse_table(SloSpec, top.get("slo", {}), "slo"),
         output=parse_table(OutputSpec, top.get("output", {}), "output"),
         base_dir=base_dir,

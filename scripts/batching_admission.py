@@ -152,7 +152,7 @@ def main() -> None:
     rows.write_csv(out / "grid.csv")
     plot(rows, args.img)
     # part 2: every built-in scheduler under the default admission rule
-    from lapsbench.policies import registry
+    from lapsbench.schedulers import registry
 
     every = ["fcfs", *sorted(set(registry()) - {"fcfs"})]
     top = args.rates.split(",")[-1]

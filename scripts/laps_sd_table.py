@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lapsbench.policies import make_policy
-from lapsbench.policies.laps_sd import perceptible_steps
 from lapsbench.results.metrics import ci95_halfwidth
 from lapsbench.results.stats import paired_t_ratio
 from lapsbench.scenario import load_scenario
+from lapsbench.schedulers import make_policy
+from lapsbench.schedulers.laps_sd import perceptible_steps
 from lapsbench.steptable import build_step_table
 from lapsbench.workload import build_acceptance, build_cost, load_workload
 

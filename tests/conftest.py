@@ -15,7 +15,7 @@ from lapsbench import rng  # noqa: E402
 from lapsbench.acceptance import FixedAcceptance  # noqa: E402
 from lapsbench.costmodel import CostModel, fixed_profile  # noqa: E402
 from lapsbench.engine import simulate  # noqa: E402
-from lapsbench.policies import make_policy  # noqa: E402
+from lapsbench.schedulers import make_policy  # noqa: E402
 from lapsbench.state import EngineState  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

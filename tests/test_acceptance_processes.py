@@ -21,8 +21,8 @@ from lapsbench.acceptance import (
 )
 from lapsbench.engine import simulate
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import make_policy
 from lapsbench.scenario import parse_scenario
+from lapsbench.schedulers import make_policy
 from lapsbench.workload import build_acceptance, load_workload
 
 from conftest import REPO, create_state

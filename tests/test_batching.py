@@ -15,10 +15,9 @@ from lapsbench.batching import BatchConfig, BatchedEngine, _roundup
 from lapsbench.costmodel import CostModel, PhaseModel, fixed_profile
 from lapsbench.engine import table_for
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import make_policy, registry
-from lapsbench.policies.fcfs import FCFS
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
+from lapsbench.schedulers import make_policy, registry
 
 from conftest import create_acceptance, create_state, write_canonical_trace
 from test_policy_conformance import IDS as VARIANT_IDS
@@ -244,16 +243,8 @@ class PositionDependent:
         return np.minimum(base + (np.asarray(position) % 2 == 0), self.inner.k + 1)
 
 
-class NoKernelFCFS(FCFS):
-    """FCFS without a compiled kernel: run() must fall back to the Python loop."""
-
-    def kernel(self, state):
-        return None
-
-
 @pytest.mark.parametrize("mode", ["static", "dynamic", "continuous"])
-@pytest.mark.parametrize("fallback", ["acceptance", "policy"])
-def test_python_fallback_equals_stepwise_reference(mode: str, fallback: str):
+def test_python_fallback_equals_stepwise_reference(mode: str):
     case = random_case(5)
     worst = int((case["prompt_tokens"] + case["output_tokens"]).max()) + 16 + 5
     config = BatchConfig(mode=mode, max_batch=8, max_batch_tokens=128, kv_capacity_tokens=worst * 2,
@@ -263,10 +254,7 @@ def test_python_fallback_equals_stepwise_reference(mode: str, fallback: str):
         state = create_state(**case, cost=linear_cost())
         acceptance = create_acceptance(state, 0.6, 3)
         state.acceptance = acceptance
-        if fallback == "acceptance":
-            acceptance, policy = PositionDependent(acceptance), make_policy("las")
-        else:
-            policy = NoKernelFCFS()
+        acceptance, policy = PositionDependent(acceptance), make_policy("las")
         engine = BatchedEngine(state, policy, acceptance, config, check_invariants=reference)
         engine.run(max_rounds=1 if reference else None)
         assert engine.compiled_steps is None

@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import registry
 from lapsbench.run.compare import select_schedulers
 from lapsbench.scenario import load_scenario, parse_override
+from lapsbench.schedulers import registry
 
 from conftest import REPO, write_canonical_trace
 

@@ -16,11 +16,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import registry
 from lapsbench.results.comparison import load_results
 from lapsbench.results.stats import offered_rate, paired_bootstrap_ratio, paired_t_ratio, ssjf_throughput
 from lapsbench.run.compare import parse_rates, run_comparison
 from lapsbench.scenario import load_scenario
+from lapsbench.schedulers import registry
 
 from conftest import REPO, write_canonical_trace
 

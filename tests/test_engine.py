@@ -9,8 +9,8 @@ import pytest
 from lapsbench.acceptance import mean_tokens_per_step
 from lapsbench.costmodel import fixed_profile
 from lapsbench.engine import simulate
-from lapsbench.policies import make_policy, registry
 from lapsbench.results.metrics import t95
+from lapsbench.schedulers import make_policy, registry
 
 from conftest import create_acceptance, create_state, run_policy
 from reference_engine import reference_simulate

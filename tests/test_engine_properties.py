@@ -15,7 +15,7 @@ from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAccep
 from lapsbench.batching import BatchConfig, BatchedEngine
 from lapsbench.costmodel import fixed_profile
 from lapsbench.engine import simulate
-from lapsbench.policies import make_policy, registry
+from lapsbench.schedulers import make_policy, registry
 
 from conftest import create_state
 from reference_engine import reference_simulate

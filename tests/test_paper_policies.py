@@ -11,12 +11,23 @@ from lapsbench.acceptance import FixedAcceptance
 from lapsbench.costmodel import fixed_profile, load_profile_file
 from lapsbench.engine import simulate
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies import make_policy
 from lapsbench.predictors import bucket_of, confusion_matrix
 from lapsbench.results.metrics import t95
+from lapsbench.schedulers import make_policy
+from lapsbench.schedulers.laps_sd import estimate
+from lapsbench.schedulers.stepwise import Bound
 
 import oracles
 from conftest import REPO, create_acceptance, create_state, run_policy
+from reference_engine import reference_run
+
+
+def served(state, steps, generated):
+    """Put requests in a given state: steps taken, tokens generated (decode steps and drafts follow)."""
+    state.steps[:] = steps
+    state.generated[:] = generated
+    state.decode_steps[:] = np.maximum(state.steps - 1, 0)
+    state.drafted[:] = state.k * state.decode_steps
 
 
 def test_las_preempts_a_long_request_for_a_new_one():
@@ -53,32 +64,29 @@ def laps_case():
 def test_laps_sd_becomes_perceptible_exactly_when_the_rule_fires():
     state, acc = laps_case()
     policy = make_policy("laps-sd", {"window": 4, "tolerance": 0.05, "min_steps": 6})
-    # the Python policy keeps perceptible_at (the compiled engine equals it: tests/test_policy_conformance.py)
-    simulate(state, policy, acc, compiled=False)
+    # the reference run keeps the packed tuple (the compiled engine equals it: tests/test_policy_conformance.py)
+    P = reference_run(state, policy, acc).P
     # the rule, recomputed independently from the acceptance draws
     draws = acc.emitted(np.zeros(60, np.int64), np.arange(60), np.zeros(60, np.int64))
     gen = 1 + np.cumsum(draws)  # generated after speculative step s (1-based index s-1)
     est = (gen - 1 - np.arange(1, 61)) / (4 * np.arange(1, 61))
     fire = next(s for s in range(6, 60) if abs(est[s - 1] - est[s - 5]) <= 0.05 * est[s - 1])
-    assert policy.perceptible_at[0] == fire
+    assert P.perceptible_at[0] == fire
 
 
 def test_laps_sd_orders_perceptible_by_estimated_remaining_time():
     cost = fixed_profile(0.01, 0.001)
     state = create_state([0.0, 0.0, 0.0, 0.0], [300, 300, 300, 300], k=4, cost=cost)
     policy = make_policy("laps-sd", {"predictor": "oracle", "unit": "steps", "base_quantum": 1000.0})
-    policy.prepare(state)
+    b = Bound(policy, state)
     # all in queue 0; 0 non-perceptible; 1..3 perceptible. 1: 20 speculative steps, 81 tokens (A = 0.75,
     # 219 left); 2: 20 steps, 41 tokens (A = 0.25, 259 left); 3: 40 steps, 81 tokens (A = 0.25, 219 left)
-    state.steps[:] = [21, 21, 21, 41]
-    state.generated[:] = [81, 81, 41, 81]
-    state.decode_steps[:] = state.steps - 1
-    policy.perceptible[1:] = True
+    served(state, [21, 21, 21, 41], [81, 81, 41, 81])
+    b.P.perceptible[1:] = True
     active = np.arange(4)
-    t = policy.estimated_remaining_s(state, active[1:])
+    t = b.keys(active[1:])[:, 2]             # perceptible: (level, 0, T)
     assert t[0] < t[2] < t[1]                  # 1 (fast, short) < 3 (slow, short) < 2 (long)
-    from lapsbench.engine import rank_order
-    assert rank_order(policy, state, active, 0.0).tolist() == [1, 3, 2, 0]
+    assert b.order(active, 0.0).tolist() == [1, 3, 2, 0]
     # the T formula: (k·L·T_draft + L·T_verify) / (k·A + 1)
     assert t[0] == pytest.approx((4 * 219 * 0.001 + 219 * 0.01) / (4 * 0.75 + 1))
     assert t[2] == pytest.approx((4 * 219 * 0.001 + 219 * 0.01) / (4 * 0.25 + 1))
@@ -89,13 +97,10 @@ def test_laps_sd_global_srpt_lets_perceptible_requests_leave_the_ladder():
     state = create_state([0.0, 0.0, 0.0], [300, 300, 300], k=4, cost=cost)
     policy = make_policy("laps-sd", {"predictor": "oracle", "unit": "steps", "base_quantum": 4.0,
                                      "perceptible_policy": "global-srpt"})
-    policy.prepare(state)
-    state.steps[:] = [30, 2, 30]      # 0 and 2 deep in the ladder (queue 2), 1 fresh (queue 0)
-    state.generated[:] = [100, 3, 100]
-    state.decode_steps[:] = state.steps - 1
-    policy.perceptible[0] = True      # 0 perceptible: in the global class with 2, by estimate
-    from lapsbench.engine import rank_order
-    assert rank_order(policy, state, np.arange(3), 0.0).tolist() == [1, 0, 2]
+    b = Bound(policy, state)
+    served(state, [30, 2, 30], [100, 3, 100])  # 0 and 2 deep in the ladder (queue 2), 1 fresh (queue 0)
+    b.P.perceptible[0] = True      # 0 perceptible: in the global class with 2, by estimate
+    assert b.order(np.arange(3), 0.0).tolist() == [1, 0, 2]
 
 
 def test_laps_sd_global_srpt_does_not_strand_requests_that_never_turn_perceptible():
@@ -105,13 +110,10 @@ def test_laps_sd_global_srpt_does_not_strand_requests_that_never_turn_perceptibl
     state = create_state([0.0, 0.0], [60, 600], k=4, cost=fixed_profile(0.01))
     policy = make_policy("laps-sd", {"predictor": "oracle", "unit": "steps", "base_quantum": 4.0,
                                      "perceptible_policy": "global-srpt"})
-    policy.prepare(state)
-    state.steps[:] = [8, 30]
-    state.generated[:] = [20, 100]
-    state.decode_steps[:] = state.steps - 1
-    policy.perceptible[1] = True      # 1 perceptible with 500 tokens left; 0 not, with 40 left
-    from lapsbench.engine import rank_order
-    assert rank_order(policy, state, np.arange(2), 0.0).tolist() == [0, 1]
+    b = Bound(policy, state)
+    served(state, [8, 30], [20, 100])
+    b.P.perceptible[1] = True      # 1 perceptible with 500 tokens left; 0 not, with 40 left
+    assert b.order(np.arange(2), 0.0).tolist() == [0, 1]
 
 
 def test_laps_sd_perceived_places_perceptible_requests_by_estimated_remaining_service():
@@ -120,18 +122,15 @@ def test_laps_sd_perceived_places_perceptible_requests_by_estimated_remaining_se
     2: fresh (level 0), not perceptible. "perceived": 0 joins level 0, ahead of 2 (perceptible first), then
     1. "queue": 0 stays in level 2, behind both."""
     state = create_state([0.0, 0.0, 0.0], [125, 300, 300], k=4, cost=fixed_profile(0.01, 0.001))
-    from lapsbench.engine import rank_order
     orders = {}
     for placement in ("perceived", "queue"):
         policy = make_policy("laps-sd", {"predictor": "oracle", "unit": "steps", "thresholds": [5.0, 20.0],
                                          "perceptible_policy": placement})
-        policy.prepare(state)
-        state.steps[:] = [31, 10, 0]
-        state.generated[:] = [121, 20, 0]   # 0: 30 speculative steps, 90 accepted drafts of 120: A = 0.75
-        state.decode_steps[:] = np.maximum(state.steps - 1, 0)
-        policy.perceptible[0] = True
-        assert policy.estimated_remaining(state, np.array([0]))[0] == pytest.approx(4 / 4)
-        orders[placement] = rank_order(policy, state, np.arange(3), 0.0).tolist()
+        b = Bound(policy, state)
+        served(state, [31, 10, 0], [121, 20, 0])  # 0: 30 speculative steps, 90 accepted drafts of 120: A = 0.75
+        b.P.perceptible[0] = True
+        assert estimate(b.P, b.R, 0)[1] == pytest.approx(4 / 4)  # remaining steps: 4 tokens at 4 a step
+        orders[placement] = b.order(np.arange(3), 0.0).tolist()
     assert orders == {"perceived": [0, 2, 1], "queue": [2, 1, 0]}
     assert make_policy("laps-sd").perceptible_policy == "perceived"   # the default
 
@@ -162,14 +161,14 @@ def test_laps_sd_warns_once_when_a_user_quantum_is_too_short(capsys):
 def test_perceptible_steps_match_the_policy():
     """The schedule-free stability check (used by the report) gives the step the policy itself records."""
     from lapsbench.engine import table_for
-    from lapsbench.policies.laps_sd import perceptible_steps
+    from lapsbench.schedulers.laps_sd import perceptible_steps
 
     state, acc = laps_case()
     policy = make_policy("laps-sd", {"window": 4, "tolerance": 0.05, "min_steps": 6})
     table = table_for(state, acc)
-    simulate(state, policy, acc, compiled=False)
-    assert perceptible_steps(table, 4, 4, 0.05, 6).tolist() == policy.perceptible_at.tolist()
-    assert policy.perceptible_at[0] > 0
+    P = reference_run(state, policy, acc).P
+    assert perceptible_steps(table, 4, 4, 0.05, 6).tolist() == P.perceptible_at.tolist()
+    assert P.perceptible_at[0] > 0
 
 
 def test_quantile_cuts_follow_ssjf():
@@ -184,8 +183,8 @@ def test_skip_join_places_a_long_prompt_request_in_a_lower_queue():
     cost = load_profile_file(REPO / "profiles" / "h100-llama3-8b.toml")
     state = create_state([0.0, 0.0, 0.0], [10, 10, 10], prompt_tokens=[50, 1000, 8000], k=4, cost=cost)
     policy = make_policy("skip-join-mlfq")
-    policy.prepare(state)
-    assert policy.level[0] == 0 and 0 < policy.level[1] < policy.level[2]
+    level = policy.pack(state).level
+    assert level[0] == 0 and 0 < level[1] < level[2]
 
 
 def test_mlfq_demotes_after_its_quantum():

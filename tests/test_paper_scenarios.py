@@ -118,8 +118,8 @@ def test_meta_records_every_derived_threshold_and_bucket_cut(tmp_path):
     import json
 
     from lapsbench.costmodel import load_profile_file, sd_step_s
-    from lapsbench.policies._common import batch1_prefill_s
     from lapsbench.predictors import quantile_cuts
+    from lapsbench.schedulers._common import batch1_prefill_s
     from lapsbench.trace.schema import read_trace
     from lapsbench.trace.slicing import slice_trace
 

@@ -1,5 +1,5 @@
 """Every registered policy (and a few non-default parameter sets) against the invariants of the policy
-contract, on small random scenarios: the fast engine equals the step-by-step reference engine field by
+contract, on small random scenarios: the compiled engine equals the step-by-step reference engine field by
 field, the same seed twice gives identical results, every request finishes exactly once with all its
 tokens, and no request finishes before it could have (arrival + attained service)."""
 
@@ -14,7 +14,7 @@ from lapsbench import rng
 from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance
 from lapsbench.costmodel import fixed_profile, load_profile_file
 from lapsbench.engine import simulate
-from lapsbench.policies import make_policy, registry
+from lapsbench.schedulers import make_policy, registry
 
 from conftest import REPO, create_state
 from reference_engine import reference_simulate
@@ -77,12 +77,11 @@ def run(engine, name, params, seed, **options):
     return engine(state, make_policy(name, params), acc, **options)
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=IDS)
-def test_fast_engine_equals_reference(name, params, seed, compiled):
-    """Both fast engines (compiled, and Python with event skipping) equal the step-by-step reference."""
-    fast = run(simulate, name, copy.deepcopy(params), seed, compiled=compiled)
+def test_fast_engine_equals_reference(name, params, seed):
+    """The compiled engine equals the step-by-step reference (both call the same scheduler functions)."""
+    fast = run(simulate, name, copy.deepcopy(params), seed)
     ref = run(reference_simulate, name, copy.deepcopy(params), seed)
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(fast, f), getattr(ref, f), err_msg=f"{name} {params} seed {seed}: {f}")
@@ -103,13 +102,16 @@ def test_invariants_and_determinism(name, params):
         assert np.unique(a.finish_s).size == a.n
 
 
-@pytest.mark.parametrize(("name", "params"), VARIANTS, ids=IDS)
-def test_every_policy_has_a_compiled_form(name, params):
-    """So the compiled engines, not the Python fallback, are what the equality tests above check."""
-    state, _ = random_case(1)
-    policy = make_policy(name, copy.deepcopy(params))
-    policy.prepare(state)
-    assert policy.kernel(state) is not None
+def test_the_dispatch_table_is_the_registry():
+    """One code per registered scheduler; an unknown code raises (no fall-through to another policy)."""
+    from lapsbench.schedulers import dispatch
+
+    assert sorted(dispatch.CODE) == sorted(registry())
+    assert [dispatch.code_of(make_policy(name)) for name in dispatch.CODE] == list(range(len(dispatch.CODE)))
+    for code in range(len(dispatch.CODE)):
+        assert dispatch.observes(code) == hasattr(registry()[dispatch.BUILTIN[code].name], "observe")
+    with pytest.raises(ValueError, match="unknown scheduler code"):
+        dispatch.observes(len(dispatch.CODE))
 
 
 def test_registry_has_the_paper_schedulers():

@@ -23,9 +23,9 @@ from lapsbench import progress as lp
 from lapsbench.batching import BatchConfig, BatchedEngine
 from lapsbench.costmodel import fixed_profile
 from lapsbench.engine import simulate, table_for
-from lapsbench.policies import make_policy
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
+from lapsbench.schedulers import make_policy
 
 from conftest import REPO, create_acceptance, create_state, write_canonical_trace
 
@@ -126,7 +126,7 @@ def test_python_engine_progress_is_throttled():
     for progress in (None, calls.append):
         calls.clear()
         state = create_state(np.arange(300.0), output, k=2, cost=fixed_profile(0.01, 0.002))
-        simulate(state, make_policy("las"), create_acceptance(state, 0.6), progress, compiled=False)
+        simulate(state, make_policy("las"), create_acceptance(state, 0.6), progress)
         runs.append(state)
     assert calls[-1] == 300 and calls == sorted(set(calls))
     assert np.array_equal(runs[0].finish_s, runs[1].finish_s)

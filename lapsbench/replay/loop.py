@@ -12,9 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 from lapsbench.batching import BatchStep
-from lapsbench.engine import rank_order
-from lapsbench.policies.base import Policy
 from lapsbench.replay.steplog import StepLog
+from lapsbench.schedulers.base import Scheduler
+from lapsbench.schedulers.stepwise import Bound
 from lapsbench.state import EngineState
 from lapsbench.steptable import NS, StepTable, to_ns
 
@@ -65,11 +65,11 @@ class SimulatedExecutor:
         return {"executor": self.name}
 
 
-def replay_single(state: EngineState, policy: Policy, table: StepTable, executor: SimulatedExecutor,
+def replay_single(state: EngineState, policy: Scheduler, table: StepTable, executor: SimulatedExecutor,
                   progress: Callable[[int], None] | None = None) -> EngineState:
     """Batch-1 serving, one step at a time, each step run by `executor` (times in integer ns)."""
     arrival = to_ns(state.arrival_s)
-    policy.prepare(state)
+    bound = Bound(policy, state)
     k = state.k
     now, last, finished = 0, -1, 0
     attained = np.zeros(state.n, np.int64)
@@ -82,7 +82,7 @@ def replay_single(state: EngineState, policy: Policy, table: StepTable, executor
         if not policy.preemptive and last >= 0 and not state.done[last]:
             chosen = last
         else:
-            chosen = int(policy.plan(state, rank_order(policy, state, present, now / NS), now / NS).group[0])
+            chosen = int(bound.order(present, now / NS)[0])
         if last >= 0 and chosen != last and not state.done[last]:
             state.preemptions[last] += 1
         j = int(state.steps[chosen])
@@ -99,11 +99,12 @@ def replay_single(state: EngineState, policy: Policy, table: StepTable, executor
         state.generated[chosen] += tokens
         state.steps[chosen] += 1
         state.decode_steps[chosen] = state.steps[chosen] - 1
+        state.drafted[chosen] = k * state.decode_steps[chosen]
         state.attained_s[chosen] = attained[chosen] / NS
         state.last_service_s[chosen] = now / NS
         if j == 0:
             state.first_token_s[chosen] = now / NS
-        policy.observe(state, idx, np.array([tokens]), np.array([now / NS]))
+        bound.observe(idx, now / NS)
         if state.generated[chosen] >= state.output_tokens[chosen]:
             state.done[chosen] = True
             state.finish_s[chosen] = now / NS

@@ -79,7 +79,7 @@ def select_schedulers(s: Scenario, wanted: Sequence[str] | None) -> Scenario:
     """The schedulers named in --schedulers, in the order given: a label of the scenario keeps its TOML
     parameters; a policy name of the scenario selects every label of that policy; any other registered
     scheduler name is added with its default parameters."""
-    from lapsbench.policies import registry
+    from lapsbench.schedulers import registry
 
     if not wanted:
         return s

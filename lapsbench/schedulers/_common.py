@@ -1,5 +1,5 @@
-"""Helpers shared by the paper schedulers: service units, exact horizons, predictor parameters, and the
-true-future oracle (for srpt-sd and SSJF's starvation guard)."""
+"""Helpers shared by the schedulers: service units, validation, predictor parameters, the true-future
+oracle (srpt-sd, SSJF's starvation guard) and the multi-level-queue bookkeeping of mlfq / skip-join."""
 
 from __future__ import annotations
 
@@ -7,15 +7,25 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from lapsbench.costmodel import CostModel, sd_step_s
 from lapsbench.errors import LapsbenchError
-from lapsbench.policies.las import attained  # noqa: F401  (service measured in steps, tokens or seconds)
 from lapsbench.predictors import Prediction, check_length_params, predict_lengths, quantile_cuts
-from lapsbench.state import EngineState
 
 UNITS = ("seconds", "steps", "tokens")
-MARGIN = 1e-9
+UNIT_STEPS, UNIT_TOKENS, UNIT_SECONDS = 0, 1, 2
+UNIT_CODE = {"steps": UNIT_STEPS, "tokens": UNIT_TOKENS, "seconds": UNIT_SECONDS}
+
+
+@njit(cache=True, inline="always")
+def attained(R, unit, i):
+    """Request i's attained service in `unit` (a UNIT_* code): steps, output tokens or GPU seconds."""
+    if unit == UNIT_STEPS:
+        return float(R.steps[i])
+    if unit == UNIT_TOKENS:
+        return float(R.generated[i])
+    return R.attained_s[i]
 
 
 def batch1_prefill_s(cost: CostModel, k: int, prompt: np.ndarray) -> np.ndarray:
@@ -25,46 +35,10 @@ def batch1_prefill_s(cost: CostModel, k: int, prompt: np.ndarray) -> np.ndarray:
     return cost.prefill_s(np.ones_like(prompt), prompt, prompt * prompt, z, z, with_draft=k > 0)
 
 
-def prefill_step_s(state: EngineState, idx: np.ndarray) -> np.ndarray:
-    """Batch-1 first (prefill) step time of requests `idx`, from the cost profile."""
-    return batch1_prefill_s(state.cost, state.k, state.prompt_tokens[idx])
-
-
-def decode_step_s(state: EngineState, context: np.ndarray) -> np.ndarray:
+def decode_step_s(state, context: np.ndarray) -> np.ndarray:
     """Batch-1 speculative step time (k drafts + one verify) at the given contexts."""
     context = np.asarray(context, np.int64)
     return sd_step_s(state.cost, state.k, np.ones_like(context), context)
-
-
-def max_step_s(state: EngineState, r: int) -> float:
-    """An upper bound of request r's batch-1 step time from now on: decode cost grows with the context, so
-    the step at the full context (prompt + output) bounds it; a first step is its prefill. Plus 1 ns: the
-    engine rounds each step to whole nanoseconds. Computed once for every request (vectorised), then looked up."""
-    bound = state.cache.get("max_decode_s")
-    if bound is None:
-        everyone = np.arange(state.n)
-        bound = decode_step_s(state, state.prompt_tokens + state.output_tokens)
-        state.cache["max_decode_s"] = bound
-        state.cache["max_first_s"] = np.maximum(bound, prefill_step_s(state, everyone))
-    c = float(state.cache["max_first_s"][r] if state.steps[r] == 0 else bound[r])
-    return c + 1e-9
-
-
-def steps_before_crossing(state: EngineState, r: int, unit: str, budget: float) -> int:
-    """How many steps request r can run such that, before each of them, its attained service (in `unit`)
-    has grown by less than `budget` since now — i.e. a horizon after which a threshold `budget` away may
-    have been crossed, and not before. Always >= 1 (exact: the crossing can only happen at the last step)."""
-    if budget <= 0:
-        return 1
-    if unit == "steps":
-        return max(1, int(np.ceil(budget)))
-    if unit == "tokens":
-        return max(1, int(np.ceil(budget / (state.k + 1))))  # each step adds at most k + 1 tokens
-    if state.steps[r] == 0:
-        return 1
-    c = max_step_s(state, r)
-    # (h − 1)·c_max < budget guarantees no crossing before the h-th step.
-    return max(1, int(np.floor(budget * (1 - MARGIN) / c)) + 1) if c > 0 else 1
 
 
 def geometric_bounds(base: float, ratio: float, levels: int) -> np.ndarray:
@@ -73,7 +47,12 @@ def geometric_bounds(base: float, ratio: float, levels: int) -> np.ndarray:
     return np.cumsum(quanta)
 
 
-@dataclass
+def set_field(obj: object, name: str, value: object) -> None:
+    """Normalise a parameter of a frozen scheduler in its own __post_init__."""
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True)
 class PredictorParams:
     """Length-predictor parameters shared by every scheduler that predicts lengths (predictors.py)."""
 
@@ -85,11 +64,11 @@ class PredictorParams:
     predictor_tau: float = 0.6
 
     def check_predictor(self) -> None:
-        self.predictor_cuts = check_length_params("scheduler", self.predictor, self.predictor_median_error,
-                                                  tuple(self.predictor_cuts), self.predictor_exact,
-                                                  self.predictor_within_one, self.predictor_tau)
+        set_field(self, "predictor_cuts", check_length_params(
+            "scheduler", self.predictor, self.predictor_median_error, tuple(self.predictor_cuts),
+            self.predictor_exact, self.predictor_within_one, self.predictor_tau))
 
-    def derive(self, state: EngineState, held_out: np.ndarray | None = None) -> dict:
+    def derive(self, state, held_out: np.ndarray | None = None) -> dict:
         """A bucketed predictor without cuts gets the workload's own: quantile cuts of the held-out output
         lengths (requests the run does not score); without any, of the scored ones, with a warning."""
         if self.predictor != "bucketed" or self.predictor_cuts:
@@ -100,7 +79,7 @@ class PredictorParams:
             held_out = state.output_tokens
         return {"predictor_cuts": list(quantile_cuts(held_out))}
 
-    def predict(self, state: EngineState) -> Prediction:
+    def predict(self, state) -> Prediction:
         return predict_lengths(state, self.predictor, self.predictor_median_error, tuple(self.predictor_cuts),
                                self.predictor_exact, self.predictor_within_one, self.predictor_tau)
 
@@ -113,6 +92,11 @@ def need_non_negative(name: str, value: float) -> None:
 def need_positive(name: str, value: float) -> None:
     if not value > 0:
         raise LapsbenchError(f"scheduler.{name}: {value!r} — expected a number > 0")
+
+
+def need_at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise LapsbenchError(f"scheduler.{name}: {value!r} — expected an integer >= {low}")
 
 
 def need_increasing(name: str, values: object) -> tuple[float, ...]:
@@ -144,11 +128,9 @@ def need_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 class TrueFuture:
     """Each request's true steps at batch size 1 — the engine's own step table (lapsbench.steptable), drawn
-    from the acceptance process's future draws and priced by the cost profile — so the true remaining
-    time of a request that has taken s steps is its total service minus the service of its first s steps
-    (integer nanoseconds, exact)."""
+    from the acceptance process's future draws and priced by the cost profile (integer nanoseconds)."""
 
-    def __init__(self, state: EngineState) -> None:
+    def __init__(self, state) -> None:
         from lapsbench.steptable import build_step_table
 
         if state.acceptance is None:
@@ -158,12 +140,31 @@ class TrueFuture:
             state.request_id, state.prompt_tokens, state.output_tokens, state.k, state.cost, state.acceptance)
         self.total_ns = self.table.service_ns()
 
-    def remaining_ns(self, state: EngineState, idx: np.ndarray) -> np.ndarray:
-        s = np.minimum(state.steps[idx], self.table.n_steps[idx])
-        done_ns = np.where(s > 0, self.table.cum_ns[self.table.offset[idx] + s - 1], 0)
-        return self.total_ns[idx] - done_ns
-
-    def service_s(self, idx: np.ndarray) -> np.ndarray:
+    def service_s(self) -> np.ndarray:
         from lapsbench.steptable import NS
 
-        return self.total_ns[idx] / NS
+        return self.total_ns / NS
+
+
+# ----------------------------------------------------------------------------- multi-level queues
+# Fields every level-queue packed tuple has: level, seq (entry sequence number), entry_attained, entry_s
+# (int64 / float64 per request) and counters (int64: [0] the sequence counter, then the policy's own).
+@njit(cache=True, inline="always")
+def enter_level(P, r, level, service, t):
+    """Request r enters `level` at time t with `service` attained (a new entry sequence number)."""
+    P.counters[0] += 1
+    P.level[r] = level
+    P.seq[r] = P.counters[0]
+    P.entry_attained[r] = service
+    P.entry_s[r] = t
+
+
+@njit(cache=True, inline="always")
+def promote_idle(P, R, unit, end, idle_s):
+    """Requests present and idle for at least idle_s go back to level 0 (in index order)."""
+    promoted = False
+    for r in range(R.arrival_s.size):
+        if R.arrival_s[r] <= end and not R.done[r] and end - R.last_service_s[r] >= idle_s and P.level[r] > 0:
+            enter_level(P, r, 0, attained(R, unit, r), end)
+            promoted = True
+    return promoted

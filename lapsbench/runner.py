@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from lapsbench.batching import BatchedEngine
-from lapsbench.engine import simulate
+from lapsbench.engine.batch1 import run_batch1
+from lapsbench.engine.batched import run_batched
+from lapsbench.engine.context import RunContext, StepExecutor
 from lapsbench.policies import make_policy
 from lapsbench.policies.base import Policy
 from lapsbench.replay.loop import SimulatedExecutor, replay_single
@@ -85,12 +86,10 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
             check_workload(s, workload, cost)
         acceptance = build_acceptance(s, workload, replication)
         # Every request's steps are drawn once per replication for all schedulers: at batch size 1 they are the
-        # steps themselves (schedule-independent); batched, the compiled loop reads each decode step's tokens
-        # from them (unless the acceptance is position dependent: then the Python loop draws as it goes).
-        table = None
-        if batching is None or not getattr(acceptance, "position_dependent", False):
-            table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
-                                     s.speculation.k, cost, acceptance)
+        # steps themselves (schedule-independent); batched, the engine reads each decode step's tokens from them.
+        table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
+                                 s.speculation.k, cost, acceptance)
+        ctx = RunContext(s.speculation.k, cost, table, batching, acceptance)
         for spec in s.scheduler:
             policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}")
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
@@ -103,19 +102,33 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
                     progress(_label, _rep, done, _n)
             if executor is not None:
                 executor.begin(state, spec.label, replication, unit_ns=batching is None)
-            if batching is None:
-                if executor is None:
-                    simulate(state, policy, acceptance, callback, table=table)
-                else:
-                    replay_single(state, policy, table, executor, callback)
-                row = batch1_stats(state)
-            else:
-                engine = BatchedEngine(state, policy, acceptance, batching, table=table)
-                engine.run(callback, executor=executor)
-                row = engine.stats()
+            row = serve(state, policy, ctx, callback, executor)
             stats.append({"scheduler": spec.label, "replication": replication, **row})
             frames.append(records(state, spec.label, spec.name, replication))
     return collect(s, first, frames, stats, start, derived)
+
+
+def _writeable(P: tuple) -> tuple:
+    """The packed scheduler with contiguous, writeable arrays: numba types read-only arrays apart (another
+    compilation of the engine)."""
+    return type(P)(*(np.require(a, a.dtype, ["C_CONTIGUOUS", "WRITEABLE"]) if isinstance(a, np.ndarray) else a
+                     for a in P))
+
+
+def serve(state: EngineState, policy: Policy, ctx: RunContext, progress: Callable[[int], None] | None = None,
+          executor: StepExecutor | SimulatedExecutor | None = None, check: bool = False) -> dict[str, float]:
+    """Run one scheduler over `state`'s requests on the engine ctx.batching says (batch 1 when None); fills the
+    state's progress and result columns and returns the engine statistics. With an `executor` (replay) every
+    step is also executed by it, and its clock gives the time."""
+    policy.prepare(state)
+    if ctx.batching is not None:
+        return run_batched(state.view, state.out, ctx, _writeable(policy.kernel(state)), policy.preemptive,
+                           policy.name, progress, check, executor)
+    if executor is None:
+        run_batch1(state.view, state.out, ctx, _writeable(policy.kernel(state)), policy.preemptive, progress)
+    else:
+        replay_single(state, policy, ctx.table, executor, progress)
+    return batch1_stats(state)
 
 
 def batch1_stats(state: EngineState) -> dict[str, float]:

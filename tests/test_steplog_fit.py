@@ -16,10 +16,10 @@ import pytest
 from test_batching import FIELDS, NoKernelFCFS, random_case, run
 from test_calibrate_fit import TRUE, _synthetic
 
-from lapsbench import costkernel as ck
 from lapsbench.batching import BatchConfig
 from lapsbench.calibrate.fit import STEP_LOG, fit_profile
 from lapsbench.costmodel import CostModel, PhaseModel, StepModel, load_profile_file, sd_step_s
+from lapsbench.engine.pricing import pack_cost
 from lapsbench.errors import LapsbenchError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def test_step_log_fit_recovers_ground_truth(tmp_path: Path) -> None:
     with pytest.raises(LapsbenchError, match="k = 4"):
         sd_step_s(cost, 2, [1], [100])
     with pytest.raises(LapsbenchError, match="k = 4"):
-        ck.pack_cost(cost, 2)
+        pack_cost(cost, 2)
 
 
 def test_step_log_with_several_k_alone_is_refused(tmp_path: Path) -> None:
@@ -190,27 +190,6 @@ def _hand_built() -> dict[str, CostModel]:
                                                   batch_context_max=2e-5, batch_sizes=(1, 2, 4, 8, 16, 24, 32),
                                                   span_multiple=128)),
     }
-
-
-@pytest.mark.parametrize("name", list(_hand_built()))
-def test_new_forms_numpy_equals_numba(name: str) -> None:
-    cost = _hand_built()[name]
-    g = np.random.default_rng(len(name))
-    for k in ((4,) if cost.step is not None and cost.step.k is not None else (0, 1, 4, 9)):
-        packed = ck.pack_cost(cost, k)
-        for _ in range(150):
-            nd = int(g.integers(0, 65)) if g.random() > 0.1 else 0
-            cd = int(g.integers(0, 4000, max(nd, 1)).sum()) if nd else 0
-            cm = int(g.integers(-(-cd // max(nd, 1)), cd + 1)) if nd else 0
-            npf = int(g.integers(0, 4))
-            pt = int(g.integers(npf, 6000)) if npf else 0
-            sq, tc, pc = pt * pt, pt * 100, 100 * npf
-            want = float(sd_step_s(cost, k, [nd], [cd], [npf], [pt], [sq], [tc], [pc], context_max=[cm])[0])
-            assert ck.step_time_s(packed, nd, cd, npf, pt, sq, tc, pc, cm) == want, (k, nd, cd, cm, npf, pt)
-            want_d = float(sd_step_s(cost, k, [nd], [cd], context_max=[cm])[0])
-            assert ck.decode_step_time_s(packed, nd, cd, cm) == want_d
-            if nd <= 1:  # context_max left out = context: the batch-1 callers
-                assert ck.decode_step_time_s(packed, nd, cd) == float(sd_step_s(cost, k, [nd], [cd])[0])
 
 
 def test_graph_padding_prices_the_padded_shape() -> None:

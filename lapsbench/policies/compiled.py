@@ -2,15 +2,13 @@
 
 The Python policy classes are the specification: `rank` (keys, lower first, ties by arrival order) and
 `observe`. This module restates them as three functions over plain arrays, dispatched on a policy code, so
-that a whole run — every step's choice — happens inside compiled code (lapsbench/engine_compiled.py at
-batch size 1, lapsbench/batching_compiled.py batched). A policy opts in by returning a `PolicyKernel` from
-`Policy.kernel(state)` after `prepare`; one that returns None runs on the Python engines. The compiled
+that a whole run — every step's choice — happens inside compiled code (lapsbench/engine/batch1.py at
+batch size 1, lapsbench/engine/batched.py batched, through lapsbench.schedulers.dispatch). A policy returns
+its `PolicyKernel` from `Policy.kernel(state)` after `prepare`. The compiled
 engines are checked against the step-by-step reference engines, which call the Python classes, for every
 policy (tests/test_batching.py, tests/test_engine_properties.py).
 
-State tuple `S` (EngineState's arrays, mutated in place by the engine):
-    (arrival_s f8, prompt_tokens i8, output_tokens i8, generated i8, steps i8, decode_steps i8,
-     attained_s f8, last_service_s f8, done b1)
+Requests `S`: a lapsbench.schedulers.api.RequestView (named per-request arrays, updated in place by the engine).
 
 Policy tuple `P` (a `PolicyKernel`): a code, float parameters `fp`, int parameters `ip` (whose slots from
 `G` on are the policy's global mutable counters), per-request floats `F` and ints `I` (static values and
@@ -64,22 +62,13 @@ def kernel(code: int, n: int, fp=(), ip=(), F=None, I_cols: int = 1, T=None) -> 
                         np.zeros((n, max(I_cols, 1)), np.int64), T)
 
 
-def state_tuple(state) -> tuple:
-    """EngineState's arrays in the layout the compiled functions take (views: the engine writes through)."""
-    for name in ("generated", "steps", "decode_steps", "preemptions"):
-        assert getattr(state, name).dtype == np.int64
-    return (np.ascontiguousarray(state.arrival_s, np.float64), np.ascontiguousarray(state.prompt_tokens, np.int64),
-            np.ascontiguousarray(state.output_tokens, np.int64), state.generated, state.steps, state.decode_steps,
-            state.attained_s, state.last_service_s, state.done)
-
-
 @njit(cache=True, inline="always")
 def _attained(S, unit, i):
     if unit == UNIT_STEPS:
-        return float(S[4][i])
+        return float(S.steps[i])
     if unit == UNIT_TOKENS:
-        return float(S[3][i])
-    return S[6][i]
+        return float(S.generated[i])
+    return S.attained_s[i]
 
 
 # --------------------------------------------------------------------------------------------- laps-sd
@@ -93,14 +82,14 @@ def _laps_estimate(P, S, i):
     ip, fp = P.ip, P.fp
     k = ip[5]
     m, w, min_left = fp[1], fp[2], fp[0]
-    generated, decode = S[3][i], S[5][i]
+    generated, decode = S.generated[i], S.decode_steps[i]
     left = P.F[i, 0] - float(generated)
     L = left if left > min_left else min_left
     accepted = max(generated - 1 - decode, 0)
     trials = float(k * decode)
     a = min((float(accepted) + m * w) / (trials + w), 1.0) if trials + w > 0 else m
     per = k * a + 1
-    t = L * P.T[ip[6] + S[1][i] + generated] / per
+    t = L * P.T[ip[6] + S.prompt_tokens[i] + generated] / per
     if ip[0] == UNIT_SECONDS:
         return t, t
     if ip[0] == UNIT_STEPS:
@@ -118,9 +107,9 @@ def _laps_key(P, S, i):
         g = ip[2]
         if perceptible or q > g:
             return float(g + 1), _laps_estimate(P, S, i)[0], 0.0
-        return float(q), S[0][i], 0.0
+        return float(q), S.arrival_s[i], 0.0
     if not perceptible:
-        return float(q), 1.0, S[0][i]
+        return float(q), 1.0, S.arrival_s[i]
     t, remaining = _laps_estimate(P, S, i)
     if ip[1] == 2:  # perceived: the level of the estimated remaining service
         q = np.searchsorted(P.T[:nb], remaining, side="right")
@@ -140,10 +129,10 @@ def _laps_observe(P, S, served, m):
     w = window + 1
     for j in range(m):
         r = served[j]
-        s = S[5][r]
+        s = S.decode_steps[r]
         if s < 1 or P.I[r, 0] != 0:  # the prefill step; or perceptible already (for good: the ring is unread)
             continue
-        g = S[3][r]
+        g = S.generated[r]
         P.I[r, 1 + s % w] = g
         if s < min_steps or s < w:
             continue
@@ -167,7 +156,7 @@ def _enter(P, r, level, service, t):
 @njit(cache=True, inline="always")
 def _promote_idle(P, S, unit, end, idle_s):
     """Requests present and idle for at least idle_s go back to level 0 (in index order)."""
-    arrival, last, done = S[0], S[7], S[8]
+    arrival, last, done = S.arrival_s, S.last_service_s, S.done
     promoted = False
     for r in range(arrival.size):
         if arrival[r] <= end and not done[r] and end - last[r] >= idle_s and P.I[r, 0] > 0:
@@ -206,8 +195,9 @@ def _skip_join_observe(P, S, served, m, end):
         service = _attained(S, unit, r)
         if lv < levels - 1 and service - P.F[r, 0] >= q[lv]:
             nxt = lv + 1
-            if unit == UNIT_SECONDS and not S[8][r]:
-                nxt = max(nxt, np.searchsorted(q[:levels], q[levels + S[1][r] + S[3][r]], side="left"))
+            if unit == UNIT_SECONDS and not S.done[r]:
+                ctx = S.prompt_tokens[r] + S.generated[r]
+                nxt = max(nxt, np.searchsorted(q[:levels], q[levels + ctx], side="left"))
             _enter(P, r, min(nxt, levels - 1), service, end)
     if P.fp[0] > 0:
         return _promote_idle(P, S, unit, end, P.fp[0])
@@ -245,7 +235,7 @@ def _ltr_guard(P, active, na):
 def _ssjf_guard(P, S, active, na, now):
     starving = 0
     if P.ip[0] != 0 and na > 1:
-        arrival, steps = S[0], S[4]
+        arrival, steps = S.arrival_s, S.steps
         oldest = -1
         for j in range(na):
             i = active[j]
@@ -273,20 +263,20 @@ def prerank(code, P, S, active, na, now):
 @njit(cache=True)
 def key(code, P, S, i):
     if code == FCFS:
-        return S[0][i], 0.0, 0.0
+        return S.arrival_s[i], 0.0, 0.0
     if code == SJF:
-        return float(S[2][i]), 0.0, 0.0
+        return float(S.output_tokens[i]), 0.0, 0.0
     if code == SRPT:
-        return float(S[2][i] - S[3][i]), 0.0, 0.0
+        return float(S.output_tokens[i] - S.generated[i]), 0.0, 0.0
     if code == LAS:
         return _attained(S, P.ip[0], i), 0.0, 0.0
     if code == RR:
-        return S[7][i], 0.0, 0.0
+        return S.last_service_s[i], 0.0, 0.0
     if code == SSJF:
-        return (S[0][i] if P.ip[G] != 0 else P.F[i, 0]), 0.0, 0.0
+        return (S.arrival_s[i] if P.ip[G] != 0 else P.F[i, 0]), 0.0, 0.0
     if code == SRPT_SD:
         # I: step-table offset, steps; T: the table's cumulative ns (exact in float64 below 2^53 ns)
-        s = min(S[4][i], P.I[i, 1])
+        s = min(S.steps[i], P.I[i, 1])
         first = P.I[i, 0]
         done_ns = P.T[first + s - 1] if s > 0 else 0.0
         return P.T[first + P.I[i, 1] - 1] - done_ns, 0.0, 0.0

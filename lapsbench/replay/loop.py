@@ -1,9 +1,10 @@
 """The replay's decision loop and the executor interface, with the executor that runs nothing.
 
-Batched modes run the simulator's own one-step loop (`BatchedEngine.run(executor=...)`); batch 1 runs
-`replay_single`, tests/reference_engine.py's loop (the specification of the batch-1 simulator) with each
-step handed to the executor. The policy decides at every step boundary from the executor's clock;
-accepted tokens come from the replication's step table / acceptance draws, as in the simulator."""
+Batched modes run the batched engine's own step phases from Python (lapsbench.engine.batched.run_batched with
+an executor); batch 1 runs `replay_single`: one step at a time, everyone re-ranked before every step, each step
+handed to the executor. With `SimulatedExecutor` it is the step-by-step specification of the compiled batch-1
+engine (tests/reference_engine.py). The policy decides at every step boundary from the executor's clock;
+accepted tokens come from the replication's step table, as in the simulator."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lapsbench.batching import BatchStep
-from lapsbench.engine import rank_order
+from lapsbench.engine.context import BatchStep
 from lapsbench.policies.base import Policy
 from lapsbench.replay.steplog import StepLog
 from lapsbench.state import EngineState
 from lapsbench.steptable import NS, StepTable, to_ns
 
 EMPTY = np.empty(0, np.int64)
+
+
+def rank_order(policy: Policy, state: EngineState, active: np.ndarray, now: float) -> np.ndarray:
+    """Active requests best first: policy keys, then arrival order (= index), stable."""
+    keys = policy.rank(state, active, now)
+    if isinstance(keys, tuple):
+        return active[np.lexsort((active,) + tuple(reversed(keys)))]
+    return active[np.argsort(keys, kind="stable")]
 
 
 class SimulatedExecutor:
@@ -67,9 +75,9 @@ class SimulatedExecutor:
 
 def replay_single(state: EngineState, policy: Policy, table: StepTable, executor: SimulatedExecutor,
                   progress: Callable[[int], None] | None = None) -> EngineState:
-    """Batch-1 serving, one step at a time, each step run by `executor` (times in integer ns)."""
+    """Batch-1 serving, one step at a time, each step run by `executor` (times in integer ns); the policy
+    already prepared."""
     arrival = to_ns(state.arrival_s)
-    policy.prepare(state)
     k = state.k
     now, last, finished = 0, -1, 0
     attained = np.zeros(state.n, np.int64)
@@ -99,6 +107,7 @@ def replay_single(state: EngineState, policy: Policy, table: StepTable, executor
         state.generated[chosen] += tokens
         state.steps[chosen] += 1
         state.decode_steps[chosen] = state.steps[chosen] - 1
+        state.drafted[chosen] += k if j > 0 else 0
         state.attained_s[chosen] = attained[chosen] / NS
         state.last_service_s[chosen] = now / NS
         if j == 0:

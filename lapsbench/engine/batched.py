@@ -65,6 +65,13 @@ FINISHED, STOP = 0, 1
 
 # ---------------------------------------------------------------------------------------------- ordering
 @njit(cache=True, inline="always")
+def _copy(dst, d0, src, s0, count):
+    """dst[d0:d0 + count] = src[s0:s0 + count] (slicing would need numba's runtime, off in the loop)."""
+    for j in range(count):
+        dst[d0 + j] = src[s0 + j]
+
+
+@njit(cache=True, inline="always")
 def _set_key(code, P, R, keys, i):
     k0, k1, k2 = dispatch.key(code, P, R, i)
     keys[i, 0] = k0
@@ -99,9 +106,9 @@ def _merge_pass(keys, src, dst, m, width, by_index):
                 dst[o] = src[i]
                 i += 1
             o += 1
-        dst[o:o + mid - i] = src[i:mid]
+        _copy(dst, o, src, i, mid - i)
         o += mid - i
-        dst[o:o + hi - j] = src[j:hi]
+        _copy(dst, o, src, j, hi - j)
         lo = hi
 
 
@@ -127,7 +134,7 @@ def _sort(keys, a, m, tmp, by_index):
         in_tmp = not in_tmp
         width *= 2
     if in_tmp:
-        a[:m] = tmp[:m]
+        _copy(a, 0, tmp, 0, m)
 
 
 @njit(cache=True, inline="always")
@@ -155,11 +162,11 @@ def _reorder(W, R, L):
             W.tmp[o] = order[i]
             i += 1
         o += 1
-    W.tmp[o:o + w - i] = order[i:w]
+    _copy(W.tmp, o, order, i, w - i)
     o += w - i
-    W.tmp[o:o + na - j] = add[j:na]
+    _copy(W.tmp, o, add, j, na - j)
     o += na - j
-    order[:o] = W.tmp[:o]
+    _copy(order, 0, W.tmp, 0, o)
     L.no = o
 
 
@@ -228,7 +235,7 @@ def _select(P, R, out, M, W, C, L, pack):
     whole = C.mode != CONTINUOUS  # static / dynamic batches reserve their whole length up front
     nm, stall = fill(R, out, M, W, C, L, pack, ranking, L.no, C.max_batch, NO_BUDGET if whole else C.budget, whole)
     if whole:
-        W.static_batch[:nm] = W.members[:nm]
+        _copy(W.static_batch, 0, W.members, 0, nm)
         L.static_n = nm
     L.nm = nm
     return stall
@@ -247,7 +254,7 @@ def _count_dropped(R, out, M, W, L):
             out.preemptions[i] += 1
     for j in range(nm):
         W.in_step[W.members[j]] = False
-    W.prev_members[:nm] = W.members[:nm]
+    _copy(W.prev_members, 0, W.members, 0, nm)
     L.prev_n = nm
 
 

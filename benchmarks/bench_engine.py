@@ -25,8 +25,9 @@ sys.path.insert(0, str(REPO))
 from lapsbench import rng  # noqa: E402
 from lapsbench.acceptance import FixedAcceptance  # noqa: E402
 from lapsbench.costmodel import load_profile_file  # noqa: E402
-from lapsbench.engine import simulate  # noqa: E402
+from lapsbench.engine.context import RunContext  # noqa: E402
 from lapsbench.policies import make_policy  # noqa: E402
+from lapsbench.runner import serve  # noqa: E402
 from lapsbench.state import EngineState  # noqa: E402
 from lapsbench.steptable import build_step_table  # noqa: E402
 
@@ -57,13 +58,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--engine", choices=["compiled", "python"], default="compiled",
-                        help="compiled (numba; the default engine) or the Python event-skipping engine")
     args = parser.parse_args()
     cost = load_profile_file(REPO / "profiles" / "h100-llama2-7b.toml")
     ids, arrival, prompt, output, rate, service = workload(args.requests, args.rho, args.k, args.alpha, cost)
     print(f"{args.requests} requests, Poisson {rate:.3f} req/s, mean service {service * 1000:.1f} ms "
-          f"(rho {args.rho}), k={args.k}, alpha={args.alpha}, batch 1, profile h100-llama2-7b, {args.engine} engine")
+          f"(rho {args.rho}), k={args.k}, alpha={args.alpha}, batch 1, profile h100-llama2-7b")
     acceptance = FixedAcceptance(np.full(args.requests, args.alpha), ids, args.k,
                                  rng.stream_key(0, 0, rng.Streams.ACCEPTANCE))
     times = []
@@ -83,7 +82,7 @@ def main() -> None:
             state = None  # free the previous run's state first: peak RSS is one run's
             state = EngineState(ids, arrival, prompt, output, args.k, cost, acceptance=acceptance)
             start = time.perf_counter()
-            simulate(state, make_policy(name), acceptance, table=table, compiled=args.engine == "compiled")
+            serve(state, make_policy(name), RunContext(args.k, cost, table, None, acceptance))
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         print(f"{name:>8}: median {median:7.2f} s over {args.repeats} runs "

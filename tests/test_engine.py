@@ -8,11 +8,10 @@ import pytest
 
 from lapsbench.acceptance import mean_tokens_per_step
 from lapsbench.costmodel import fixed_profile
-from lapsbench.engine import simulate
 from lapsbench.metrics import t95
 from lapsbench.policies import make_policy, registry
 
-from conftest import create_acceptance, create_state, run_policy
+from conftest import create_acceptance, create_state, run_policy, simulate
 from reference_engine import reference_simulate
 
 BASIC = ["fcfs", "sjf", "srpt", "las", "rr"]

@@ -9,14 +9,14 @@ import pytest
 from lapsbench import rng
 from lapsbench.acceptance import FixedAcceptance
 from lapsbench.costmodel import fixed_profile, load_profile_file
-from lapsbench.engine import simulate
 from lapsbench.errors import LapsbenchError
 from lapsbench.metrics import t95
 from lapsbench.policies import make_policy
 from lapsbench.predictors import bucket_of, confusion_matrix
 
 import oracles
-from conftest import REPO, create_acceptance, create_state, run_policy
+from conftest import REPO, create_acceptance, create_state, run_policy, simulate
+from reference_engine import reference_simulate
 
 
 def test_las_preempts_a_long_request_for_a_new_one():
@@ -54,7 +54,7 @@ def test_laps_sd_becomes_perceptible_exactly_when_the_rule_fires():
     state, acc = laps_case()
     policy = make_policy("laps-sd", {"window": 4, "tolerance": 0.05, "min_steps": 6})
     # the Python policy keeps perceptible_at (the compiled engine equals it: tests/test_policy_conformance.py)
-    simulate(state, policy, acc, compiled=False)
+    reference_simulate(state, policy, acc)
     # the rule, recomputed independently from the acceptance draws
     draws = acc.emitted(np.zeros(60, np.int64), np.arange(60), np.zeros(60, np.int64))
     gen = 1 + np.cumsum(draws)  # generated after speculative step s (1-based index s-1)
@@ -77,7 +77,7 @@ def test_laps_sd_orders_perceptible_by_estimated_remaining_time():
     active = np.arange(4)
     t = policy.estimated_remaining_s(state, active[1:])
     assert t[0] < t[2] < t[1]                  # 1 (fast, short) < 3 (slow, short) < 2 (long)
-    from lapsbench.engine import rank_order
+    from lapsbench.replay.loop import rank_order
     assert rank_order(policy, state, active, 0.0).tolist() == [1, 3, 2, 0]
     # the T formula: (k·L·T_draft + L·T_verify) / (k·A + 1)
     assert t[0] == pytest.approx((4 * 219 * 0.001 + 219 * 0.01) / (4 * 0.75 + 1))
@@ -94,7 +94,7 @@ def test_laps_sd_global_srpt_lets_perceptible_requests_leave_the_ladder():
     state.generated[:] = [100, 3, 100]
     state.decode_steps[:] = state.steps - 1
     policy.perceptible[0] = True      # 0 perceptible: in the global class with 2, by estimate
-    from lapsbench.engine import rank_order
+    from lapsbench.replay.loop import rank_order
     assert rank_order(policy, state, np.arange(3), 0.0).tolist() == [1, 0, 2]
 
 
@@ -110,7 +110,7 @@ def test_laps_sd_global_srpt_does_not_strand_requests_that_never_turn_perceptibl
     state.generated[:] = [20, 100]
     state.decode_steps[:] = state.steps - 1
     policy.perceptible[1] = True      # 1 perceptible with 500 tokens left; 0 not, with 40 left
-    from lapsbench.engine import rank_order
+    from lapsbench.replay.loop import rank_order
     assert rank_order(policy, state, np.arange(2), 0.0).tolist() == [0, 1]
 
 
@@ -120,7 +120,7 @@ def test_laps_sd_perceived_places_perceptible_requests_by_estimated_remaining_se
     2: fresh (level 0), not perceptible. "perceived": 0 joins level 0, ahead of 2 (perceptible first), then
     1. "queue": 0 stays in level 2, behind both."""
     state = create_state([0.0, 0.0, 0.0], [125, 300, 300], k=4, cost=fixed_profile(0.01, 0.001))
-    from lapsbench.engine import rank_order
+    from lapsbench.replay.loop import rank_order
     orders = {}
     for placement in ("perceived", "queue"):
         policy = make_policy("laps-sd", {"predictor": "oracle", "unit": "steps", "thresholds": [5.0, 20.0],
@@ -161,13 +161,14 @@ def test_laps_sd_warns_once_when_a_user_quantum_is_too_short(capsys):
 
 def test_perceptible_steps_match_the_policy():
     """The schedule-free stability check (used by the report) gives the step the policy itself records."""
-    from lapsbench.engine import table_for
     from lapsbench.policies.laps_sd import perceptible_steps
+
+    from conftest import table_for
 
     state, acc = laps_case()
     policy = make_policy("laps-sd", {"window": 4, "tolerance": 0.05, "min_steps": 6})
     table = table_for(state, acc)
-    simulate(state, policy, acc, compiled=False)
+    reference_simulate(state, policy, acc)
     assert perceptible_steps(table, 4, 4, 0.05, 6).tolist() == policy.perceptible_at.tolist()
     assert policy.perceptible_at[0] > 0
 

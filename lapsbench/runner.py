@@ -123,7 +123,7 @@ def serve(state: EngineState, policy: Policy, ctx: RunContext, progress: Callabl
     policy.prepare(state)
     if ctx.batching is not None:
         return run_batched(state.view, state.out, ctx, _writeable(policy.kernel(state)), policy.preemptive,
-                           policy.name, progress, check, executor)
+                           policy.name, progress, check, executor, state.request_id)
     if executor is None:
         run_batch1(state.view, state.out, ctx, _writeable(policy.kernel(state)), policy.preemptive, progress)
     else:

@@ -85,19 +85,21 @@ def _leave(active, na, i):
     j = 0
     while active[j] != i:
         j += 1
-    active[j:na - 1] = active[j + 1:na]
+    for p in range(j, na - 1):
+        active[p] = active[p + 1]
     return na - 1
 
 
-@njit(cache=True)
-def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, shared):
+# `_nrt=False`: the loop allocates nothing (every array comes from the caller), and without numba's runtime no
+# reference counting is emitted around each access to an array of the R / out tuples (several per step).
+@njit(cache=True, _nrt=False)
+def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, served, shared):
     """Serve every request (or until shared[STOP] is set)."""
     literally(code)  # one specialisation per scheduler: its branches alone, inlined
     n = arrival_ns.size
     observes, ranks = dispatch.observes(code), dispatch.ranks_with_side_effects(code)
     rekey = not dispatch.keys_static(code)
     now, admitted, na, last, finished = 0, 0, 0, -1, 0
-    served = np.empty(1, np.int64)
     ranked = False  # prerank already called for the coming choice
     while finished < n and shared[STOP] == 0:
         while admitted < n and arrival_ns[admitted] <= now:
@@ -157,9 +159,9 @@ def _loop(code: int):
     """`_run` specialised to one scheduler as a dispatcher of its own: `code` is a constant of this closure, so a
     call dispatches in microseconds, where calling `_run` from Python re-runs numba's typing to resolve
     `literally` (~100 ms a call). Cached on disk per code (numba keys a closure's cache by its values)."""
-    @njit(cache=True, nogil=True)
-    def run(P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, shared):
-        _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, shared)
+    @njit(cache=True, nogil=True, _nrt=False)
+    def run(P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, served, shared):
+        _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, served, shared)
     return run
 
 
@@ -176,4 +178,5 @@ def run_batch1(R: RequestView, out: Results, ctx: RunContext, P, preemptive: boo
     t = ctx.table
     assert t.offset.size == n + 1, "the step table is for another workload"
     run_polled(_loop(P.code), (P, R, out, arrival_ns, t.offset, t.cum_tokens, t.cum_ns, np.int64(ctx.k),
-                               bool(preemptive), active, keys, shared), shared, FINISHED, STOP, progress)
+                               bool(preemptive), active, keys, np.zeros(1, np.int64), shared), shared, FINISHED, STOP,
+               progress)

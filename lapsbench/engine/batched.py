@@ -362,14 +362,15 @@ def _replay(args: tuple, executor: StepExecutor, progress: Callable[[int], None]
 
 def run_batched(R: RequestView, out: Results, ctx: RunContext, P, preemptive: bool, name: str = "",
                 progress: Callable[[int], None] | None = None, check: bool = False,
-                executor: StepExecutor | None = None) -> dict[str, float]:
+                executor: StepExecutor | None = None, request_id: np.ndarray | None = None) -> dict[str, float]:
     """Serve every request of `R` under ctx.batching and the scheduler packed in `P`; fills `R`'s progress and
     `out`; returns the engine statistics (time-weighted over busy time: mean batch size and KV-cache
     utilisation; their maxima; memory evictions per request, and those made for waiting requests). With an
     `executor` (replay) each step is also executed and the executor's clock says when it ended. `check`:
-    assert the KV invariants after every step. `name`: the scheduler, for messages."""
+    assert the KV invariants after every step. `name`, `request_id`: the scheduler and the requests' ids, for
+    messages."""
     cfg, n = ctx.batching, R.arrival_s.size
-    check_capacity(R, ctx.k, cfg)
+    check_capacity(R, ctx.k, cfg, request_id)
     if n > 1 and np.any(np.diff(R.arrival_s) < 0):
         raise ValueError("arrivals must be in order")
     assert ctx.table.offset.size == n + 1, "the step table is for another workload"

@@ -90,7 +90,7 @@ def replay_single(state: EngineState, policy: Policy, table: StepTable, executor
         if not policy.preemptive and last >= 0 and not state.done[last]:
             chosen = last
         else:
-            chosen = int(policy.plan(state, rank_order(policy, state, present, now / NS), now / NS).group[0])
+            chosen = int(rank_order(policy, state, present, now / NS)[0])
         if last >= 0 and chosen != last and not state.done[last]:
             state.preemptions[last] += 1
         j = int(state.steps[chosen])

@@ -128,7 +128,9 @@ def test_replay_progress_is_throttled():
         state = create_state(np.arange(300.0), output, k=2, cost=fixed_profile(0.01, 0.002))
         policy, acceptance = make_policy("las"), create_acceptance(state, 0.6)
         policy.prepare(state)
-        replay_single(state, policy, table_for(state, acceptance), SimulatedExecutor(),
+        executor = SimulatedExecutor()
+        executor.begin(state, "las", 0, unit_ns=True)
+        replay_single(state, policy, table_for(state, acceptance), executor,
                       lp.Throttled(progress, state.n) if progress else None)
         runs.append(state)
     assert calls[-1] == 300 and calls == sorted(set(calls))

@@ -157,8 +157,8 @@ def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive,
 @functools.cache
 def _loop(code: int):
     """`_run` specialised to one scheduler as a dispatcher of its own: `code` is a constant of this closure, so a
-    call dispatches in microseconds, where calling `_run` from Python re-runs numba's typing to resolve
-    `literally` (~100 ms a call). Cached on disk per code (numba keys a closure's cache by its values)."""
+    call dispatches at once, where calling `_run` from Python re-runs numba's typing to resolve `literally`
+    on every call. Cached on disk per code (numba keys a closure's cache by its values)."""
     @njit(cache=True, nogil=True, _nrt=False)
     def run(P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, served, shared):
         _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, served, shared)

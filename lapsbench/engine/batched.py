@@ -289,7 +289,7 @@ def end_step(P, R, out, M, W, C, state, now, took):
 
 # `_nrt=False`: the loop allocates nothing (every array comes from the caller), and without the runtime numba
 # emits no reference counting — with it, the arrays of the state tuples are incref'd and decref'd (atomically)
-# around tuple accesses and helper calls, many times per step (measured ~7x slower).
+# around tuple accesses and helper calls, many times per step (benchmarks/README.md).
 @njit(cache=True, _nrt=False, nogil=True)
 def run_loop(P, R, out, M, W, T, pack, C, state, shared):
     """Serve until every request has finished (returns OK), or until shared[STOP] is set (STOPPED); < 0 = error."""
@@ -379,7 +379,7 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, P, preemptive: bo
                float(cfg.kv_capacity_tokens), float(ctx.cost.kv_bytes_per_token), float(ctx.cost.host_link_gb_s * 1e9),
                float(cfg.admission_share))
     # the tokens in the table's own dtype (int16 below 32,767 tokens, else int32): numba compiles one loop per
-    # dtype, and a 64-bit copy would cost ~10 ns per table row on every run
+    # dtype, and a 64-bit copy would cost a pass over the table on every run
     T = (np.require(ctx.table.offset, np.int64, ["C_CONTIGUOUS", "WRITEABLE"]),
          np.require(ctx.table.cum_tokens, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
     state = np.zeros(1, LOOP)

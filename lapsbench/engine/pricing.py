@@ -116,13 +116,13 @@ def pack_cost(cost: CostModel, k: int) -> CostPack:
 
 
 # ------------------------------------------------------------------------------------------------- phases
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _maximum(a, b):
     """np.maximum on one element: the first if larger or NaN, else the second."""
     return a if (a > b or a != a) else b
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _linear(pack, row, f):
     """Σ coef · feature over the row's terms, in the profile's order, from 0.0; `f` = the 8 features."""
     total = 0.0
@@ -133,7 +133,7 @@ def _linear(pack, row, f):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _phase_s(pack, slot, batch, tokens, context, tokens_sq, tokens_context, context_max, batch_context_max):
     """PhaseModel.time_s of one forward, in seconds."""
     f = (1.0, batch, tokens, context, tokens_sq, tokens_context, context_max, batch_context_max)
@@ -152,7 +152,7 @@ def _phase_s(pack, slot, batch, tokens, context, tokens_sq, tokens_context, cont
     return ms / 1000.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pow(x, e):
     if e == 0.5:
         return np.sqrt(x)
@@ -161,7 +161,7 @@ def _pow(x, e):
     return x ** e
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _padded(pack, n):
     """The CUDA-graph batch size a forward over `n` decoding requests runs at (n itself beyond the sizes)."""
     if n > 0:
@@ -171,7 +171,7 @@ def _padded(pack, n):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _draft_s(pack, n, context, context_max):
     """One draft forward (one new token per request) over `n` requests (padded), 0 when n = 0."""
     nf = float(_padded(pack, n))
@@ -181,7 +181,7 @@ def _draft_s(pack, n, context, context_max):
 
 
 # ------------------------------------------------------------------------------------------------- steps
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _span(pack, context_max, k):
     """The attention span of the verify forward: max context, or (span padding) max context + k + 1 rounded up."""
     if pack.span > 0:
@@ -189,7 +189,7 @@ def _span(pack, context_max, k):
     return context_max
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _verify_s(pack, n_decode, tokens, context_decode, span):
     """The target forward verifying `tokens` tokens (padding rows included) of `n_decode` requests."""
     nf = float(_padded(pack, n_decode))
@@ -199,7 +199,7 @@ def _verify_s(pack, n_decode, tokens, context_decode, span):
     return t if nf > 0 else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _decode_terms(pack, t, n_decode, context_decode, span):
     """[step] terms of a step that decodes: sd_factor over the forwards plus attention per cached token."""
     if not pack.has_step or n_decode == 0:
@@ -210,7 +210,7 @@ def _decode_terms(pack, t, n_decode, context_decode, span):
     return t * st[0] + extra / 1000.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rest_s(pack, t, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
             prefill_context):
     """The step's decode time `t` plus its prefill forwards and the [step] host overhead."""
@@ -239,7 +239,7 @@ def _rest_s(pack, t, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq, pre
     return t
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fixed_decode_s(pack, n_decode, n_prefill, drafts):
     busy = n_decode > 0 or n_prefill > 0
     t = pack.fixed_s[0] if busy else 0.0

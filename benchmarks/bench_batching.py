@@ -26,8 +26,9 @@ sys.path.insert(0, str(REPO))
 
 from lapsbench import rng  # noqa: E402
 from lapsbench.acceptance import FixedAcceptance  # noqa: E402
-from lapsbench.batching import BatchConfig, BatchedEngine  # noqa: E402
 from lapsbench.costmodel import load_profile_file  # noqa: E402
+from lapsbench.engine.context import BatchConfig, RunContext  # noqa: E402
+from lapsbench.runner import serve  # noqa: E402
 from lapsbench.schedulers import make_policy, registry  # noqa: E402
 from lapsbench.state import EngineState  # noqa: E402
 from lapsbench.steptable import build_step_table  # noqa: E402
@@ -57,10 +58,9 @@ def main() -> None:
           f"alpha 0.7, h100-llama2-7b")
     start = time.perf_counter()
     warm = EngineState(ids[:8], arrival[:8], prompt[:8], output[:8], k, cost, acceptance=acceptance)
-    engine = BatchedEngine(warm, make_policy("fcfs"), acceptance, config)
-    engine.run()
-    print(f"{'warm-up':>15}: {time.perf_counter() - start:6.2f} s (loads or compiles the compiled engine; "
-          f"{'compiled' if engine.compiled_steps is not None else 'Python'} loop)")
+    serve(warm, make_policy("fcfs"), RunContext(k, cost, build_step_table(ids[:8], prompt[:8], output[:8], k, cost,
+                                                                          acceptance), config, acceptance))
+    print(f"{'warm-up':>15}: {time.perf_counter() - start:6.2f} s (loads or compiles the compiled engine)")
     start = time.perf_counter()
     table = build_step_table(ids, prompt, output, k, cost, acceptance)
     drawn = time.perf_counter() - start
@@ -73,7 +73,7 @@ def main() -> None:
         for _ in range(args.repeats):
             state = EngineState(ids, arrival, prompt, output, k, cost, acceptance=acceptance, step_table=table)
             start = time.perf_counter()
-            BatchedEngine(state, make_policy(name), acceptance, config).run()
+            serve(state, make_policy(name), RunContext(k, cost, table, config, acceptance))
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         total += median

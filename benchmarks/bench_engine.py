@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 from lapsbench import rng  # noqa: E402
 from lapsbench.acceptance import FixedAcceptance  # noqa: E402
 from lapsbench.costmodel import load_profile_file  # noqa: E402
-from lapsbench.engine import simulate  # noqa: E402
+from lapsbench.engine.context import RunContext  # noqa: E402
+from lapsbench.runner import serve  # noqa: E402
 from lapsbench.schedulers import make_policy  # noqa: E402
 from lapsbench.state import EngineState  # noqa: E402
 from lapsbench.steptable import build_step_table  # noqa: E402
@@ -81,7 +82,7 @@ def main() -> None:
             state = None  # free the previous run's state first: peak RSS is one run's
             state = EngineState(ids, arrival, prompt, output, args.k, cost, acceptance=acceptance)
             start = time.perf_counter()
-            simulate(state, make_policy(name), acceptance, table=table)
+            serve(state, make_policy(name), RunContext(args.k, cost, table, None, acceptance))
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         print(f"{name:>8}: median {median:7.2f} s over {args.repeats} runs "

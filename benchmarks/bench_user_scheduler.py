@@ -28,7 +28,8 @@ from bench_engine import workload  # noqa: E402
 from lapsbench import rng  # noqa: E402
 from lapsbench.acceptance import FixedAcceptance  # noqa: E402
 from lapsbench.costmodel import load_profile_file  # noqa: E402
-from lapsbench.engine import simulate  # noqa: E402
+from lapsbench.engine.context import RunContext  # noqa: E402
+from lapsbench.runner import serve  # noqa: E402
 from lapsbench.schedulers import make_policy  # noqa: E402
 from lapsbench.state import EngineState  # noqa: E402
 from lapsbench.steptable import build_step_table  # noqa: E402
@@ -48,7 +49,7 @@ def setup(n: int):
         state = EngineState(ids, arrival, prompt, output, 4, cost, acceptance=acceptance)
         policy = make_policy(name, params)
         start = time.perf_counter()
-        simulate(state, policy, acceptance, table=table)
+        serve(state, policy, RunContext(4, cost, table, None, acceptance))
         took = time.perf_counter() - start
         start = time.perf_counter()
         policy.pack(state)

@@ -192,50 +192,14 @@ def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.
               n_prefill: np.ndarray | None = None, prefill_tokens: np.ndarray | None = None,
               prefill_tokens_sq: np.ndarray | None = None, prefill_tokens_context: np.ndarray | None = None,
               prefill_context: np.ndarray | None = None, context_max: np.ndarray | None = None) -> np.ndarray:
-    """Time of engine steps (vectorised over steps): k draft forwards + one verify of k+1 tokens per
-    decoding request, plus prefill of the requests being prefilled in the same step, plus the profile's
-    step-level terms (`StepModel`). `context_max` is the longest decoding request's context (default
-    `context_decode`: exact at batch size 1).
+    """Time of engine steps (vectorised over steps): k draft forwards + one verify of k+1 tokens per decoding
+    request, plus the prefill of the requests being prefilled in the same step, plus the profile's step-level
+    terms. Priced by the compiled step pricing, the one implementation (lapsbench.engine.pricing, which says
+    how a step is priced); `context_max` defaults to `context_decode` (exact at batch size 1)."""
+    from lapsbench.engine.pricing import step_times_s  # numba: imported only when something is priced
 
-    With a fitted profile, a step that mixes prefill and decode is priced as the sum of the two forwards (an
-    upper bound of a fused chunked-prefill forward; exact at batch size 1, where a step is one or the
-    other) plus the mixed-step overhead. The fixed profile prices any step as one forward: step_s (+ k draft
-    forwards if it decodes) + prefill_s_per_token per prompt token prefilled."""
-    n_decode = np.asarray(n_decode)
-    if cost.is_fixed:  # one fused forward per step, whatever it mixes
-        busy = n_decode > 0
-        tokens = 0.0
-        if n_prefill is not None:
-            busy = busy | (np.asarray(n_prefill) > 0)
-            tokens = cost.fixed_prefill_s_per_token * np.asarray(prefill_tokens)
-        draft = k * cost.fixed_draft_step_s if k > 0 else 0.0
-        return np.where(busy, cost.fixed_step_s, 0.0) + np.where(n_decode > 0, draft, 0.0) + tokens
-    cost.check_k(k)
-    st = cost.step
-    cmax = np.asarray(context_decode if context_max is None else context_max)
-    n_fwd, span, fixed_span = n_decode, cmax, False
-    if st is not None and (st.batch_sizes or st.span_multiple > 0):
-        n_fwd, span, fixed_span = st.padded(k, n_decode, cmax)
-    t = cost.verify_s(n_fwd, n_fwd * (k + 1), context_decode, span)
-    if k > 0:
-        # Draft forward j sees the context plus the j draft tokens proposed so far: all k at once.
-        offsets = np.arange(k).reshape((k,) + (1,) * np.ndim(n_decode))
-        contexts = np.asarray(context_decode) + offsets * n_decode
-        spans = span + offsets * (0 if fixed_span else 1)
-        t = t + cost.draft_s(np.broadcast_to(n_fwd, contexts.shape), contexts, spans).sum(axis=0)
-    if st is not None:
-        nf, c, m = (np.asarray(a, np.float64) for a in (n_fwd, context_decode, span))
-        extra = (st.context * c + st.context_max * m) + st.batch_context_max * (nf * m)
-        t = np.where(n_decode > 0, t * st.sd_factor + extra / 1000.0, t)
-    if n_prefill is not None:
-        t = t + cost.prefill_s(n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
-                               prefill_context, with_draft=k > 0)
-    if st is not None:
-        dec = n_decode > 0
-        pf = np.asarray(n_prefill) > 0 if n_prefill is not None else np.zeros(np.shape(n_decode), bool)
-        over = np.where(dec & pf, st.mixed_ms, np.where(dec, st.decode_ms, np.where(pf, st.prefill_ms, 0.0)))
-        t = t + over / 1000.0
-    return t
+    return step_times_s(cost, k, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
+                        prefill_tokens_context, prefill_context, context_max)
 
 
 # --------------------------------------------------------------------------------------------- loading

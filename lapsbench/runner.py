@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from lapsbench.batching import BatchedEngine
-from lapsbench.engine import simulate
+from lapsbench.engine.context import RunContext, StepExecutor
 from lapsbench.replay.loop import SimulatedExecutor, replay_single
 from lapsbench.scenario import Scenario
 from lapsbench.schedulers.base import Scheduler, make_policy
+from lapsbench.schedulers.user import code_and_module
 from lapsbench.state import EngineState
 from lapsbench.steptable import build_step_table
 from lapsbench.workload import (
@@ -85,12 +85,10 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
             check_workload(s, workload, cost)
         acceptance = build_acceptance(s, workload, replication)
         # Every request's steps are drawn once per replication for all schedulers: at batch size 1 they are the
-        # steps themselves (schedule-independent); batched, the compiled loop reads each decode step's tokens
-        # from them (unless the acceptance is position dependent: then the Python loop draws as it goes).
-        table = None
-        if batching is None or not getattr(acceptance, "position_dependent", False):
-            table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
-                                     s.speculation.k, cost, acceptance)
+        # steps themselves (schedule-independent); batched, the engine reads each decode step's tokens from them.
+        table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
+                                 s.speculation.k, cost, acceptance)
+        ctx = RunContext(s.speculation.k, cost, table, batching, acceptance)
         for spec in s.scheduler:
             policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}", s.base_dir)
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
@@ -103,19 +101,35 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
                     progress(_label, _rep, done, _n)
             if executor is not None:
                 executor.begin(state, spec.label, replication, unit_ns=batching is None)
-            if batching is None:
-                if executor is None:
-                    simulate(state, policy, acceptance, callback, table=table)
-                else:
-                    replay_single(state, policy, table, executor, callback)
-                row = batch1_stats(state)
-            else:
-                engine = BatchedEngine(state, policy, acceptance, batching, table=table)
-                engine.run(callback, executor=executor)
-                row = engine.stats()
+            row = serve(state, policy, ctx, callback, executor)
             stats.append({"scheduler": spec.label, "replication": replication, **row})
             frames.append(records(state, spec.label, policy.name, replication))
     return collect(s, first, frames, stats, start, derived)
+
+
+def _writeable(P: tuple) -> tuple:
+    """The packed scheduler with contiguous, writeable arrays: numba types read-only arrays apart (another
+    compilation of the engine)."""
+    return type(P)(*(np.require(a, a.dtype, ["C_CONTIGUOUS", "WRITEABLE"]) if isinstance(a, np.ndarray) else a
+                     for a in P))
+
+
+def serve(state: EngineState, policy: Scheduler, ctx: RunContext, progress: Callable[[int], None] | None = None,
+          executor: StepExecutor | SimulatedExecutor | None = None, check: bool = False) -> dict[str, float]:
+    """Run one scheduler over `state`'s requests on the engine ctx.batching says (batch 1 when None); fills the
+    state's progress and result columns and returns the engine statistics. With an `executor` (replay) every
+    step is also executed by it, and its clock gives the time."""
+    if ctx.batching is not None:
+        code, engine = code_and_module(policy, "lapsbench.engine.batched")
+        return engine.run_batched(state.view, state.out, ctx, code, _writeable(policy.pack(state)),
+                                  policy.preemptive, policy.name, progress, check, executor, state.request_id)
+    if executor is None:
+        code, engine = code_and_module(policy, "lapsbench.engine.batch1")
+        engine.run_batch1(state.view, state.out, ctx, code, _writeable(policy.pack(state)), policy.preemptive,
+                          progress)
+    else:
+        replay_single(state, policy, ctx.table, executor, progress)
+    return batch1_stats(state)
 
 
 def batch1_stats(state: EngineState) -> dict[str, float]:
@@ -149,7 +163,7 @@ def check_user_schedulers(s: Scenario, workload: Workload, cost, params: dict[st
 
 
 def derived_parameters(s: Scenario, workload: Workload, cost) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Per scheduler label: its parameters with what its policy derives from the workload (Policy.derive),
+    """Per scheduler label: its parameters with what its policy derives from the workload (Scheduler.derive),
     fixed once per run from the first replication's requests before any engine runs; and the derived part
     alone (for meta.json)."""
     state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens, workload.output_tokens,

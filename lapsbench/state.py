@@ -1,6 +1,9 @@
-"""Request state as struct-of-arrays, owned by the engine, read by policies and metrics.
+"""A run's requests as the schedulers' Python side sees them: struct-of-arrays, index = arrival order.
 
-One array per field, indexed by request (the workload's arrival order). No per-request objects."""
+The progress columns are the engine's `RequestView` (`view`) and the result columns its `Results` (`out`);
+the attributes below are those same arrays, so an engine writing the view updates the state. The rest (cost,
+k, trace columns, seed, the acceptance process and step table for oracles, `cache`) is what a policy derives
+its packed tables from (lapsbench.policies)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from lapsbench.costmodel import CostModel
+from lapsbench.engine.context import Results
+from lapsbench.schedulers.api import RequestView, empty_view
 
 
 @dataclass
@@ -20,40 +25,29 @@ class EngineState:
     output_tokens: np.ndarray
     k: int
     cost: CostModel
-    generated: np.ndarray = field(init=False)       # output tokens produced so far
-    steps: np.ndarray = field(init=False)           # forward steps taken part in (prefill steps included)
-    decode_steps: np.ndarray = field(init=False)    # speculative (decode) steps taken: the acceptance counter
-    drafted: np.ndarray = field(init=False)         # draft tokens proposed so far (the K of each decode step)
-    attained_s: np.ndarray = field(init=False)      # GPU time of the steps taken part in
-    last_service_s: np.ndarray = field(init=False)  # end of the last step served, or arrival if none
-    first_token_s: np.ndarray = field(init=False)
-    finish_s: np.ndarray = field(init=False)
-    preemptions: np.ndarray = field(init=False)
-    preempted_s: np.ndarray = field(init=False)     # time charged for swap / recompute
-    done: np.ndarray = field(init=False)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # optional trace columns (alpha, predictions)
     seed: int = 0         # scenario seed and replication: policies derive their random streams from these
     replication: int = 0  # (rng.stream_key(seed, replication, stream)), shared by every scheduler
-    cache: dict[str, np.ndarray] = field(default_factory=dict)  # derived per-request arrays (scheduler helpers)
-    acceptance: Any = None  # the replication's acceptance process (set by the runner); oracle policies
-    #                         (srpt-sd) read true future draws from it; None in bare engine tests
-    step_table: Any = None  # the replication's step table drawn from `acceptance` (lapsbench.steptable), shared
-    #                         by every scheduler when the runner sets it; engines and oracles draw their own if None
+    cache: dict[str, np.ndarray] = field(default_factory=dict)  # derived per-request arrays (policy helpers)
+    acceptance: Any = None  # the replication's acceptance process; oracle policies (srpt-sd) read true draws
+    step_table: Any = None  # the replication's step table (lapsbench.steptable), for oracle policies
+    view: RequestView = field(init=False)
+    out: Results = field(init=False)
 
     def __post_init__(self) -> None:
-        n = len(self.arrival_s)
-        self.generated = np.zeros(n, np.int64)
-        self.steps = np.zeros(n, np.int64)
-        self.decode_steps = np.zeros(n, np.int64)
-        self.drafted = np.zeros(n, np.int64)
-        self.attained_s = np.zeros(n, np.float64)
-        self.last_service_s = self.arrival_s.astype(np.float64).copy()
-        self.first_token_s = np.full(n, np.nan)
-        self.finish_s = np.full(n, np.nan)
-        self.preemptions = np.zeros(n, np.int64)
-        self.preempted_s = np.zeros(n, np.float64)
-        self.done = np.zeros(n, bool)
+        self.view = empty_view(self.arrival_s, self.prompt_tokens, self.output_tokens)
+        self.out = Results.empty(len(self.arrival_s))
 
     @property
     def n(self) -> int:
         return len(self.arrival_s)
+
+
+def _alias(group: str, name: str) -> property:
+    return property(lambda self: getattr(getattr(self, group), name), doc=f"`{group}.{name}`")
+
+
+for _name in ("generated", "steps", "decode_steps", "drafted", "attained_s", "last_service_s", "done"):
+    setattr(EngineState, _name, _alias("view", _name))
+for _name in Results._fields:
+    setattr(EngineState, _name, _alias("out", _name))

@@ -73,6 +73,9 @@ def build_step_table(request_id: np.ndarray, prompt: np.ndarray, output: np.ndar
 
     Tokens are drawn now, chunk by chunk (memory near the table's own size); step costs are priced on
     first use of `cum_ns`, over the same chunks into one preallocated array."""
+    if getattr(acceptance, "position_dependent", False):
+        raise ValueError("the step table pre-draws acceptance by (request, step): a position-dependent process "
+                         "cannot be drawn ahead")
     expected = _expected_tokens(acceptance, len(output)) if k > 0 else np.ones(len(output))
     bounds = _chunks(output, expected)
     if k == 0:  # plain decoding: every step emits one token, whatever the acceptance process
@@ -133,10 +136,7 @@ def _draw(output: np.ndarray, k: int, acceptance, bounds: list[int],
     token_parts = []
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         idx = np.arange(start, stop)
-        if getattr(acceptance, "position_dependent", False):
-            emitted, cnt = _draw_sequential(idx, output[idx], k, acceptance)
-        else:
-            emitted, cnt = _draw_independent(idx, output[idx], k, acceptance, expected[start:stop])
+        emitted, cnt = _draw_independent(idx, output[idx], k, acceptance, expected[start:stop])
         starts = np.zeros(idx.size, np.int64)
         np.cumsum(cnt[:-1], out=starts[1:])
         token_parts.append(_segment_cumsum(emitted, starts).astype(tok_dtype))
@@ -229,27 +229,3 @@ def _draw_independent(idx, out, k, acceptance, expected):
     # Each round is sorted by request and later rounds continue earlier ones: a stable sort by request
     # (timsort merges the sorted runs) puts every request's steps in order.
     return tokens[np.argsort(owner, kind="stable")], drawn
-
-
-def _draw_sequential(idx, out, k, acceptance):
-    """Position-dependent acceptance: advance all requests of the chunk one step at a time."""
-    n = idx.size
-    generated = np.ones(n, np.int64)  # after the prefill step
-    columns = [np.ones(n, np.int64)]
-    counts = np.ones(n, np.int64)
-    alive = generated < out
-    step = 0
-    while alive.any():
-        live = np.flatnonzero(alive)
-        e = np.minimum(acceptance.emitted(idx[live], np.full(live.size, step), generated[live]),
-                       out[live] - generated[live])
-        col = np.zeros(n, np.int64)
-        col[live] = e
-        columns.append(col)
-        generated[live] += e
-        counts[live] += 1
-        alive = generated < out
-        step += 1
-    matrix = np.stack(columns, axis=1)  # (n, steps)
-    mask = np.arange(matrix.shape[1])[None, :] < counts[:, None]
-    return matrix[mask], counts

@@ -16,8 +16,8 @@ import polars as pl
 
 from lapsbench import rng
 from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance, acceptance_records
-from lapsbench.batching import BatchConfig
 from lapsbench.costmodel import CostModel, find_profile, fixed_profile, load_profile_file
+from lapsbench.engine.context import BatchConfig
 from lapsbench.errors import LapsbenchError
 from lapsbench.resources import ACCEPTANCE_FILE
 from lapsbench.scenario import (

@@ -14,9 +14,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lapsbench import rng  # noqa: E402
 from lapsbench.acceptance import FixedAcceptance  # noqa: E402
 from lapsbench.costmodel import CostModel, fixed_profile  # noqa: E402
-from lapsbench.engine import simulate  # noqa: E402
+from lapsbench.engine.context import BatchConfig, RunContext  # noqa: E402
+from lapsbench.runner import serve  # noqa: E402
 from lapsbench.schedulers import make_policy  # noqa: E402
 from lapsbench.state import EngineState  # noqa: E402
+from lapsbench.steptable import StepTable, build_step_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,6 +40,23 @@ def create_state(arrival_s, output_tokens, prompt_tokens=None, k: int = 0, cost:
 def create_acceptance(state: EngineState, alpha: float = 0.0, seed: int = 0, replication: int = 0):
     return FixedAcceptance(np.full(state.n, alpha), state.request_id, state.k,
                            rng.stream_key(seed, replication, rng.Streams.ACCEPTANCE))
+
+
+def table_for(state: EngineState, acceptance) -> StepTable:
+    """The step table of `state`'s requests under `acceptance` (what the runner builds per replication)."""
+    return build_step_table(state.request_id, state.prompt_tokens, state.output_tokens, state.k, state.cost,
+                            acceptance)
+
+
+def simulate(state: EngineState, policy, acceptance, progress=None, table: StepTable | None = None,
+             batching: BatchConfig | None = None, check: bool = False) -> EngineState:
+    """Serve `state` on the package's engine (batch 1, or batched under `batching`) as the runner does: the
+    step table and acceptance also handed to oracle policies through the state. Returns the state."""
+    table = table_for(state, acceptance) if table is None else table
+    state.acceptance, state.step_table = acceptance, table
+    state.engine_stats = serve(state, policy, RunContext(state.k, state.cost, table, batching, acceptance), progress,
+                               check=check)
+    return state
 
 
 def run_policy(name: str, state: EngineState, alpha: float = 0.0, seed: int = 0, **params) -> EngineState:

@@ -19,13 +19,12 @@ from lapsbench.acceptance import (
     segmented_ar1,
     walk_mean_tokens_per_step,
 )
-from lapsbench.engine import simulate
 from lapsbench.errors import LapsbenchError
 from lapsbench.scenario import parse_scenario
 from lapsbench.schedulers import make_policy
 from lapsbench.workload import build_acceptance, load_workload
 
-from conftest import REPO, create_state
+from conftest import REPO, create_state, simulate
 
 DATA = str(REPO / "data" / "acceptance" / "specdecode_bench_llama31_8b_h100.parquet")
 

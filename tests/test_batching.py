@@ -1,6 +1,6 @@
-"""The batched engine: run() — the compiled loop, or the Python engine with event skipping where it falls
-back — equals stepping one at a time in Python (with the KV-cache invariant checked after every step), modes
-behave as defined, throughput scales with the batch, preemption is charged."""
+"""The batched engine (lapsbench/engine/batched.py) equals the step-by-step Python reference
+(tests/reference_batched.py, the KV-cache invariant checked after every step in both), modes behave as defined,
+throughput scales with the batch, preemption is charged."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import dataclasses
 import numpy as np
 import polars as pl
 import pytest
+from reference_batched import ReferenceBatched, _roundup
 
-from lapsbench.batching import BatchConfig, BatchedEngine, _roundup
 from lapsbench.costmodel import CostModel, PhaseModel, fixed_profile
-from lapsbench.engine import table_for
+from lapsbench.engine.context import BatchConfig
 from lapsbench.errors import LapsbenchError
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
 from lapsbench.schedulers import make_policy, registry
 
-from conftest import create_acceptance, create_state, write_canonical_trace
+from conftest import create_acceptance, create_state, simulate, table_for, write_canonical_trace
 from test_policy_conformance import IDS as VARIANT_IDS
 from test_policy_conformance import VARIANTS
 from test_policy_conformance import random_case as policy_case
@@ -47,12 +47,34 @@ def random_case(seed: int, n: int = 30):
                 k=int(g.integers(0, 4)), request_id=g.permutation(5 * n)[:n])
 
 
+class Run:
+    """A run of the package's engine, as far as the tests read it: its statistics."""
+
+    def __init__(self, stats: dict) -> None:
+        self._stats = stats
+
+    def stats(self) -> dict:
+        return self._stats
+
+    @property
+    def max_batch_seen(self) -> int:
+        return int(self._stats["batch_size_max"])
+
+
+def serve_state(state, policy, config: BatchConfig, reference: bool, progress=None):
+    """Run `state` (its acceptance set) on the reference or on the package's engine (KV invariants checked)."""
+    if reference:
+        engine = ReferenceBatched(state, policy, state.acceptance, config)
+        engine.run(progress)
+        return engine
+    simulate(state, policy, state.acceptance, progress, batching=config, check=True)
+    return Run(state.engine_stats)
+
+
 def run(case: dict, policy: str, config: BatchConfig, cost: CostModel, reference: bool, alpha: float = 0.6):
     state = create_state(**case, cost=cost)
     state.acceptance = create_acceptance(state, alpha, 3)  # oracle policies read the true future from it
-    engine = BatchedEngine(state, make_policy(policy), state.acceptance, config, check_invariants=reference)
-    engine.run(max_rounds=1 if reference else None)
-    return state, engine
+    return state, serve_state(state, make_policy(policy), config, reference)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -71,13 +93,10 @@ def test_fast_equals_stepwise_reference(policy: str, mode: str, admission: str, 
     cost = linear_cost()
     fast, fast_engine = run(case, policy, config, cost, reference=False)
     slow, engine = run(case, policy, config, cost, reference=True)
-    assert fast_engine.compiled_steps, "run() fell back to the Python loop: the comparison would be vacuous"
-    assert engine.compiled_steps is None
     assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)
     for field in FIELDS:
         assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
     assert engine.max_used <= capacity
-    assert fast_engine.max_used == engine.max_used
     np.testing.assert_equal(fast_engine.stats(), engine.stats())  # exact (NaN where capacity is unlimited)
 
 
@@ -146,7 +165,6 @@ def test_guarded_admission_timeline_by_hand(reference: bool):
         cfg = BatchConfig(mode="continuous", max_batch=2, max_batch_tokens=64, kv_capacity_tokens=32,
                           preemption=preemption, admission="guarded", admission_share=share)
         state, engine = run(case, "srpt", cfg, cost, reference=reference)
-        assert (engine.compiled_steps is None) == reference
         assert state.finish_s.tolist() == pytest.approx(finish), (preemption, share)
         assert state.preemptions.tolist() == preemptions, (preemption, share)
 
@@ -229,48 +247,10 @@ def test_capacity_smaller_than_a_request_is_refused():
         run(case, "fcfs", BatchConfig(mode="continuous", kv_capacity_tokens=256), linear_cost(), reference=False)
 
 
-class PositionDependent:
-    """A position-dependent acceptance stub: the step table cannot pre-draw it, so run() must fall back to
-    the Python loop (one extra token when the position is even, capped at k + 1)."""
-
-    position_dependent = True
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def emitted(self, req, step, position):
-        base = self.inner.emitted(req, step, position)
-        return np.minimum(base + (np.asarray(position) % 2 == 0), self.inner.k + 1)
-
-
-@pytest.mark.parametrize("mode", ["static", "dynamic", "continuous"])
-def test_python_fallback_equals_stepwise_reference(mode: str):
-    case = random_case(5)
-    worst = int((case["prompt_tokens"] + case["output_tokens"]).max()) + 16 + 5
-    config = BatchConfig(mode=mode, max_batch=8, max_batch_tokens=128, kv_capacity_tokens=worst * 2,
-                         preemption="recompute")
-    runs = []
-    for reference in (False, True):
-        state = create_state(**case, cost=linear_cost())
-        acceptance = create_acceptance(state, 0.6, 3)
-        state.acceptance = acceptance
-        acceptance, policy = PositionDependent(acceptance), make_policy("las")
-        engine = BatchedEngine(state, policy, acceptance, config, check_invariants=reference)
-        engine.run(max_rounds=1 if reference else None)
-        assert engine.compiled_steps is None
-        runs.append((state, engine))
-    (fast, fast_engine), (slow, engine) = runs
-    assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)
-    for field in FIELDS:
-        assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
-    assert fast_engine.max_used == engine.max_used
-
-
 @pytest.mark.parametrize("policy", POLICIES)
-def test_compiled_loop_runs_with_a_shared_table_and_reports_progress(policy: str):
-    """A prebuilt step table (as the runner shares one per replication) gives the results of the table the
-    loop builds itself; progress counts rise to n (tests/test_progress.py: the timing); recompute never runs a request
-    past its table's steps (a re-prefill's extra token only shortens it)."""
+def test_compiled_loop_reports_progress_and_stays_within_the_table(policy: str):
+    """Progress counts rise to n (tests/test_progress.py: the timing); recompute never runs a request past its
+    table's steps (a re-prefill's extra token only shortens it); the reference agrees."""
     case = random_case(11, n=60)
     worst = int((case["prompt_tokens"] + case["output_tokens"]).max()) + 16 + 5
     # prompts are < 200 tokens, so a (re-)prefill completes in one step: with smaller chunks, preemptive
@@ -278,24 +258,19 @@ def test_compiled_loop_runs_with_a_shared_table_and_reports_progress(policy: str
     config = BatchConfig(mode="continuous", max_batch=8, max_batch_tokens=256, kv_capacity_tokens=worst + 48,
                          preemption="recompute")
     results = []
-    for variant in ("own table", "shared table", "reference"):
+    for reference in (False, True):
         state = create_state(**case, cost=linear_cost())
         state.acceptance = create_acceptance(state, 0.6, 3)
         table = table_for(state, state.acceptance)
         calls: list[int] = []
-        engine = BatchedEngine(state, make_policy(policy), state.acceptance, config,
-                               table=table if variant == "shared table" else None)
-        engine.run(calls.append, max_rounds=1 if variant == "reference" else None)
-        assert (engine.compiled_steps is None) == (variant == "reference")
+        engine = serve_state(state, make_policy(policy), config, reference, calls.append)
         assert calls == sorted(set(calls)) and calls[-1] == state.n
         assert np.all(state.decode_steps + 1 <= table.n_steps)
-        results.append((state, engine, calls))
-    (own, own_engine, _), (shared, shared_engine, _), (slow, engine, _) = results
+        results.append((state, engine))
+    (fast, fast_engine), (slow, engine) = results
     for field in FIELDS:
-        assert np.array_equal(getattr(own, field), getattr(slow, field)), field
-        assert np.array_equal(getattr(shared, field), getattr(slow, field)), field
-    np.testing.assert_equal(own_engine.stats(), engine.stats())
-    np.testing.assert_equal(shared_engine.stats(), engine.stats())
+        assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+    np.testing.assert_equal(fast_engine.stats(), engine.stats())
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -311,7 +286,7 @@ def test_compiled_loop_with_large_batches(policy: str):
                              preemption=preemption)
         fast, fast_engine = run(case, policy, config, linear_cost(), reference=False)
         slow, engine = run(case, policy, config, linear_cost(), reference=True)
-        assert fast_engine.compiled_steps and fast_engine.max_batch_seen > 32
+        assert fast_engine.max_batch_seen > 32
         for field in FIELDS:
             assert np.array_equal(getattr(fast, field), getattr(slow, field)), (preemption, field)
         np.testing.assert_equal(fast_engine.stats(), engine.stats())
@@ -332,11 +307,8 @@ def test_policy_variants_compiled_equal_stepwise(name: str, params: dict, seed: 
         config = BatchConfig(mode=mode, max_batch=[3, 6][seed % 2], max_batch_tokens=512,
                              kv_capacity_tokens=np.inf if seed == 0 else worst + 24,
                              preemption=["swap", "recompute"][seed // 2], block_size=8)
-        engine = BatchedEngine(state, make_policy(name, copy.deepcopy(params)), acc, config,
-                               check_invariants=reference)
-        engine.run(max_rounds=1 if reference else None)
-        assert (engine.compiled_steps is None) == reference
-        runs.append((state, engine))
+        state.acceptance = acc
+        runs.append((state, serve_state(state, make_policy(name, copy.deepcopy(params)), config, reference)))
     (fast, fast_engine), (slow, engine) = runs
     assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)
     for field in FIELDS:
@@ -351,7 +323,7 @@ def livelock_case(policy: str, preemption: str = "recompute", admission: str = "
     state.acceptance = create_acceptance(state, 0.5, 3)
     config = BatchConfig(mode="continuous", max_batch=4, max_batch_tokens=64, kv_capacity_tokens=256.0,
                          preemption=preemption, block_size=16, admission=admission)
-    return state, BatchedEngine(state, make_policy(policy), state.acceptance, config)
+    return state, lambda reference: serve_state(state, make_policy(policy), config, reference)
 
 
 @pytest.mark.parametrize("policy", ["las", "rr"])
@@ -360,7 +332,7 @@ def test_recompute_livelock_is_reported_not_simulated_forever(policy: str, refer
     state, engine = livelock_case(policy)
     with pytest.raises(LapsbenchError, match=rf"scheduler {policy}: livelock — 3,328 prefill tokens .* the 2 "
                                              r"requests present.*recompute preemption") as info:
-        engine.run(max_rounds=1 if reference else None)
+        engine(reference)
     assert "\n" not in str(info.value)
     assert not state.done.any() and state.preemptions.sum() > 20  # evicted over and over, nothing finished
 
@@ -372,8 +344,8 @@ def test_same_pressure_without_the_livelock_completes(policy: str, preemption: s
     """Swap keeps prefill progress; fcfs / srpt keep ranking the same request first: all finish."""
     for reference in (False, True):
         state, engine = livelock_case(policy, preemption, admission)
-        engine.run(max_rounds=1 if reference else None)
-        assert state.done.all() and (engine.compiled_steps is None) == reference
+        engine(reference)
+        assert state.done.all()
 
 
 @pytest.mark.parametrize("policy", ["las", "rr"])
@@ -382,8 +354,8 @@ def test_guarded_admission_does_not_livelock(policy: str):
     recompute, so an evicted request waits for memory instead of evicting the other back: both finish."""
     for reference in (False, True):
         state, engine = livelock_case(policy, admission="guarded")
-        engine.run(max_rounds=1 if reference else None)
-        assert state.done.all() and (engine.compiled_steps is None) == reference
+        engine(reference)
+        assert state.done.all()
 
 
 def test_compiled_loop_reads_32_bit_token_tables():
@@ -392,11 +364,11 @@ def test_compiled_loop_reads_32_bit_token_tables():
     case = dict(arrival_s=[0.0, 0.0, 0.1, 0.2], output_tokens=[33_000, 40, 7, 90], prompt_tokens=[50, 20, 30, 10],
                 k=4, request_id=[5, 1, 9, 3])
     config = BatchConfig(mode="continuous", max_batch=2, max_batch_tokens=64)
-    fast, engine = run(case, "las", config, linear_cost(), reference=False)
+    fast, _ = run(case, "las", config, linear_cost(), reference=False)
     slow, _ = run(case, "las", config, linear_cost(), reference=True)
     from lapsbench.steptable import _token_dtype
 
-    assert engine.compiled_steps is not None and _token_dtype(fast.output_tokens) is np.int32
+    assert _token_dtype(fast.output_tokens) is np.int32
     for name in FIELDS:
         assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True), name
 

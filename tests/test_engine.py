@@ -8,11 +8,10 @@ import pytest
 
 from lapsbench.acceptance import mean_tokens_per_step
 from lapsbench.costmodel import fixed_profile
-from lapsbench.engine import simulate
 from lapsbench.results.metrics import t95
 from lapsbench.schedulers import make_policy, registry
 
-from conftest import create_acceptance, create_state, run_policy
+from conftest import REPO, create_acceptance, create_state, run_policy, simulate
 from reference_engine import reference_simulate
 
 BASIC = ["fcfs", "sjf", "srpt", "las", "rr"]
@@ -166,3 +165,25 @@ def test_k_zero_is_plain_decoding_without_draft_cost():
     cost = fixed_profile(step_s=1.0, draft_step_s=5.0)
     state = run_policy("fcfs", create_state([0.0], [10], k=0, cost=cost), alpha=0.9)
     assert state.steps[0] == 10 and state.finish_s[0] == pytest.approx(10.0)
+
+
+def test_each_engine_binds_the_scheduler_by_one_line():
+    """A scheduler's compiled functions are reached only through the module global `dispatch`, bound by exactly one
+    line in each engine module, and every function calling `dispatch.*` lives in that module (a user scheduler
+    gets its own engine from a copy of the module's source with that line replaced)."""
+    line = "from lapsbench.schedulers import dispatch"
+    callers = {}
+    for path in sorted((REPO / "lapsbench").rglob("*.py")):
+        if path.parent.name == "schedulers" or path.parts[-3:-1] == ("lapsbench", "policies"):
+            continue
+        text = path.read_text()
+        if "dispatch." in text or line in text:
+            callers[path.relative_to(REPO).as_posix()] = text.splitlines().count(line)
+    assert callers == {"lapsbench/engine/batch1.py": 1, "lapsbench/engine/batched.py": 1}
+
+
+def test_drafted_counts_k_per_decode_step():
+    state = create_state(np.arange(6.0), [5, 1, 9, 3, 12, 2], k=3, cost=fixed_profile(0.5, 0.01))
+    run_policy("las", state, alpha=0.6)
+    assert state.done.all() and state.decode_steps.sum() > 0
+    assert np.array_equal(state.drafted, 3 * state.decode_steps)

@@ -2,22 +2,22 @@
 per-request results of their step-by-step counterparts — across every registered policy (and LAPS-SD's
 three placements), every batching mode (continuous with both admission rules) and the fixed, beta
 (drift + AR(1)) and empirical acceptance processes. The fast batched engine is the compiled loop
-(lapsbench/batching_compiled.py)."""
+(lapsbench/engine/batched.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference_batched import ReferenceBatched
 
 from lapsbench import rng
 from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance
-from lapsbench.batching import BatchConfig, BatchedEngine
 from lapsbench.costmodel import fixed_profile
-from lapsbench.engine import simulate
+from lapsbench.engine.context import BatchConfig
 from lapsbench.schedulers import make_policy, registry
 
-from conftest import create_state
+from conftest import create_state, simulate
 from reference_engine import reference_simulate
 
 # every registered policy with its defaults, plus LAPS-SD's other placements (the default is "perceived")
@@ -80,10 +80,11 @@ def test_fast_engine_equals_stepwise_engine(case: dict) -> None:
                                  max_batch_tokens=max(64, case["max_batch"] * (state.k + 1)),
                                  kv_capacity_tokens=capacity, preemption=case["preemption"], block_size=8,
                                  admission=case["admission"], admission_share=case["admission_share"])
-            engine = BatchedEngine(state, policy, state.acceptance, config, check_invariants=stepwise)
-            engine.run(max_rounds=1 if stepwise else None)
-            # the fast run is the compiled loop (no acceptance kind here is position dependent)
-            assert (engine.compiled_steps is None) == stepwise
+            if stepwise:
+                ReferenceBatched(state, policy, state.acceptance, config).run()
+            else:
+                simulate(state, policy, state.acceptance, batching=config, check=True)
+                assert np.array_equal(state.drafted, state.k * state.decode_steps)
         runs.append(state)
     fast, slow = runs
     assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)

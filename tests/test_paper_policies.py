@@ -9,7 +9,6 @@ import pytest
 from lapsbench import rng
 from lapsbench.acceptance import FixedAcceptance
 from lapsbench.costmodel import fixed_profile, load_profile_file
-from lapsbench.engine import simulate
 from lapsbench.errors import LapsbenchError
 from lapsbench.predictors import bucket_of, confusion_matrix
 from lapsbench.results.metrics import t95
@@ -18,7 +17,7 @@ from lapsbench.schedulers.laps_sd import estimate
 from lapsbench.schedulers.stepwise import Bound
 
 import oracles
-from conftest import REPO, create_acceptance, create_state, run_policy
+from conftest import REPO, create_acceptance, create_state, run_policy, simulate
 from reference_engine import reference_run
 
 
@@ -160,8 +159,9 @@ def test_laps_sd_warns_once_when_a_user_quantum_is_too_short(capsys):
 
 def test_perceptible_steps_match_the_policy():
     """The schedule-free stability check (used by the report) gives the step the policy itself records."""
-    from lapsbench.engine import table_for
     from lapsbench.schedulers.laps_sd import perceptible_steps
+
+    from conftest import table_for
 
     state, acc = laps_case()
     policy = make_policy("laps-sd", {"window": 4, "tolerance": 0.05, "min_steps": 6})

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from lapsbench import progress as lp
-from lapsbench.batching import BatchConfig, BatchedEngine
 from lapsbench.costmodel import fixed_profile
-from lapsbench.engine import simulate, table_for
+from lapsbench.engine.context import BatchConfig
+from lapsbench.replay.loop import SimulatedExecutor, replay_single
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
 from lapsbench.schedulers import make_policy
 
-from conftest import REPO, create_acceptance, create_state, write_canonical_trace
+from conftest import REPO, create_acceptance, create_state, simulate, table_for, write_canonical_trace
 
 ENGINES = {"batch 1": {}, "continuous": {"batching": "continuous", "max_batch": 16}}
 N = {"batch 1": 20_000, "continuous": 4_000}  # a few tens of ms of compiled loop: several polls at POLL_S = 0
@@ -77,8 +77,8 @@ def big_run(engine: str):
     policy = make_policy("las")
     if engine == "batch 1":
         return state, lambda progress: simulate(state, policy, acceptance, progress, table=table)
-    engine_ = BatchedEngine(state, policy, acceptance, BatchConfig(max_batch=16), table=table)
-    return state, lambda progress: engine_.run(progress)
+    return state, lambda progress: simulate(state, policy, acceptance, progress, table=table,
+                                            batching=BatchConfig(max_batch=16))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -110,8 +110,8 @@ def test_engine_errors_reach_the_caller():
         lp.run_polled(Broken(), (np.zeros(2, np.int64),), np.zeros(2, np.int64), 0, 1, None)
 
 
-def test_python_engine_progress_is_throttled():
-    """The Python engines report through Throttled: a new count at most every POLL_S seconds, the last
+def test_replay_progress_is_throttled():
+    """Python loops (the replay's) report through Throttled: a new count at most every POLL_S seconds, the last
     one (n) always and once; results unchanged."""
     calls: list[int] = []
     report = lp.Throttled(calls.append, 100_000, interval=0.05)
@@ -126,7 +126,11 @@ def test_python_engine_progress_is_throttled():
     for progress in (None, calls.append):
         calls.clear()
         state = create_state(np.arange(300.0), output, k=2, cost=fixed_profile(0.01, 0.002))
-        simulate(state, make_policy("las"), create_acceptance(state, 0.6), progress)
+        policy, acceptance = make_policy("las"), create_acceptance(state, 0.6)
+        executor = SimulatedExecutor()
+        executor.begin(state, "las", 0, unit_ns=True)
+        replay_single(state, policy, table_for(state, acceptance), executor,
+                      lp.Throttled(progress, state.n) if progress else None)
         runs.append(state)
     assert calls[-1] == 300 and calls == sorted(set(calls))
     assert np.array_equal(runs[0].finish_s, runs[1].finish_s)

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from lapsbench.costmodel import fixed_profile
-from lapsbench.engine import table_for
 from lapsbench.schedulers import make_policy
 from lapsbench.schedulers.stepwise import Bound
 
-from conftest import create_acceptance, create_state
+from conftest import create_acceptance, create_state, table_for
 
 ARRIVAL, OUTPUT, PROMPT = [0.0, 0.5, 1.0], [40, 10, 25], [100, 200, 300]
 

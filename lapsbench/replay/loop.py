@@ -1,9 +1,10 @@
 """The replay's decision loop and the executor interface, with the executor that runs nothing.
 
-Batched modes run the simulator's own one-step loop (`BatchedEngine.run(executor=...)`); batch 1 runs
-`replay_single`, tests/reference_engine.py's loop (the specification of the batch-1 simulator) with each
-step handed to the executor. The policy decides at every step boundary from the executor's clock;
-accepted tokens come from the replication's step table / acceptance draws, as in the simulator."""
+Batched modes run the batched engine's own step phases from Python (lapsbench.engine.batched.run_batched with
+an executor); batch 1 runs `replay_single`: one step at a time, everyone re-ranked before every step, each step
+handed to the executor. With `SimulatedExecutor` it is the step-by-step specification of the compiled batch-1
+engine (tests/reference_engine.py). The policy decides at every step boundary from the executor's clock;
+accepted tokens come from the replication's step table, as in the simulator."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lapsbench.batching import BatchStep
+from lapsbench.engine.context import BatchStep
 from lapsbench.replay.steplog import StepLog
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
@@ -66,10 +67,11 @@ class SimulatedExecutor:
 
 
 def replay_single(state: EngineState, policy: Scheduler, table: StepTable, executor: SimulatedExecutor,
-                  progress: Callable[[int], None] | None = None) -> EngineState:
-    """Batch-1 serving, one step at a time, each step run by `executor` (times in integer ns)."""
+                  progress: Callable[[int], None] | None = None, bound: Bound | None = None) -> EngineState:
+    """Batch-1 serving, one step at a time, each step run by `executor` (times in integer ns). `bound`: the
+    scheduler bound to `state` (packed here if None; tests read its packed tuple after the run)."""
     arrival = to_ns(state.arrival_s)
-    bound = Bound(policy, state)
+    bound = Bound(policy, state) if bound is None else bound
     k = state.k
     now, last, finished = 0, -1, 0
     attained = np.zeros(state.n, np.int64)
@@ -99,7 +101,7 @@ def replay_single(state: EngineState, policy: Scheduler, table: StepTable, execu
         state.generated[chosen] += tokens
         state.steps[chosen] += 1
         state.decode_steps[chosen] = state.steps[chosen] - 1
-        state.drafted[chosen] = k * state.decode_steps[chosen]
+        state.drafted[chosen] += k if j > 0 else 0
         state.attained_s[chosen] = attained[chosen] / NS
         state.last_service_s[chosen] = now / NS
         if j == 0:

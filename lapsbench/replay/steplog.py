@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lapsbench.batching import BatchStep
+from lapsbench.engine.context import BatchStep
 from lapsbench.fsutil import atomic_file
 
 VERSION = "1"

@@ -1,6 +1,6 @@
 """The real engine: a Llama-shaped target and draft (random bf16 weights) serving speculative decoding on a GPU.
 
-Per step (lapsbench.batching.BatchStep): the prompt chunks of prefilling requests run eagerly, one forward
+Per step (lapsbench.engine.context.BatchStep): the prompt chunks of prefilling requests run eagerly, one forward
 of each model per request (flash attention, causal; a chunk after cached tokens attends them too), padded to
 a multiple of PREFILL_TOKENS; every bucket of the workload's prompt lengths is warmed in `prepare`; then
 every decoding request takes one speculative step as ONE CUDA graph: k draft forwards (one token each,
@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from lapsbench.batching import BatchStep
 from lapsbench.calibrate.measure import _Llama
 from lapsbench.calibrate.models import LlamaConfig, parse_model_spec
 from lapsbench.costmodel import CostModel
+from lapsbench.engine.context import BatchStep
 from lapsbench.errors import LapsbenchError
 from lapsbench.replay.loop import SimulatedExecutor
 from lapsbench.state import EngineState

@@ -1,114 +1,36 @@
-"""The batched engine: static, dynamic and continuous (iteration-level) batching with KV-cache memory.
-
-One engine step serves a batch: every decoding member takes one speculative step (k draft forwards and
-one verify forward over all members' k + 1 tokens), and in continuous mode requests being prefilled get
-a chunk of their prompt within the step's token budget (chunked prefill). Finishing a prefill emits the
-request's first token. A request that finishes mid-step leaves at the step's end.
-
-Memory: a resident request holds KV slots for its cached tokens plus the k + 1 slots of its next step,
-rounded up to blocks. When a higher-ranked request needs memory, the policy's lowest-ranked resident that
-is not in the step is preempted: `swap` copies its KV to host memory (bytes / host-link bandwidth, and the
-same again to bring it back; the engine stalls for the copy), `recompute` drops it and the request later
-re-prefills its prompt and everything it had generated. Under continuous batching with `admission =
-"guarded"` (the default) a *waiting* request (holding no KV) may displace a resident only when the
-displacement costs at most `admission_share` of the engine time the victim has been served beyond it since
-the victim entered memory; otherwise it waits for free memory (docs/batching.md §3).
-
-Modes (SSJF's semantics for static and dynamic):
-- static: a batch of up to `max_batch` requests in policy order runs until all its members finish; a
-  finished member stays in the batch as padding (priced) and every member completes at the batch's end.
-- dynamic: the batch runs until its first member finishes; finished members leave, the rest go back to
-  the queue and a new batch is formed in policy order.
-- continuous: every step re-forms the batch in policy order (non-preemptive policies keep their running
-  requests) up to `max_batch` requests, `max_batch_tokens` tokens and the free KV memory.
-
-`run()` runs on the compiled loop (lapsbench/batching_compiled.py: numba, one engine step at a time, the
-scheduler's compiled functions, acceptance from the replication's step table) unless the acceptance
-process is position dependent; it reproduces `run(max_rounds=1)` — this module's `one_step`, the
-specification, with the same compiled scheduler functions (lapsbench.schedulers.stepwise) — bit for bit.
-"""
+"""The step-by-step batched reference: plain Python, one engine step at a time, the scheduler's compiled functions
+(through lapsbench.schedulers.stepwise) ranking everyone before every step and observing after (the specification
+of lapsbench/engine/batched.py, which must agree with it bit for bit; docs/batching.md gives the rules). Slow on
+purpose; never used by the package."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from lapsbench.batching_compiled import LIVELOCK_FACTOR, livelock_message, run_compiled
 from lapsbench.costmodel import sd_step_s
-from lapsbench.engine import Acceptance
+from lapsbench.engine.batched import livelock_message
+from lapsbench.engine.batched_state import LIVELOCK_FACTOR
+from lapsbench.engine.context import BatchConfig
 from lapsbench.errors import LapsbenchError
 from lapsbench.progress import Throttled
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
 from lapsbench.state import EngineState
-from lapsbench.steptable import StepTable
-
-MODES = ("none", "static", "dynamic", "continuous")
-PREEMPTION = ("swap", "recompute")
-ADMISSION = ("guarded", "greedy")
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    mode: str = "continuous"
-    max_batch: int = 64
-    max_batch_tokens: int = 8192
-    kv_capacity_tokens: float = np.inf   # inf = unlimited
-    preemption: str = "swap"
-    block_size: int = 16
-    admission: str = "guarded"     # continuous: when a waiting request may displace a resident (docs/batching.md §3)
-    admission_share: float = 0.05  # guarded: largest displacement cost, as a share of its gain
-
-
-@dataclass(frozen=True)
-class BatchStep:
-    """One engine step as an executor runs it (lapsbench.replay): the decoding requests, their cached tokens
-    before the step and the tokens each keeps; the prefilling requests, their chunk, the tokens already
-    cached for them and whether the chunk ends their prefill (emitting a token); `resident` marks the
-    requests allowed to hold KV (the others' KV is dropped first)."""
-
-    k: int
-    decode: np.ndarray
-    context: np.ndarray
-    emitted: np.ndarray
-    prefill: np.ndarray
-    chunk: np.ndarray
-    cached: np.ndarray
-    completes: np.ndarray
-    resident: np.ndarray
-
-
-class StepExecutor(Protocol):
-    """Runs steps for real and owns the clock (lapsbench.replay). Times are the engine's seconds."""
-
-    def step(self, step: BatchStep, start: float, price: float) -> tuple[float, float]:
-        """Execute `step`, decided at `start`, which the cost model prices at `price`; returns its end and
-        its duration."""
-        ...
-
-    def wait_until(self, t: float) -> float:
-        """Idle until `t` (the next arrival); returns the time it woke."""
-        ...
 
 
 def _roundup(tokens: np.ndarray, block: int) -> np.ndarray:
     return -(-tokens // block) * block
 
 
-class BatchedEngine:
-    """State of one batched run beyond EngineState: prefill progress and KV residency."""
+class ReferenceBatched:
+    """One batched run, step by step: EngineState plus prefill progress and KV residency."""
 
-    def __init__(self, state: EngineState, policy: Scheduler, acceptance: Acceptance, config: BatchConfig,
-                 check_invariants: bool = False, table: StepTable | None = None) -> None:
-        """`table`: the replication's step table (lapsbench.steptable) for this state and acceptance, shared
-        by every scheduler (default: `state.step_table`); built on demand by the compiled loop if neither."""
+    def __init__(self, state: EngineState, policy: Scheduler, acceptance, config: BatchConfig,
+                 check_invariants: bool = True) -> None:
         self.s, self.policy, self.acc, self.cfg = state, policy, acceptance, config
         self.check = check_invariants
-        self.table = table if table is not None else state.step_table
-        self.compiled_steps: int | None = None   # engine steps run by the compiled loop (None: Python loop)
         n = state.n
         self.prefilled = np.zeros(n, np.int64)          # tokens of the current prefill target done
         self.target = state.prompt_tokens.copy()        # prefill target (prompt; prompt + generated after recompute)
@@ -308,10 +230,8 @@ class BatchedEngine:
         self.footprint[idx] = 0
         self.resident[idx] = False
 
-    def one_step(self, members: np.ndarray, chunks: np.ndarray, stall: float, now: float,
-                 executor: StepExecutor | None = None) -> tuple[float, np.ndarray]:
-        """Run one engine step of `members`; returns the new time and the requests that finished. With an
-        `executor` (lapsbench.replay) the step is also executed and the executor's clock says when it ended."""
+    def one_step(self, members: np.ndarray, chunks: np.ndarray, stall: float, now: float) -> tuple[float, np.ndarray]:
+        """Run one engine step of `members`; returns the new time and the requests that finished."""
         s, k = self.s, self.s.k
         is_dec = chunks == 0
         dec, pf, c = members[is_dec], members[~is_dec], chunks[~is_dec]
@@ -326,12 +246,7 @@ class BatchedEngine:
                              np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
                              np.array([(c * before).sum()]), np.array([before.sum()]),
                              np.array([ctx.max(initial=0)]))[0])
-        if executor is None:
-            now, took = now + (dt + stall), dt + stall
-        else:
-            step = BatchStep(k, live_dec, ctx[~s.done[dec]], emitted, pf, c, before, before + c >= self.target[pf],
-                             self.resident)
-            now, took = executor.step(step, now, dt + stall)
+        now, took = now + (dt + stall), dt + stall
         self._record(took, members.size)
         s.generated[live_dec] += emitted
         s.decode_steps[live_dec] += 1
@@ -384,24 +299,16 @@ class BatchedEngine:
         return done
 
     # ------------------------------------------------------------------ the loop
-    def run(self, progress: Callable[[int], None] | None = None, max_rounds: int | None = None,
-            executor: StepExecutor | None = None) -> EngineState:
-        """Serve every request: on the compiled loop when it can (`compiled_steps` is then set), else one step
-        at a time in Python. `max_rounds=1` runs the Python loop (the reference behaviour); so does an
-        `executor`, which runs each step for real and whose clock gives the time (replay)."""
-        if executor is not None:
-            max_rounds = 1
+    def run(self, progress: Callable[[int], None] | None = None) -> EngineState:
+        """Serve every request, one step at a time."""
         s, cfg = self.s, self.cfg
         n, arrival = s.n, s.arrival_s
-        if max_rounds is None and run_compiled(self, progress, self.table):
-            return s
         self.bound = Bound(self.policy, s)
         now, admitted, finished = 0.0, 0, 0
         active = np.empty(0, np.int64)
         report = Throttled(progress, n) if progress is not None else None
         # Livelock guard: prefill tokens computed since a step last emitted a token, against the whole work
-        # (prompt + output tokens) of the requests present. Without evictions a prefill-only streak is at
-        # most that work; only recompute preemption can throw prefill away, over and over.
+        # (prompt + output tokens) of the requests present.
         work_of = s.prompt_tokens + s.output_tokens
         stuck, work = 0, 0
         while finished < n:
@@ -411,13 +318,13 @@ class BatchedEngine:
                 work += int(work_of[admitted:upto].sum())
                 admitted = upto
             if active.size == 0 and not self.static_batch.size:
-                now = float(arrival[admitted]) if executor is None else executor.wait_until(float(arrival[admitted]))
+                now = float(arrival[admitted])
                 continue
             members, chunks, stall = self.select(active, now)
             assert members.size, "no request fits an empty engine: capacity checks are wrong"
             self._count_deselected(members)
             generated_before = int(s.generated[members].sum())
-            now, done = self.one_step(members, chunks, stall, now, executor)
+            now, done = self.one_step(members, chunks, stall, now)
             if done.size or int(s.generated[members].sum()) > generated_before:
                 stuck = 0
             else:
@@ -455,8 +362,3 @@ class BatchedEngine:
         assert self.used <= self.cfg.kv_capacity_tokens, (self.used, self.cfg.kv_capacity_tokens)
         assert self.used == int(self.footprint[self.resident].sum())
         assert not (self.resident & self.swapped).any()
-
-
-def simulate_batched(state: EngineState, policy: Scheduler, acceptance: Acceptance, config: BatchConfig,
-                     progress: Callable[[int], None] | None = None) -> EngineState:
-    return BatchedEngine(state, policy, acceptance, config).run(progress)

@@ -1,0 +1,114 @@
+"""lapsbench.engine.pricing: the one step pricing — hand-computed steps, mixed K per request (issue #18),
+the fixed-K case bit for bit, and a CostPack usable from compiled code and other processes."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from lapsbench.costmodel import CostModel, PhaseModel, StepModel, fixed_profile, load_profile_file
+from lapsbench.engine.pricing import mixed_step_time_s, pack_cost, step_time_s, step_times_s
+from lapsbench.errors import LapsbenchError
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = sorted((REPO / "profiles").glob("*.toml"))
+# verify: 1 + 0.1 / token + 0.001 / cached token (ms); draft forward: 0.5 + 0.2 / request + 1e-4 / cached token
+LINEAR = CostModel("hand", target=PhaseModel({"const": 1.0, "tokens": 0.1, "context": 0.001}),
+                   target_prefill=PhaseModel({"const": 2.0, "tokens": 0.01}),
+                   draft=PhaseModel({"const": 0.5, "batch": 0.2, "context": 1e-4}))
+
+
+def mixed(cost, k, ks, contexts, n_prefill=0, tokens=0):
+    ks, contexts = np.asarray(ks, np.int64), np.asarray(contexts, np.int64)
+    return mixed_step_time_s(pack_cost(cost, k), ks, contexts, ks.size, n_prefill, tokens, tokens * tokens, 0, 0)
+
+
+def test_mixed_k_by_hand() -> None:
+    """K = 3, 0, 1 at contexts 100, 200, 300: the verify forward checks 4 + 1 + 2 = 7 tokens over 600 cached;
+    draft forward 0 runs requests 0 and 2 (400 cached), forwards 1 and 2 request 0 alone (101, 102 cached)."""
+    verify = 1.0 + 0.1 * 7 + 0.001 * 600
+    drafts = (0.5 + 0.2 * 2 + 1e-4 * 400) + (0.5 + 0.2 + 1e-4 * 101) + (0.5 + 0.2 + 1e-4 * 102)
+    assert mixed(LINEAR, 3, [3, 0, 1], [100, 200, 300]) == pytest.approx((verify + drafts) / 1000, rel=1e-14)
+    # K = 0 everywhere: plain decoding, no draft forward at all
+    assert mixed(LINEAR, 3, [0, 0], [100, 200]) == pytest.approx((1.0 + 0.1 * 2 + 0.001 * 300) / 1000, rel=1e-14)
+    # with a prefill in the step: its forward is added (the draft prefill too, when the profile has one)
+    got = mixed(LINEAR, 3, [1], [50], n_prefill=1, tokens=100)
+    want = (1.0 + 0.1 * 2 + 0.001 * 50) + (0.5 + 0.2 + 1e-4 * 50) + (2.0 + 0.01 * 100)
+    assert got == pytest.approx(want / 1000, rel=1e-14)
+
+
+def test_mixed_k_fixed_profile() -> None:
+    """The fixed profile: step_s plus max K_i draft forwards when the step decodes."""
+    cost = fixed_profile(0.02, draft_step_s=0.001, prefill_s_per_token=1e-5)
+    assert mixed(cost, 4, [2, 3, 0], [10, 20, 30]) == 0.02 + 3 * 0.001 + 0.0
+    assert mixed(cost, 4, [0, 0], [10, 20]) == 0.02 + 0.0 + 0.0
+    assert mixed(cost, 4, [], [], n_prefill=1, tokens=100) == 0.02 + 0.0 + 1e-5 * 100
+
+
+PADDED = CostModel("pad", target=PhaseModel({"const": 1.0, "batch": 0.1, "batch_context_max": 1e-3},
+                                            {"const": 0.2, "tokens": 0.05}, "pnorm", 4.0),
+                   target_prefill=PhaseModel({"const": 1.0}),
+                   draft=PhaseModel({"const": 0.2, "batch_context_max": 1e-6, "context_max": 1e-5}),
+                   step=StepModel(sd_factor=1.02, decode_ms=0.1, context_max=1e-4, batch_context_max=2e-5,
+                                  batch_sizes=(1, 2, 4, 8, 16, 24, 32), span_multiple=128))
+
+
+@pytest.mark.parametrize("cost", [LINEAR, PADDED, fixed_profile(0.02, 0.0015, 3e-6),
+                                  *(load_profile_file(p) for p in PROFILES)], ids=lambda c: c.name)
+def test_same_k_everywhere_is_step_time_s(cost: CostModel) -> None:
+    """Every request drafting the pack's k: mixed_step_time_s is step_time_s bit for bit."""
+    g = np.random.default_rng(3)
+    for k in (0, 1, 4, 7):
+        pack = pack_cost(cost, k)
+        for _ in range(60):
+            n = int(g.integers(0, 40))
+            contexts = g.integers(0, 5000, n)
+            npf = int(g.integers(0, 3))
+            tok = int(g.integers(npf, 3000)) if npf else 0
+            want = step_time_s(pack, n, int(contexts.sum()), int(contexts.max(initial=0)), npf, tok, tok * tok, 0, 0)
+            got = mixed_step_time_s(pack, np.full(n, k, np.int64), contexts, n, npf, tok, tok * tok, 0, 0)
+            assert got == want, (cost.name, k, n)
+
+
+def test_graph_padding_prices_the_padded_shape() -> None:
+    """batch_sizes / span_multiple: 5 decoding requests cost what 8 cost; the span is max context + k + 1
+    rounded up to 128."""
+    pack = pack_cost(PADDED, 4)
+    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0) == step_time_s(pack, 8, 5000, 300, 0, 0, 0, 0, 0)
+    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0) == step_time_s(pack, 5, 5000, 379, 0, 0, 0, 0, 0)
+    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0) != step_time_s(pack, 5, 5000, 380, 0, 0, 0, 0, 0)
+
+
+def test_vectorised_and_compiled_callers_agree() -> None:
+    """step_times_s (arrays, for Python callers) and a call from other compiled code give the same floats."""
+    cost = load_profile_file(PROFILES[0])
+    pack = pack_cost(cost, 3)
+    n = np.arange(1, 40, dtype=np.int64)
+    c = n * 1000
+
+    @numba.njit
+    def each(pack, n, c, out):
+        for i in range(n.size):
+            out[i] = step_time_s(pack, n[i], c[i], c[i] // n[i], 1, 16, 256, 0, 0)
+
+    out = np.empty(n.size)
+    each(pack, n, c, out)
+    assert np.array_equal(out, step_times_s(cost, 3, n, c, 1, 16, 256, 0, 0, context_max=c // n))
+    again = pickle.loads(pickle.dumps(pack))  # a pack holds no addresses: it goes to sweep workers as is
+    assert np.array_equal(step_times_s(again, 3, n, c, context_max=c // n), step_times_s(pack, 3, n, c,
+                                                                                         context_max=c // n))
+
+
+def test_errors() -> None:
+    no_draft = CostModel("nodraft", target=PhaseModel({"const": 1.0}), target_prefill=PhaseModel({"const": 1.0}))
+    with pytest.raises(LapsbenchError, match="needs a draft model"):
+        pack_cost(no_draft, 2)
+    assert step_times_s(no_draft, 0, [3], [10])[0] == 1.0 / 1000
+    whole = CostModel("whole", target=PhaseModel({"const": 1.0}), target_prefill=PhaseModel({"const": 1.0}),
+                      draft=PhaseModel({}), step=StepModel(k=4))
+    with pytest.raises(LapsbenchError, match="k = 4"):
+        pack_cost(whole, 2)

@@ -33,7 +33,7 @@ class Config(NamedTuple):
     kv_bytes: float      # bytes per KV token
     link: float          # host link, bytes/s
     share: float         # admission_share
-    code: int            # the scheduler's dispatch code (lapsbench.schedulers.dispatch.code_of)
+    code: int            # the scheduler's dispatch code (schedulers' code_of)
 
 
 class Memory(NamedTuple):

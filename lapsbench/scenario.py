@@ -134,6 +134,9 @@ ACCEPTANCE_KINDS: dict[str, type] = {"fixed": FixedAcceptanceSpec, "beta": BetaA
 class SpeculationSpec:
     k: int = _f(4, f"draft tokens per step, 0..{K_MAX}; 0 = plain decoding (no draft cost)", _draft_tokens)
     acceptance: Any = _f(FixedAcceptanceSpec(), "acceptance process table (kind = ...)")
+    adaptive: Any = _f(None, "how K is chosen per step, k being the maximum: { kind = \"batch-table\" | "
+                       "\"goodput\" | \"off-under-load\", ... } (lapsbench.speculation, docs/speculation.md); "
+                       "default none: k every step")
 
 
 @dataclass(frozen=True)
@@ -340,11 +343,16 @@ def parse_scenario(data: dict[str, Any], base_dir: str = "") -> Scenario:
     spec_raw = top.get("speculation", {})
     if not isinstance(spec_raw, dict):
         raise LapsbenchError(f"speculation: {spec_raw!r} — expected a table")
-    speculation = parse_table(SpeculationSpec, {k: v for k, v in spec_raw.items() if k != "acceptance"},
-                              "speculation")
+    speculation = parse_table(SpeculationSpec, {k: v for k, v in spec_raw.items()
+                                                if k not in ("acceptance", "adaptive")}, "speculation")
     if "acceptance" in spec_raw:
         speculation = dataclasses.replace(
             speculation, acceptance=_parse_acceptance(spec_raw["acceptance"], "speculation.acceptance"))
+    if "adaptive" in spec_raw:
+        from lapsbench.speculation import parse_adaptive
+
+        speculation = dataclasses.replace(
+            speculation, adaptive=parse_adaptive(spec_raw["adaptive"], "speculation.adaptive", speculation.k))
     scenario = parse_table(
         Scenario, {k: v for k, v in top.items() if k in ("name", "seed", "replications")}, "")
     return dataclasses.replace(
@@ -483,6 +491,8 @@ def scenario_to_toml(s: Scenario) -> str:
         lines.append(f"[{section}]")
         table = getattr(s, section)
         for f in dataclasses.fields(table):
+            if getattr(table, f.name) is None:  # an optional table left out (speculation.adaptive)
+                continue
             lines.append(f"{f.name} = {_toml_value(getattr(table, f.name))}")
         lines.append("")
     for sched in s.scheduler:

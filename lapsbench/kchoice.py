@@ -133,8 +133,9 @@ def goodput_per_request_k(alpha: np.ndarray, remaining: np.ndarray, k_max: int, 
     `base_s` the rest (prefill chunks, step overhead). Greedy by draft position: a draft at position j is worth
     α_i^(j+1) tokens to request i (if it has more than j + 1 tokens left), so position j's drafters are the
     best n_j by α of position j−1's drafters that have a token left for it; n_j is the count that maximises
-    the step's tokens/s with no drafts past j, and the walk stops at the first n_j = 0. Exact for one position; greedy past it (draft positions cost
-    alike and are worth less, so a position that does not pay alone is not paid for by later ones)."""
+    the step's tokens/s with no drafts past j, and the walk stops at the first n_j = 0. Exact for one position;
+    greedy past it (draft positions cost alike and are worth less, so a position that does not pay alone is
+    not paid for by later ones)."""
     n = alpha.size
     cand = np.argsort(-alpha, kind="mergesort")  # position j's candidates, best acceptance first
     n_cand = n

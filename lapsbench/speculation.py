@@ -105,6 +105,11 @@ def parse_adaptive(raw: Any, where: str, k: int) -> Adaptive:
     return spec
 
 
+def with_adaptive(speculation: Any, raw: Any) -> Any:
+    """`speculation` (a SpeculationSpec) with its `adaptive` parsed from the raw TOML value."""
+    return dataclasses.replace(speculation, adaptive=parse_adaptive(raw, "speculation.adaptive", speculation.k))
+
+
 def largest_k(spec: Adaptive | None, k: int) -> int:
     """The largest K a step may run under `spec` (the fixed `k` without one)."""
     if isinstance(spec, BatchTableSpec):

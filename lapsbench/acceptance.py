@@ -5,7 +5,13 @@ emits between 1 and k + 1 tokens (never past the request's output length — the
 Every process answers `emitted(req, step, position)` vectorised: `req` indexes the workload, `step` is
 the request's own decode-step counter (0 = first speculative step after prefill) and `position` the
 number of tokens generated before the step. Draws depend only on (replication key, request id, step),
-so every scheduler sees the same accepted-token sequence for a request (common random numbers)."""
+so every scheduler sees the same accepted-token sequence for a request (common random numbers).
+
+Across draft lengths too: `accepted(req, step, position)` is the draft count accepted at the process's
+maximum k — a function of (seed, replication, request, step) for `fixed` and `beta`, of (seed, replication,
+request, position) for `empirical` (its `indexed_by`), never of K — and a step drafting K' <= k emits
+min(accepted, K') + 1 (`emitted_at`), bit-identical to a process built with k = K'. `accepted_table` lays
+the draws out per request for the compiled engines."""
 
 from __future__ import annotations
 
@@ -39,15 +45,21 @@ class FixedAcceptance:
         """Expected tokens per step of each request (used only to size pre-drawing)."""
         return mean_tokens_per_step(self.alpha[req], self.k)
 
-    def emitted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+    indexed_by = "step"
+
+    def accepted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Drafts accepted at this process's k (the maximum): G = floor(ln U / ln α) capped at k."""
         if self.k == 0:
-            return np.ones(np.shape(req), dtype=np.int64)
+            return np.zeros(np.shape(req), dtype=np.int64)
         u = rng.uniform(self.key, self.request_id[req], step)
         log_alpha = self._log_alpha if np.ndim(self._log_alpha) == 0 else self._log_alpha[req]
         with np.errstate(divide="ignore", invalid="ignore"):
             accepted = np.floor(np.log(u) / log_alpha)  # α = 0: log α = −inf → −0 → 0 accepted
         np.minimum(accepted, self.k, out=accepted)
-        return accepted.astype(np.int64) + 1
+        return accepted.astype(np.int64)
+
+    def emitted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+        return self.accepted(req, step, position) + 1
 
 
 def mean_tokens_per_step(alpha, k: int):
@@ -138,9 +150,12 @@ class BetaAcceptance:
             a = a + self.ar[self.ar_offset[req] + np.minimum(step, self.ar_len[req] - 1)]
         return np.clip(a, 0.0, self.max_alpha)
 
-    def emitted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+    indexed_by = "step"
+
+    def accepted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Drafts accepted at this process's k (the maximum), geometric at the step's α_s."""
         if self.k == 0:
-            return np.ones(np.shape(req), dtype=np.int64)
+            return np.zeros(np.shape(req), dtype=np.int64)
         req = np.asarray(req)
         step = np.broadcast_to(np.asarray(step, np.int64), req.shape)
         u = rng.uniform(self.key, self.request_id[req], step)
@@ -148,7 +163,10 @@ class BetaAcceptance:
         with np.errstate(divide="ignore", invalid="ignore"):
             accepted = np.floor(np.log(u) / np.log(alpha))
         accepted = np.where(alpha > 0, np.minimum(accepted, self.k), 0)
-        return accepted.astype(np.int64) + 1
+        return accepted.astype(np.int64)
+
+    def emitted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+        return self.accepted(req, step, position) + 1
 
 
 def beta_moments(mean: float, concentration: float, upto: int) -> np.ndarray:
@@ -183,6 +201,23 @@ def beta_mean_tokens_per_step(mean: float, concentration: float, k: int, step: i
 
 # ------------------------------------------------------------------------------------------- empirical
 
+def record_tokens(records: tuple, req: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """acc_len at output position p of each request's record; past a list's end the list is replayed again,
+    cyclically, from an offset drawn per (request, pass) (see `EmpiricalAcceptance`)."""
+    flat, acc_off, lens, request_id, key = records
+    L = lens[req]
+    inside = p < L
+    idx = np.empty(req.size, np.int64)
+    idx[inside] = p[inside]
+    beyond = ~inside
+    if beyond.any():
+        extra = p[beyond] - L[beyond]
+        cycle = extra // L[beyond]
+        start = np.floor(rng.uniform(key, request_id[req[beyond]], cycle) * L[beyond]).astype(np.int64)
+        idx[beyond] = (start + extra % L[beyond]) % L[beyond]
+    return flat[acc_off[req] + idx]
+
+
 @dataclass
 class EmpiricalAcceptance:
     """Replay of measured per-position acceptance lengths (SpecDecode-Bench style `acc_len` lists).
@@ -201,6 +236,10 @@ class EmpiricalAcceptance:
     offset: np.ndarray   # start of each request's steps in `seq`
     length: np.ndarray   # number of precomputed steps (>= 1)
     k: int
+    records: tuple | None = None  # (flat acc_len, start of each request's list, list lengths, request ids, key)
+    record_k: int = 0    # the largest K the records can replay: max acc_len − 1
+
+    indexed_by = "position"
 
     @classmethod
     def build(cls, lists: list[np.ndarray], request_id: np.ndarray, output_tokens: np.ndarray, k: int,
@@ -210,6 +249,7 @@ class EmpiricalAcceptance:
         lens = np.array([len(a) for a in lists], np.int64)
         acc_off = np.concatenate(([0], np.cumsum(lens)[:-1]))
         flat = np.concatenate(lists).astype(np.int64) if n else np.zeros(0, np.int64)
+        records = (flat, acc_off, lens, np.asarray(request_id), key)
         cap = k + 1
         pos = np.ones(n, np.int64)
         steps_max = np.maximum(out - 1, 1)
@@ -219,22 +259,24 @@ class EmpiricalAcceptance:
         live = np.flatnonzero(pos < out)
         while live.size:
             p = pos[live]
-            L = lens[live]
-            inside = p < L
-            idx = np.empty(live.size, np.int64)
-            idx[inside] = p[inside]
-            beyond = ~inside
-            if beyond.any():
-                extra = p[beyond] - L[beyond]
-                cycle = extra // L[beyond]
-                start = np.floor(rng.uniform(key, request_id[live[beyond]], cycle) * L[beyond]).astype(np.int64)
-                idx[beyond] = (start + extra % L[beyond]) % L[beyond]
-            e = np.minimum(flat[acc_off[live] + idx], cap) if k > 0 else np.ones(live.size, np.int64)
+            e = np.minimum(record_tokens(records, live, p), cap) if k > 0 else np.ones(live.size, np.int64)
             seq[offset[live] + count[live]] = e
             count[live] += 1
             pos[live] = p + e
             live = live[pos[live] < out[live]]
-        return cls(seq, offset, np.maximum(count, 1), k)
+        record_k = int(flat.max()) - 1 if flat.size else 0
+        return cls(seq, offset, np.maximum(count, 1), k, records, record_k)
+
+    def accepted(self, req: np.ndarray, step: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Drafts accepted by a step starting at output `position` (>= 1), at this process's k (the maximum):
+        min(acc_len[position], k + 1) − 1, the list replayed cyclically past its end as in `build`."""
+        assert self.records is not None
+        req = np.asarray(req)
+        position = np.broadcast_to(np.asarray(position, np.int64), req.shape)
+        if self.k == 0:
+            return np.zeros(req.shape, np.int64)
+        return np.minimum(record_tokens(self.records, req.ravel(), position.ravel()).reshape(req.shape),
+                          self.k + 1) - 1
 
     def mean_tokens(self, req: np.ndarray) -> np.ndarray:
         """Mean tokens per precomputed step of each request (sizes the step table's pre-drawing only)."""
@@ -319,3 +361,40 @@ def acceptance_records(path: str, dataset: str, method: str) -> list[np.ndarray]
     if not lists:
         raise LapsbenchError(f"speculation.acceptance: {path}: no usable records for {dataset}/{method}")
     return lists
+
+
+# ------------------------------------------------------------------------------ draft length below the k drawn
+
+def emitted_at(process, req: np.ndarray, step: np.ndarray, position: np.ndarray, k: int) -> np.ndarray:
+    """Tokens emitted by steps drafting `k` <= the process's k: min(accepted, k) + 1 from the same draws, so
+    every draft length sees the same acceptance randomness (common random numbers across K). A chain
+    draft's first k positions: replaying records measured at K under k < K keeps their first k positions."""
+    check_draft_length(process, k)
+    return np.minimum(process.accepted(req, step, position), k) + 1
+
+
+def check_draft_length(process, k: int) -> None:
+    """One line (LapsbenchError) when a step would draft more than the process's draws can answer."""
+    from lapsbench.errors import LapsbenchError
+
+    if k < 0 or k > process.k:
+        raise LapsbenchError(f"speculation: a step drafts K = {k}, but the acceptance process was built for "
+                             f"K <= {process.k} (speculation.k); expected 0 <= K <= {process.k}")
+    record_k = getattr(process, "record_k", None)
+    if record_k is not None and k > record_k:
+        raise LapsbenchError(f"speculation.acceptance: a step drafts K = {k}, but the acceptance records replay at "
+                             f"most K = {record_k} (longest acc_len {record_k + 1}); expected K <= {record_k}")
+
+
+def accepted_table(process, output_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(accepted, offset): every draw a request can need, flat, for the compiled engines. Request r's draw
+    for a step is accepted[offset[r] + i], i = its decode-step counter (`indexed_by == "step"`, i in
+    0..output_tokens − 2) or the step's starting output position (`"position"`, i in 1..output_tokens − 1);
+    both fit in max(output_tokens, 1) slots per request. Values are capped at the process's k."""
+    out = np.maximum(np.asarray(output_tokens, np.int64), 1)
+    offset = np.concatenate(([0], np.cumsum(out)[:-1])).astype(np.int64)
+    req = np.repeat(np.arange(out.size), out)
+    i = np.arange(int(out.sum()), dtype=np.int64) - offset[req]
+    if process.indexed_by == "position":
+        return process.accepted(req, np.zeros_like(i), np.maximum(i, 1)), offset
+    return process.accepted(req, i, np.zeros_like(i)), offset

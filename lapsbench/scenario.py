@@ -130,6 +130,7 @@ ACCEPTANCE_KINDS: dict[str, type] = {"fixed": FixedAcceptanceSpec, "beta": BetaA
 class SpeculationSpec:
     k: int = _f(4, f"draft tokens per step, 0..{K_MAX}; 0 = plain decoding (no draft cost)", _draft_tokens)
     acceptance: Any = _f(FixedAcceptanceSpec(), "acceptance process table (kind = ...)")
+    adaptive: Any = _f(None, "how K is chosen per step, k the maximum (docs/speculation.md); none: k every step")
 
 
 @dataclass(frozen=True)
@@ -339,11 +340,14 @@ def parse_scenario(data: dict[str, Any], base_dir: str = "") -> Scenario:
     spec_raw = top.get("speculation", {})
     if not isinstance(spec_raw, dict):
         raise LapsbenchError(f"speculation: {spec_raw!r} — expected a table")
-    speculation = parse_table(SpeculationSpec, {k: v for k, v in spec_raw.items() if k != "acceptance"},
-                              "speculation")
+    plain = {k: v for k, v in spec_raw.items() if k not in ("acceptance", "adaptive")}
+    speculation = parse_table(SpeculationSpec, plain, "speculation")
     if "acceptance" in spec_raw:
         speculation = dataclasses.replace(
             speculation, acceptance=_parse_acceptance(spec_raw["acceptance"], "speculation.acceptance"))
+    if "adaptive" in spec_raw:
+        from lapsbench.speculation import with_adaptive
+        speculation = with_adaptive(speculation, spec_raw["adaptive"])
     scenario = parse_table(
         Scenario, {k: v for k, v in top.items() if k in ("name", "seed", "replications")}, "")
     return dataclasses.replace(
@@ -474,8 +478,8 @@ def scenario_to_toml(s: Scenario) -> str:
     for section in ("trace", "model", "speculation", "engine", "slo", "output"):
         lines.append(f"[{section}]")
         table = getattr(s, section)
-        for f in dataclasses.fields(table):
-            lines.append(f"{f.name} = {_toml_value(getattr(table, f.name))}")
+        lines += [f"{f.name} = {_toml_value(v)}" for f in dataclasses.fields(table)
+                  if (v := getattr(table, f.name)) is not None]  # None: an optional table left out
         lines.append("")
     for sched in s.scheduler:
         lines.append("[[scheduler]]")

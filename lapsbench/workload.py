@@ -226,6 +226,9 @@ def with_absolute_paths(s: Scenario) -> Scenario:
 
 
 def build_cost(s: Scenario) -> CostModel:
+    from lapsbench.speculation import refuse_unwired
+
+    refuse_unwired(s.speculation.adaptive)  # until the engines honour it (issue #18 wiring)
     profile = s.model.profile
     if isinstance(profile, FixedProfileSpec):
         return fixed_profile(profile.step_s, profile.draft_step_s, profile.prefill_s_per_token)

@@ -1,0 +1,174 @@
+"""Compiled K choosers for `[speculation] adaptive` (lapsbench.speculation): the draft length of a step, or of
+each request in a step, from what an engine knows cheaply at the step (docs/speculation.md §2).
+
+All are plain @njit functions of arrays and scalars (no closures, no function arguments: those miss
+numba's disk cache in every new process). An engine packs a scenario's choice once with `pack_adaptive`
+and per step calls `choose_shared_k` (one K for the batch) or, for goodput with per_request = true,
+`goodput_per_request_k` (a K per decoding request, priced as the mixed-K step: verify Σ(K_i + 1) tokens,
+draft forward j over the requests with K_i > j).
+
+Acceptance estimate (goodput): the chain model's per-token acceptance α_i of request i, from its draws so
+far, as the posterior mean under a Beta prior of mean `prior_alpha` and weight `prior_strength` pseudo-trials:
+
+    α̂_i = (prior_alpha · prior_strength + accepted_i) / (prior_strength + accepted_i + rejected_i)
+
+accepted_i = drafts accepted (Σ min(draw, K) over its steps, before the output-length cap) and rejected_i
+= steps whose draw rejected a draft (draw < K; a step with K = 0 tests nothing). This is the maximum-
+likelihood α of a truncated geometric with a prior; accepted / drafted would be biased low (at α = 0.7,
+K = 4 its mean is 0.44), because drafts after the first rejection are never tested."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from lapsbench.speculation import Adaptive, BatchTableSpec, GoodputSpec, OffUnderLoadSpec
+
+FIXED, BATCH_TABLE, GOODPUT, OFF_UNDER_LOAD = 0, 1, 2, 3
+
+
+class AdaptivePack(NamedTuple):
+    """One scenario's K choice, in the form the compiled engines take (built once per run)."""
+
+    code: int                # FIXED, BATCH_TABLE, GOODPUT or OFF_UNDER_LOAD
+    k: int                   # the fixed speculation.k: the maximum of every choice
+    k_max: int               # the largest K this choice may return
+    table_batch: np.ndarray  # batch-table: first batch size of each row (int64, increasing, [0] = 1)
+    table_k: np.ndarray      # batch-table: K of each row (int64)
+    off_batch: int           # off-under-load: decoding requests from which K = 0
+    per_request: bool        # goodput: a K per request
+    prior_alpha: float       # goodput: acceptance prior mean
+    prior_strength: float    # goodput: prior weight in pseudo-trials
+
+
+def pack_adaptive(spec: Adaptive | None, k: int) -> AdaptivePack:
+    """The packed form of `speculation.adaptive` (None: the fixed k every step)."""
+    batches = np.array([1], np.int64)
+    ks = np.array([k], np.int64)
+    code, k_max, off, per_request, prior_a, prior_s = FIXED, k, 0, False, 0.7, 4.0
+    if isinstance(spec, BatchTableSpec):
+        code = BATCH_TABLE
+        batches = np.array([b for b, _ in spec.table], np.int64)
+        ks = np.array([kk for _, kk in spec.table], np.int64)
+        k_max = int(ks.max())
+    elif isinstance(spec, GoodputSpec):
+        code, k_max, per_request = GOODPUT, spec.k_max, spec.per_request
+        prior_a, prior_s = spec.prior_alpha, spec.prior_strength
+    elif isinstance(spec, OffUnderLoadSpec):
+        code, off = OFF_UNDER_LOAD, spec.batch
+    return AdaptivePack(code, k, k_max, batches, ks, off, per_request, prior_a, prior_s)
+
+
+@njit(cache=True)
+def batch_table_k(table_batch: np.ndarray, table_k: np.ndarray, n: int) -> int:
+    """K of the last row whose batch size is <= n decoding requests (the first row's K for n < 1)."""
+    i = np.searchsorted(table_batch, n, side="right") - 1
+    return table_k[max(i, 0)]
+
+
+@njit(cache=True)
+def off_under_load_k(k: int, off_batch: int, n: int) -> int:
+    """0 while at least `off_batch` requests decode, `k` otherwise."""
+    return 0 if n >= off_batch else k
+
+
+@njit(cache=True)
+def alpha_estimate(accepted: int, rejected: int, prior_alpha: float, prior_strength: float) -> float:
+    """Posterior-mean per-token acceptance of one request (module docstring)."""
+    return (prior_alpha * prior_strength + accepted) / (prior_strength + accepted + rejected)
+
+
+@njit(cache=True)
+def expected_tokens(alpha: float, k: int, remaining: int) -> float:
+    """E[tokens emitted] by a step drafting k at per-token acceptance α, for a request with `remaining`
+    tokens left: Σ_{j=0..min(k, remaining−1)} α^j (= (1 − α^(k+1)) / (1 − α) when remaining > k; k + 1 at
+    α = 1)."""
+    top = min(k, remaining - 1)
+    total, term = 0.0, 1.0
+    for _ in range(top + 1):
+        total += term
+        term *= alpha
+    return total
+
+
+@njit(cache=True)
+def goodput_shared_k(alpha: np.ndarray, remaining: np.ndarray, step_s: np.ndarray) -> int:
+    """The K in 0..len(step_s)−1 maximising Σ_i E[tokens | α_i, K] / step_s[K] (ties: the smaller K).
+    `step_s[K]`: the engine's price of this step with every decoding request drafting K."""
+    best_k, best = 0, -1.0
+    for k in range(step_s.size):
+        tokens = 0.0
+        for i in range(alpha.size):
+            tokens += expected_tokens(alpha[i], k, remaining[i])
+        rate = tokens / step_s[k]
+        if rate > best * (1.0 + 1e-12):
+            best_k, best = k, rate
+    return best_k
+
+
+@njit(cache=True)
+def choose_shared_k(P: AdaptivePack, n: int, alpha: np.ndarray, remaining: np.ndarray,
+                    step_s: np.ndarray) -> int:
+    """One K for a step with `n` decoding requests. Goodput reads `alpha`, `remaining` (per decoding request)
+    and `step_s` (price by K = 0..P.k_max); the other kinds ignore them (pass empty arrays)."""
+    if P.code == BATCH_TABLE:
+        return batch_table_k(P.table_batch, P.table_k, n)
+    if P.code == OFF_UNDER_LOAD:
+        return off_under_load_k(P.k, P.off_batch, n)
+    if P.code == GOODPUT:
+        return goodput_shared_k(alpha, remaining, step_s)
+    return P.k
+
+
+@njit(cache=True)
+def goodput_per_request_k(alpha: np.ndarray, remaining: np.ndarray, k_max: int, base_s: float,
+                          verify_s: np.ndarray, draft_s: np.ndarray, out_k: np.ndarray) -> float:
+    """A K per decoding request (written to `out_k`) for the mixed-K step; returns its expected tokens/s.
+
+    Step time = base_s + verify_s[Σ(K_i + 1)] + Σ_j draft_s[n_j], n_j = #requests with K_i > j:
+    `verify_s[t]` prices one verify forward of t query tokens over these requests (t = n..n·(k_max + 1);
+    shorter arrays cap the tokens considered), `draft_s[m]` one draft forward over m requests (draft_s[0] = 0),
+    `base_s` the rest (prefill chunks, step overhead). Greedy by draft position: a draft at position j is worth
+    α_i^(j+1) tokens to request i (if it has more than j + 1 tokens left), so position j's drafters are the
+    best n_j by α of position j−1's drafters that have a token left for it; n_j is the count that maximises
+    the step's tokens/s with no drafts past j, and the walk stops at the first n_j = 0. Exact for one position;
+    greedy past it (draft positions cost alike and are worth less, so a position that does not pay alone is
+    not paid for by later ones)."""
+    n = alpha.size
+    cand = np.argsort(-alpha, kind="mergesort")  # position j's candidates, best acceptance first
+    n_cand = n
+    power = np.ones(n)  # α_r^(K_r): the worth of request r's next draft is power[r]·α_r
+    tokens = float(n)
+    out_k[:] = 0
+    top = verify_s.size - 1
+    t_verify = n
+    rest = base_s  # step time without the verify forward
+    for j in range(k_max):
+        keep = 0  # candidates with a token left for a draft at j, moved to the front
+        for c in range(n_cand):
+            r = cand[c]
+            if remaining[r] - 1 > j:
+                cand[keep] = r
+                keep += 1
+        best_m, best_rate = 0, tokens / (rest + verify_s[min(t_verify, top)])
+        gain = 0.0
+        for m in range(1, keep + 1):
+            r = cand[m - 1]
+            gain += power[r] * alpha[r]
+            step = rest + verify_s[min(t_verify + m, top)] + draft_s[min(m, draft_s.size - 1)]
+            rate = (tokens + gain) / step
+            if rate > best_rate * (1.0 + 1e-12):
+                best_m, best_rate = m, rate
+        if best_m == 0:
+            break
+        for m in range(best_m):
+            r = cand[m]
+            power[r] *= alpha[r]
+            tokens += power[r]
+            out_k[r] = j + 1
+        rest += draft_s[min(best_m, draft_s.size - 1)]
+        t_verify += best_m
+        n_cand = best_m
+    return tokens / (rest + verify_s[min(t_verify, top)])

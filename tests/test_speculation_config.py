@@ -1,0 +1,113 @@
+"""`[speculation] adaptive` (issue 18, part 1): every kind parses into its frozen spec, every bad input is one
+line naming the key and value (exit 2 through the CLI), and until the engines honour it a run with it is
+refused before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lapsbench.errors import LapsbenchError
+from lapsbench.scenario import load_scenario, scenario_to_toml
+from lapsbench.speculation import BatchTableSpec, GoodputSpec, OffUnderLoadSpec, largest_k
+
+from cli_helpers import SCENARIO, assert_no_partial_output, assert_one_line_error, cli, write_scenario, write_trace
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("adaptive")
+    write_trace(d / "t.parquet")
+    return d
+
+
+def scenario(d: Path, adaptive: str, k: int = 6, name: str = "s") -> Path:
+    body = SCENARIO.replace("k = 3", f"k = {k}\nadaptive = {adaptive}" if adaptive else f"k = {k}")
+    return write_scenario(d / f"{name}.toml", d / "t.parquet", d / "out", body)
+
+
+GOOD = [
+    ('{ kind = "batch-table", table = [[1, 5], [17, 4], [33, 3], [65, 1], [129, 0]] }',
+     BatchTableSpec(table=((1, 5), (17, 4), (33, 3), (65, 1), (129, 0))), 5),
+    ('{ kind = "goodput", k_max = 6 }', GoodputSpec(k_max=6), 6),
+    ('{ kind = "goodput" }', GoodputSpec(k_max=6), 6),  # k_max defaults to speculation.k
+    ('{ kind = "goodput", k_max = 3, per_request = true, prior_alpha = 0.5, prior_strength = 2 }',
+     GoodputSpec(k_max=3, per_request=True, prior_alpha=0.5, prior_strength=2.0), 3),
+    ('{ kind = "off-under-load", batch = 64 }', OffUnderLoadSpec(batch=64), 6),
+    ('{ kind = "off-under-load", batch = 8, free_draft_memory = true }',
+     OffUnderLoadSpec(batch=8, free_draft_memory=True), 6),
+]
+
+
+@pytest.mark.parametrize("text,spec,top", GOOD)
+def test_kinds_parse_and_round_trip(d: Path, text: str, spec, top: int) -> None:
+    s = load_scenario(scenario(d, text))
+    assert s.speculation.adaptive == spec
+    assert largest_k(s.speculation.adaptive, s.speculation.k) == top
+    again = d / "again.toml"
+    again.write_text(scenario_to_toml(s))
+    assert load_scenario(again).speculation.adaptive == spec  # the resolved scenario loads back the same
+
+
+def test_default_is_none_and_absent_from_resolved_toml(d: Path) -> None:
+    s = load_scenario(scenario(d, ""))
+    assert s.speculation.adaptive is None
+    assert "adaptive =" not in scenario_to_toml(s)  # sweep point ids of existing scenarios stay unchanged
+
+
+BAD = [
+    ('{ kind = "batch-table", table = [[1, 5], [33, 3], [17, 4]] }', "table[2]: batch 17 after batch 33"),
+    ('{ kind = "batch-table", table = [[1, 5], [17, 5], [17, 4]] }', "strictly increasing"),
+    ('{ kind = "batch-table", table = [[2, 5], [17, 4]] }', "first row to start at batch 1"),
+    ('{ kind = "batch-table", table = [[1, 5], [17, -1]] }', "table[1]: K -1"),
+    ('{ kind = "batch-table", table = [[1, 7]] }', "K <= speculation.k = 6"),
+    ('{ kind = "batch-table", table = [] }', "non-empty list"),
+    ('{ kind = "batch-table", table = [[1, 5.5]] }', "pair of integers"),
+    ('{ kind = "batch-table", table = [[1, true]] }', "pair of integers"),
+    ('{ kind = "batch-table", table = [[1, 2, 3]] }', "pair of integers"),
+    ('{ kind = "batch-table" }', "table: missing"),
+    ('{ kind = "goodput", k_max = 7 }', "k_max: 7"),
+    ('{ kind = "goodput", k_max = 0 }', "k_max: 0"),
+    ('{ kind = "goodput", k_max = "6" }', "wrong type"),
+    ('{ kind = "goodput", per_request = 1 }', "per_request: 1 has the wrong type"),
+    ('{ kind = "goodput", prior_alpha = 1.0 }', "prior_alpha: 1.0"),
+    ('{ kind = "goodput", prior_strength = 0 }', "prior_strength: 0.0"),
+    ('{ kind = "goodput", window = 4 }', "window: unknown key"),
+    ('{ kind = "off-under-load", batch = 0 }', "batch: 0"),
+    ('{ kind = "off-under-load", free_draft_memory = "yes" }', "free_draft_memory"),
+    ('{ kind = "smartspec" }', "kind: 'smartspec'"),
+    ('{ table = [[1, 5]] }', "kind: None"),
+    ('"batch-table"', "expected a table"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD)
+def test_bad_adaptive_is_one_line(d: Path, text: str, needle: str) -> None:
+    path = scenario(d, text)
+    with pytest.raises(LapsbenchError, match="speculation.adaptive") as err:
+        load_scenario(path)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_adaptive_needs_speculation(d: Path) -> None:
+    with pytest.raises(LapsbenchError, match="needs speculation.k >= 1"):
+        load_scenario(scenario(d, '{ kind = "off-under-load" }', k=0))
+
+
+def test_cli_bad_adaptive_exit_2(d: Path) -> None:
+    path = scenario(d, '{ kind = "batch-table", table = [[1, 5], [17, 9]] }', name="cli_bad")
+    code, _, err = cli("run", path, "--quiet")
+    assert_one_line_error(code, err, "speculation.adaptive.table[1]: K 9", "cli_bad.toml")
+    code, _, err = cli("run", scenario(d, ""), "--quiet", "--set", "speculation.adaptive.kind=nope")
+    assert_one_line_error(code, err, "--set speculation.adaptive.kind: 'nope'")
+
+
+def test_run_refuses_adaptive_until_wired(d: Path) -> None:
+    """A valid adaptive scenario is refused by the run with one line, before anything is written."""
+    out = d / "refused"
+    path = scenario(d, '{ kind = "off-under-load", batch = 4 }', name="valid")
+    code, _, err = cli("run", path, "--quiet", "--out", out)
+    assert_one_line_error(code, err, "speculation.adaptive", "not yet run by the engines")
+    assert not out.exists()
+    assert_no_partial_output(d)

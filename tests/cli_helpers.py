@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -13,6 +16,8 @@ import numpy as np
 import polars as pl
 
 from lapsbench.cli import main
+
+from conftest import REPO
 
 FIXED = '{ kind = "fixed", step_s = 0.01, draft_step_s = 0.002, prefill_s_per_token = 0.0001 }'
 
@@ -45,13 +50,57 @@ def cli(*args: str | Path) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def assert_one_line_error(code: int, stderr: str, *needles: str) -> None:
-    """Exit 2 with exactly one line on stderr that names every needle; never a traceback."""
+@contextlib.contextmanager
+def _inside(cwd: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def lapsbench(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`lapsbench ARGS` run in-process from `cwd` (default: the checkout, where shipped relative paths resolve),
+    read like a finished process. A process costs ~1 s of imports and compiled-code loading; the tests that are
+    about the process itself (exit at shutdown, a terminal, the console script) use `real_lapsbench`."""
+    with _inside(cwd or REPO):
+        code, out, err = cli(*args)
+    return subprocess.CompletedProcess(["lapsbench", *map(str, args)], code, out, err)
+
+
+def start_lapsbench(*args: str | Path, cwd: Path | None = None, **popen: object) -> subprocess.Popen[str]:
+    """`python -m lapsbench ARGS` started as a real process, this checkout's package first on its path (and
+    its workers'); text pipes for stdout and stderr unless `popen` says otherwise."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([sys.executable, "-m", "lapsbench", *map(str, args)], cwd=cwd or REPO, env=env,
+                            **popen)  # type: ignore[call-overload]
+
+
+def real_lapsbench(*args: str | Path, cwd: Path | None = None,
+                   timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m lapsbench ARGS` run to its end as a real process."""
+    proc = start_lapsbench(*args, cwd=cwd)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def assert_one_line_error(code: int, stderr: str, *needles: str) -> str:
+    """Exit 2 with exactly one line on stderr, `lapsbench: error: ...`, that names every needle; never a
+    traceback. Returns the line."""
     assert "Traceback" not in stderr, stderr
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1, (code, stderr)
+    assert lines[0].startswith("lapsbench: error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def assert_exit_2(res: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """`assert_one_line_error` of a finished command."""
+    return assert_one_line_error(res.returncode, res.stderr, *needles)
 
 
 def assert_no_partial_output(root: Path) -> None:

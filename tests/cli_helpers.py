@@ -1,5 +1,6 @@
-"""Run the CLI in-process (`lapsbench.cli.main`, as the console script does) and check the contract for bad
-input: exit 2, exactly one line on stderr, no traceback, nothing half-written."""
+"""Run the CLI in-process (`lapsbench.cli.main`, as the console script does) or, for the few tests about the
+process itself, as a real process; check the contract for bad input (exit 2, exactly one line on stderr, no
+traceback, nothing half-written); write the small traces and scenarios the command-line tests run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import polars as pl
 
 from lapsbench.cli import main
 
-from conftest import REPO
+from conftest import REPO, write_canonical_trace
 
 FIXED = '{ kind = "fixed", step_s = 0.01, draft_step_s = 0.002, prefill_s_per_token = 0.0001 }'
 
@@ -126,5 +127,25 @@ def write_trace(path: Path, n: int = 12, seed: int = 0, **columns: object) -> Pa
 
 
 def write_scenario(path: Path, trace: Path, out: Path, body: str = SCENARIO) -> Path:
+    """`body` (SCENARIO: one fcfs run at k = 3 on the fixed profile) with its trace and output paths filled in."""
     path.write_text(body.replace("{trace}", str(trace)).replace("{out}", str(out)))
+    return path
+
+
+def write_small_scenario(tmp: Path, schedulers: list[tuple[str, str]], replications: int = 1, k: int = 2,
+                         n: int = 60, rate: float = 2.0, rate_scale: float = 0.05, name: str = "cmp",
+                         trace_seed: int = 0) -> Path:
+    """`tmp/NAME.toml`: a scenario on a tiny trace, fixed 10 ms steps, k draft tokens at α = 0.6 (random
+    acceptance, so replications differ), results under `tmp/out`; schedulers as (name, label) pairs."""
+    trace = write_canonical_trace(tmp / f"trace{trace_seed}.parquet", n=n, seed=trace_seed, rate=rate)
+    lines = [f'name = "{name}"', "seed = 7", f"replications = {replications}", "",
+             "[trace]", f'path = "{trace}"', f"rate_scale = {rate_scale}", "",
+             "[model]", 'profile = { kind = "fixed", step_s = 0.01 }', "",
+             "[speculation]", f"k = {k}", 'acceptance = { kind = "fixed", alpha = 0.6 }', "",
+             "[slo]", "ttft_s = 0.5", "e2e_s = 3.0", "",
+             "[output]", f'dir = "{tmp / "out"}"', ""]
+    for sched, label in schedulers:
+        lines += ["[[scheduler]]", f'name = "{sched}"', f'label = "{label}"', ""]
+    path = tmp / f"{name}.toml"
+    path.write_text("\n".join(lines))
     return path

@@ -64,7 +64,7 @@ def test_unknown_scheduler_lists_the_registered_ones(scenario: Path) -> None:
     assert "'nope'" in str(err.value) and all(name in str(err.value) for name in registry())
     for command in ("run", "compare"):
         line = assert_exit_2(lapsbench(command, str(scenario), "--schedulers", "fcfs,nope", "--quiet"),
-                              "--schedulers", "'nope'", "skip-join-mlfq", "srpt-sd")
+                             "--schedulers", "'nope'", "skip-join-mlfq", "srpt-sd")
         assert "\n" not in line
     assert not (scenario.parent / "out").exists() and not (scenario.parent / "out-compare").exists()
 
@@ -138,11 +138,11 @@ def test_set_errors_on_the_command_line(scenario: Path) -> None:
     """One line, exit 2, nothing written, for run, compare and sweep; an error elsewhere in the file
     still names the file."""
     assert_exit_2(lapsbench("run", str(scenario), "--set", "speculation.k=abc", "--quiet"),
-                   "--set speculation.k: 'abc' has the wrong type")
+                  "--set speculation.k: 'abc' has the wrong type")
     assert_exit_2(lapsbench("compare", str(scenario), "--set", "trace.nope=1", "--quiet"),
-                   "--set trace.nope: unknown key")
+                  "--set trace.nope: unknown key")
     assert_exit_2(lapsbench("run", str(scenario), "--set", "speculation.k.x=1", "--quiet"),
-                   "--set speculation.k: is 3, not a table")
+                  "--set speculation.k: is 3, not a table")
     assert_exit_2(lapsbench("run", str(scenario), "--set", "speculation.k", "--quiet"), "expected KEY.PATH=VALUE")
     assert_exit_2(lapsbench("compare", str(scenario.parent / "out"), "--set", "speculation.k=1"), "--set")
     assert not (scenario.parent / "out").exists() and not (scenario.parent / "out-compare").exists()

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 
 from lapsbench.trace.schema import write_trace
 from lapsbench.trace.synth import synth_trace
-
-REPO = Path(__file__).resolve().parent.parent
 
 AXES = """
 [axes]
@@ -52,13 +47,6 @@ out = "{out}"
 {extra}
 """)
     return path
-
-
-def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`python -m lapsbench ...` with this checkout's package first on the path (workers inherit it)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "lapsbench", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def read_dataset(out: Path) -> pl.DataFrame:

@@ -3,8 +3,6 @@ of the empirical file, scenario wiring and bad input."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from fractions import Fraction
 
 import numpy as np
@@ -24,6 +22,7 @@ from lapsbench.scenario import parse_scenario
 from lapsbench.schedulers import make_policy
 from lapsbench.workload import build_acceptance, load_workload
 
+from cli_helpers import lapsbench
 from conftest import REPO, create_state, simulate
 
 DATA = str(REPO / "data" / "acceptance" / "specdecode_bench_llama31_8b_h100.parquet")
@@ -174,8 +173,7 @@ name = "fcfs"
 [output]
 dir = "{tmp_path / "out"}"
 ''')
-    proc = subprocess.run([sys.executable, "-m", "lapsbench", "run", str(toml), "--quiet"], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = lapsbench("run", str(toml), "--quiet")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "speculation.acceptance.dataset" in lines[0] and "sharegpt" in lines[0]

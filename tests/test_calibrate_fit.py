@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ from lapsbench.calibrate.models import MODELS
 from lapsbench.calibrate.profile_file import kv_capacity_tokens
 from lapsbench.config.toml import loads as toml_loads
 from lapsbench.costmodel import FEATURES, load_profile_file
+
+from cli_helpers import lapsbench
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MAPE = 0.05
@@ -52,8 +53,7 @@ def _synthetic(noise: float, seed: int = 1, scale: float = 1.0) -> pl.DataFrame:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lapsbench", "calibrate", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    return lapsbench("calibrate", *args)
 
 
 def _fit(csv: Path, out: Path, **kw: object) -> dict:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,8 @@ import pytest
 from lapsbench.calibrate.measure import Grid, configurations
 from lapsbench.calibrate.models import MODELS, parse_model_spec
 from lapsbench.errors import LapsbenchError
+
+from cli_helpers import lapsbench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +28,7 @@ def _has_cuda() -> bool:
 @pytest.mark.skipif(_has_cuda(), reason="this machine has a CUDA GPU")
 def test_measure_refuses_without_cuda(tmp_path: Path) -> None:
     out = tmp_path / "m.csv"
-    r = subprocess.run([sys.executable, "-m", "lapsbench", "calibrate", "measure", "--model", "llama-68m",
-                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = lapsbench("calibrate", "measure", "--model", "llama-68m", "--out", str(out))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and ("torch" in lines[0] or "CUDA" in lines[0])
@@ -37,8 +36,7 @@ def test_measure_refuses_without_cuda(tmp_path: Path) -> None:
 
 
 def test_unknown_model_exits_2(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "lapsbench", "calibrate", "measure", "--model", "gpt-9",
-                        "--out", str(tmp_path / "m.csv")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = lapsbench("calibrate", "measure", "--model", "gpt-9", "--out", str(tmp_path / "m.csv"))
     assert r.returncode == 2 and "unknown model 'gpt-9'" in r.stderr
 
 

@@ -4,8 +4,6 @@ overrides validated exactly like the TOML, `trace info --json`, `run --plots`.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +14,8 @@ from lapsbench.run.compare import select_schedulers
 from lapsbench.scenario import load_scenario, parse_override
 from lapsbench.schedulers import registry
 
-from conftest import REPO, write_canonical_trace
+from cli_helpers import assert_exit_2, lapsbench
+from conftest import write_canonical_trace
 
 SCENARIO = """
 name = "choices"
@@ -48,20 +47,6 @@ def scenario(tmp_path: Path) -> Path:
     return path
 
 
-def lapsbench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lapsbench", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
-
-
-def one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lapsbench: error:") and "Traceback" not in res.stderr, res.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 # ------------------------------------------------------------------------------------------ --schedulers
 
 def test_schedulers_pick_scenario_labels_and_any_registered_name(scenario: Path) -> None:
@@ -78,8 +63,8 @@ def test_unknown_scheduler_lists_the_registered_ones(scenario: Path) -> None:
         select_schedulers(load_scenario(scenario), ["fcfs", "nope"])
     assert "'nope'" in str(err.value) and all(name in str(err.value) for name in registry())
     for command in ("run", "compare"):
-        line = one_line_error(lapsbench(command, str(scenario), "--schedulers", "fcfs,nope", "--quiet"),
-                              "--schedulers", "'nope'", "skip-join-mlfq", "srpt-sd")
+        line = assert_exit_2(lapsbench(command, str(scenario), "--schedulers", "fcfs,nope", "--quiet"),
+                             "--schedulers", "'nope'", "skip-join-mlfq", "srpt-sd")
         assert "\n" not in line
     assert not (scenario.parent / "out").exists() and not (scenario.parent / "out-compare").exists()
 
@@ -152,17 +137,17 @@ def test_set_errors_are_the_toml_errors_naming_set(scenario: Path, override: str
 def test_set_errors_on_the_command_line(scenario: Path) -> None:
     """One line, exit 2, nothing written, for run, compare and sweep; an error elsewhere in the file
     still names the file."""
-    one_line_error(lapsbench("run", str(scenario), "--set", "speculation.k=abc", "--quiet"),
-                   "--set speculation.k: 'abc' has the wrong type")
-    one_line_error(lapsbench("compare", str(scenario), "--set", "trace.nope=1", "--quiet"),
-                   "--set trace.nope: unknown key")
-    one_line_error(lapsbench("run", str(scenario), "--set", "speculation.k.x=1", "--quiet"),
-                   "--set speculation.k: is 3, not a table")
-    one_line_error(lapsbench("run", str(scenario), "--set", "speculation.k", "--quiet"), "expected KEY.PATH=VALUE")
-    one_line_error(lapsbench("compare", str(scenario.parent / "out"), "--set", "speculation.k=1"), "--set")
+    assert_exit_2(lapsbench("run", str(scenario), "--set", "speculation.k=abc", "--quiet"),
+                  "--set speculation.k: 'abc' has the wrong type")
+    assert_exit_2(lapsbench("compare", str(scenario), "--set", "trace.nope=1", "--quiet"),
+                  "--set trace.nope: unknown key")
+    assert_exit_2(lapsbench("run", str(scenario), "--set", "speculation.k.x=1", "--quiet"),
+                  "--set speculation.k: is 3, not a table")
+    assert_exit_2(lapsbench("run", str(scenario), "--set", "speculation.k", "--quiet"), "expected KEY.PATH=VALUE")
+    assert_exit_2(lapsbench("compare", str(scenario.parent / "out"), "--set", "speculation.k=1"), "--set")
     assert not (scenario.parent / "out").exists() and not (scenario.parent / "out-compare").exists()
     scenario.write_text(scenario.read_text().replace("k = 3", "k = -1"))
-    one_line_error(lapsbench("run", str(scenario), "--set", "seed=1", "--quiet"), f"{scenario}: speculation.k")
+    assert_exit_2(lapsbench("run", str(scenario), "--set", "seed=1", "--quiet"), f"{scenario}: speculation.k")
 
 
 # ------------------------------------------------------------------------------------------ trace info

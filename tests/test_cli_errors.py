@@ -21,6 +21,7 @@ from cli_helpers import (
     assert_no_partial_output,
     assert_one_line_error,
     cli,
+    start_lapsbench,
     write_scenario,
     write_trace,
 )
@@ -264,15 +265,10 @@ def test_prompt_beyond_kv_capacity_refused_at_batch_size_1(tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
-def _lapsbench(*args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lapsbench", *map(str, args)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def test_short_csv_row_never_aborts_at_exit(d: Path) -> None:
     """`trace import` of a CSV with a short row printed the right line, then exited 134 ("terminate called
     without an active exception") in 5 of 10 runs: a Python invalid_row_handler in pyarrow's CSV reader."""
-    runs = [_lapsbench("trace", "import", d / "short.csv", "--out", d / f"x{i}.parquet") for i in range(10)]
+    runs = [start_lapsbench("trace", "import", d / "short.csv", "--out", d / f"x{i}.parquet") for i in range(10)]
     results = [(p.wait(timeout=120), p.communicate()[1]) for p in runs]
     assert [code for code, _ in results] == [2] * 10, results
     for _, err in results:
@@ -283,7 +279,7 @@ def test_short_csv_row_never_aborts_at_exit(d: Path) -> None:
 def test_usage_errors_in_a_real_process_without_click_import(d: Path) -> None:
     """The installed entry point: usage errors were 40-60-line double tracebacks with exit 1, because the
     handler imported click (typer 0.29 vendors its own; the ray extra hid it)."""
-    runs = [_lapsbench(*args) for args in (["--foo"], ["-h"], ["--version"], ["run"],
+    runs = [start_lapsbench(*args) for args in (["--foo"], ["-h"], ["--version"], ["run"],
                                            ["trace", "synth", "--requests", "5", "--rate", "1"])]
     (foo, help_, version, missing, synth) = [(p.wait(timeout=120), *p.communicate()) for p in runs]
     assert help_[0] == 0 and "Usage: lapsbench" in help_[1]

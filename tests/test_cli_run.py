@@ -4,15 +4,14 @@ no traceback, no results directory."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from conftest import REPO, write_canonical_trace
+from cli_helpers import assert_exit_2, lapsbench
+from conftest import write_canonical_trace
 
 SCENARIO = """
 name = "t"
@@ -32,11 +31,6 @@ name = "las"
 [output]
 dir = "{out}"
 """
-
-
-def lapsbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lapsbench", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, timeout=120)
 
 
 def write_scenario(tmp_path: Path, trace: Path, body: str = SCENARIO, **fmt: str) -> Path:
@@ -90,15 +84,6 @@ def test_quickstart_runs(tmp_path: Path):
     assert jct["srpt"] <= jct["sjf"] <= jct["fcfs"]  # size-based policies help on this load
 
 
-def expect_bad(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 def bad_trace(tmp_path: Path, kind: str) -> Path:
     path = tmp_path / "bad.parquet"
     if kind == "missing":
@@ -142,7 +127,7 @@ def bad_trace(tmp_path: Path, kind: str) -> Path:
 ])
 def test_bad_trace(tmp_path: Path, kind: str, needles: tuple[str, ...]):
     result = lapsbench("run", str(write_scenario(tmp_path, bad_trace(tmp_path, kind))), "--quiet")
-    expect_bad(result, *needles)
+    assert_exit_2(result, *needles)
     assert not (tmp_path / "out").exists()
 
 
@@ -178,24 +163,24 @@ def test_bad_scenario(tmp_path: Path, small_trace: Path, edit: tuple[str, str], 
                                                             edit[1].replace("{trace}", "{{trace}}"), 1)
     body = body.replace("{{trace}}", "{trace}")
     result = lapsbench("run", str(write_scenario(tmp_path, small_trace, body)), "--quiet")
-    expect_bad(result, *needles)
+    assert_exit_2(result, *needles)
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_scenario_file(tmp_path: Path):
-    expect_bad(lapsbench("run", str(tmp_path / "none.toml")), "none.toml")
+    assert_exit_2(lapsbench("run", str(tmp_path / "none.toml")), "none.toml")
 
 
 def test_invalid_toml(tmp_path: Path):
     path = tmp_path / "s.toml"
     path.write_text("name = \n")
-    expect_bad(lapsbench("run", str(path)), "s.toml", "TOML")
+    assert_exit_2(lapsbench("run", str(path)), "s.toml", "TOML")
 
 
 def test_unknown_profile(tmp_path: Path, small_trace: Path):
     body = SCENARIO.replace('profile = {{ kind = "fixed", step_s = 0.01, draft_step_s = 0.002, '
                             'prefill_s_per_token = 0.0001 }}', 'profile = "h999-nothing"')
-    expect_bad(lapsbench("run", str(write_scenario(tmp_path, small_trace, body)), "--quiet"), "h999-nothing")
+    assert_exit_2(lapsbench("run", str(write_scenario(tmp_path, small_trace, body)), "--quiet"), "h999-nothing")
 
 
 def test_livelocked_scheduler_exits_2_and_writes_nothing(tmp_path: Path):
@@ -206,5 +191,5 @@ def test_livelocked_scheduler_exits_2_and_writes_nothing(tmp_path: Path):
         "[output]", '[engine]\nbatching = "continuous"\nmax_batch = 4\nmax_batch_tokens = 64\n'
         'kv_capacity_tokens = 256\nblock_size = 16\npreemption = "recompute"\nadmission = "greedy"\n[output]')
     result = lapsbench("run", str(write_scenario(tmp_path, trace, body)), "--quiet")
-    expect_bad(result, "scheduler rr: livelock", "swap", "max_batch_tokens")
+    assert_exit_2(result, "scheduler rr: livelock", "swap", "max_batch_tokens")
     assert not (tmp_path / "out").exists()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,34 +20,10 @@ from lapsbench.run.compare import parse_rates, run_comparison
 from lapsbench.scenario import load_scenario
 from lapsbench.schedulers import registry
 
-from conftest import REPO, write_canonical_trace
+from cli_helpers import assert_exit_2, lapsbench, write_small_scenario
 
 # Schedulers compared against fcfs in the CI-narrowing test; laps-sd joins automatically once registered.
 OTHERS = [name for name in ("las", "srpt", "laps-sd") if name in registry()]
-
-
-def write_scenario(tmp: Path, schedulers: list[tuple[str, str]], replications: int = 1, k: int = 2,
-                   n: int = 60, rate: float = 2.0, rate_scale: float = 0.05, name: str = "cmp",
-                   trace_seed: int = 0) -> Path:
-    """A scenario on a tiny trace, fixed 10 ms steps, k draft tokens at α = 0.6 (random acceptance, so
-    replications differ); schedulers as (name, label) pairs."""
-    trace = write_canonical_trace(tmp / f"trace{trace_seed}.parquet", n=n, seed=trace_seed, rate=rate)
-    lines = [f'name = "{name}"', "seed = 7", f"replications = {replications}", "",
-             "[trace]", f'path = "{trace}"', f"rate_scale = {rate_scale}", "",
-             "[model]", 'profile = { kind = "fixed", step_s = 0.01 }', "",
-             "[speculation]", f"k = {k}", 'acceptance = { kind = "fixed", alpha = 0.6 }', "",
-             "[slo]", "ttft_s = 0.5", "e2e_s = 3.0", "",
-             "[output]", f'dir = "{tmp / "out"}"', ""]
-    for sched, label in schedulers:
-        lines += ["[[scheduler]]", f'name = "{sched}"', f'label = "{label}"', ""]
-    path = tmp / f"{name}.toml"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lapsbench", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
 
 
 def row(comp, label: str, scale: float | None = None) -> dict:
@@ -64,7 +38,7 @@ def test_paired_ci_narrows_with_replications(tmp_path: Path, other: str) -> None
     """The 95% CI of fcfs → other (relative change of mean JCT, t over replications) gets narrower as
     replications grow: its half-width is t(R−1)·sd/√R, and with 2, 4, 16 replications the factor
     t/√R falls 9.0 → 1.6 → 0.53, far more than sd estimates move."""
-    scenario = load_scenario(write_scenario(tmp_path, [("fcfs", "fcfs"), (other, other)], rate_scale=0.3))
+    scenario = load_scenario(write_small_scenario(tmp_path, [("fcfs", "fcfs"), (other, other)], rate_scale=0.3))
     widths = []
     for reps in (2, 4, 16):
         comp = run_comparison(dataclasses.replace(scenario, replications=reps), None, "fcfs")
@@ -80,7 +54,7 @@ def test_identical_scheduler_difference_is_exactly_zero(tmp_path: Path, replicat
     """Two [[scheduler]] entries with the same policy and different labels replay identical requests and
     randomness, so every change is exactly 0 with a zero-width interval (both methods), while a different
     scheduler in the same comparison is not."""
-    path = write_scenario(tmp_path, [("fcfs", "fcfs"), ("fcfs", "fcfs-copy"), ("las", "las")],
+    path = write_small_scenario(tmp_path, [("fcfs", "fcfs"), ("fcfs", "fcfs-copy"), ("las", "las")],
                           replications=replications, rate_scale=0.3)
     comp = run_comparison(load_scenario(path), None, "fcfs")
     copy = row(comp, "fcfs-copy")
@@ -134,7 +108,7 @@ def test_sweep_marks_saturation_and_absolute_rates(tmp_path: Path) -> None:
     the offered load is ρ ≈ 0.2 and throughput keeps up; at ×1, ρ ≈ 2 and the run ends draining a
     backlog of about half the work, so throughput is well under 95% of the offered rate → saturated.
     An absolute 0.3rps item is converted with the window's native rate and offers exactly 0.3 req/s."""
-    path = write_scenario(tmp_path, [("fcfs", "fcfs"), ("srpt", "srpt")], k=0, n=80)
+    path = write_small_scenario(tmp_path, [("fcfs", "fcfs"), ("srpt", "srpt")], k=0, n=80)
     scenario = load_scenario(path)
     comp = run_comparison(scenario, parse_rates("0.1,1,0.3rps"), "fcfs")
     assert len(comp.rate_scales) == 3
@@ -153,11 +127,11 @@ def test_sweep_marks_saturation_and_absolute_rates(tmp_path: Path) -> None:
 def test_compare_cli_reproducible_and_rebuildable(tmp_path: Path) -> None:
     """Same seed twice → byte-identical summary.csv and comparison.md and equal requests.parquet; every
     output file and plot exists; `compare OUT` rebuilds the same summary.csv without simulating."""
-    path = write_scenario(tmp_path, [("fcfs", "fcfs"), ("las", "las"), ("srpt", "srpt")], replications=2)
+    path = write_small_scenario(tmp_path, [("fcfs", "fcfs"), ("las", "las"), ("srpt", "srpt")], replications=2)
     outs = []
-    for i in (1, 2):
+    for i, plots in ((1, []), (2, ["--no-plots"])):  # plots once: they take most of the time and no file reads them
         out = tmp_path / f"run{i}"
-        res = cli("compare", str(path), "--rates", "0.1,0.4", "--out", str(out), "--quiet")
+        res = lapsbench("compare", str(path), "--rates", "0.1,0.4", "--out", str(out), "--quiet", *plots)
         assert res.returncode == 0, res.stderr
         outs.append(out)
     a, b = outs
@@ -177,7 +151,7 @@ def test_compare_cli_reproducible_and_rebuildable(tmp_path: Path) -> None:
     assert "**" in (a / "comparison.md").read_text()   # best values highlighted
 
     rebuilt = tmp_path / "rebuilt"
-    res = cli("compare", str(a), "--out", str(rebuilt), "--no-plots", "--quiet")
+    res = lapsbench("compare", str(a), "--out", str(rebuilt), "--no-plots", "--quiet")
     assert res.returncode == 0, res.stderr
     assert (rebuilt / "summary.csv").read_bytes() == (a / "summary.csv").read_bytes()
     assert "JCT mean" in res.stdout
@@ -188,9 +162,9 @@ def test_rebuild_from_run_directories_as_a_sweep(tmp_path: Path) -> None:
     the one compare simulates itself."""
     dirs = []
     for scale in (0.1, 0.4):
-        path = write_scenario(tmp_path, [("fcfs", "fcfs"), ("srpt", "srpt")], rate_scale=scale, replications=2)
+        path = write_small_scenario(tmp_path, [("fcfs", "fcfs"), ("srpt", "srpt")], rate_scale=scale, replications=2)
         out = tmp_path / f"run-{scale}"
-        res = cli("run", str(path), "--out", str(out), "--quiet")
+        res = lapsbench("run", str(path), "--out", str(out), "--quiet")
         assert res.returncode == 0, res.stderr
         dirs.append(out)
     rebuilt = load_results(dirs, None)
@@ -200,36 +174,28 @@ def test_rebuild_from_run_directories_as_a_sweep(tmp_path: Path) -> None:
     assert_frame_equal(rebuilt.summary.select(cols), direct.summary.select(cols))
 
 
-def _one_line_error(res: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lapsbench: error:"), res.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
-    path = write_scenario(tmp_path, [("fcfs", "fcfs"), ("srpt", "srpt")])
+    path = write_small_scenario(tmp_path, [("fcfs", "fcfs"), ("srpt", "srpt")])
     out = tmp_path / "never"
-    _one_line_error(cli("compare", str(path), "--baseline", "las", "--out", str(out)), "--baseline", "'las'")
-    _one_line_error(cli("compare", str(path), "--rates", ",", "--out", str(out)), "empty sweep")
-    _one_line_error(cli("compare", str(path), "--schedulers", "nope", "--out", str(out)), "--schedulers", "'nope'")
+    assert_exit_2(lapsbench("compare", str(path), "--baseline", "las", "--out", str(out)), "--baseline", "'las'")
+    assert_exit_2(lapsbench("compare", str(path), "--rates", ",", "--out", str(out)), "empty sweep")
+    assert_exit_2(lapsbench("compare", str(path), "--schedulers", "nope", "--out", str(out)), "--schedulers", "'nope'")
     assert not out.exists()
 
     # results from different traces, and from different lapsbench versions
     run_a, run_b, run_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    other = write_scenario(tmp_path, [("fcfs", "fcfs")], name="other", trace_seed=1)
-    assert cli("run", str(path), "--out", str(run_a), "--quiet").returncode == 0
-    assert cli("run", str(other), "--out", str(run_b), "--quiet").returncode == 0
-    _one_line_error(cli("compare", str(run_a), str(run_b), "--out", str(out)), "trace_sha256")
-    assert cli("run", str(path), "--out", str(run_c), "--quiet", "--seed", "8").returncode == 0
-    _one_line_error(cli("compare", str(run_a), str(run_c)), "seed")
+    other = write_small_scenario(tmp_path, [("fcfs", "fcfs")], name="other", trace_seed=1)
+    assert lapsbench("run", str(path), "--out", str(run_a), "--quiet").returncode == 0
+    assert lapsbench("run", str(other), "--out", str(run_b), "--quiet").returncode == 0
+    assert_exit_2(lapsbench("compare", str(run_a), str(run_b), "--out", str(out)), "trace_sha256")
+    assert lapsbench("run", str(path), "--out", str(run_c), "--quiet", "--seed", "8").returncode == 0
+    assert_exit_2(lapsbench("compare", str(run_a), str(run_c)), "seed")
     meta = json.loads((run_c / "meta.json").read_text())
     meta["lapsbench_version"] = "0.0.1"
     (run_c / "meta.json").write_text(json.dumps(meta))
-    _one_line_error(cli("compare", str(run_a), str(run_c)), "lapsbench_version")
-    _one_line_error(cli("compare", str(run_a), str(run_a)), "also in")
-    _one_line_error(cli("compare", str(tmp_path / "missing")), "not a directory")
+    assert_exit_2(lapsbench("compare", str(run_a), str(run_c)), "lapsbench_version")
+    assert_exit_2(lapsbench("compare", str(run_a), str(run_a)), "also in")
+    assert_exit_2(lapsbench("compare", str(tmp_path / "missing")), "not a directory")
     assert not out.exists()
 
 
@@ -251,7 +217,7 @@ def test_select_schedulers_and_baseline(tmp_path: Path) -> None:
     from lapsbench.results.comparison import resolve_baseline
     from lapsbench.run.compare import select_schedulers
 
-    s = load_scenario(write_scenario(tmp_path, [("fcfs", "fcfs"), ("las", "las-a"), ("las", "las-b"),
+    s = load_scenario(write_small_scenario(tmp_path, [("fcfs", "fcfs"), ("las", "las-a"), ("las", "las-b"),
                                                 ("srpt", "srpt")]))
     assert [x.label for x in select_schedulers(s, ["srpt", "las"]).scheduler] == ["srpt", "las-a", "las-b"]
     assert [x.label for x in select_schedulers(s, ["las-b"]).scheduler] == ["las-b"]

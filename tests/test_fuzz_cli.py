@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +18,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cli_helpers import assert_no_partial_output, assert_one_line_error, cli, write_scenario, write_trace
-from conftest import REPO
+from cli_helpers import (
+    assert_no_partial_output,
+    assert_one_line_error,
+    cli,
+    real_lapsbench,
+    write_scenario,
+    write_trace,
+)
 
 FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -232,6 +235,5 @@ def test_fuzz_command_lines(work: Path, words: list[str], monkeypatch: pytest.Mo
 @given(words=command_lines)
 def test_fuzz_command_lines_real_process(work: Path, words: list[str]) -> None:
     args = [str(work / w[1:]) if w.startswith("@") else w for w in words]
-    r = subprocess.run([sys.executable, "-m", "lapsbench", *args], capture_output=True, text=True, cwd=work,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    r = real_lapsbench(*args, cwd=work)
     check(work, r.returncode, r.stderr)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,8 @@ from lapsbench.scenario import load_scenario
 from lapsbench.trace.schema import trace_hash
 from lapsbench.trace.synth import synth_trace
 from lapsbench.workload import trace_sha256
+
+from cli_helpers import lapsbench
 
 SSJF = SCENARIOS_DIR / "papers" / "ssjf_no_batching.toml"
 
@@ -51,11 +51,6 @@ def write_synth_scenario(d: Path, rate: float = 2.0, lengths: tuple[int, ...] = 
     return path
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lapsbench", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
-
-
 def test_synth_hash_names_parameters_seed_and_csv_content(tmp_path: Path):
     s = load_scenario(write_synth_scenario(tmp_path / "a"))
     digest = trace_sha256(s)
@@ -81,24 +76,25 @@ def test_compare_with_rates_on_the_shipped_synth_scenario(monkeypatch: pytest.Mo
 
 def test_cli_compare_and_compare_dirs_on_synth(tmp_path: Path):
     scenario = write_synth_scenario(tmp_path)
-    proc = cli("compare", str(scenario), "--schedulers", "fcfs", "--out", "fcfs", "--no-plots", "--quiet",
-               cwd=tmp_path)
+    proc = lapsbench("compare", str(scenario), "--schedulers", "fcfs", "--out", "fcfs", "--no-plots", "--quiet",
+                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "fcfs" / "meta.json").read_text())
     assert meta["trace_sha256"] == trace_sha256(load_scenario(scenario))
     # the same scenario and csv content in another folder is the same trace
     moved = write_synth_scenario(tmp_path / "moved")
-    proc = cli("compare", str(moved), "--schedulers", "sjf", "--out", "sjf", "--no-plots", "--quiet", cwd=tmp_path)
+    proc = lapsbench("compare", str(moved), "--schedulers", "sjf", "--out", "sjf", "--no-plots", "--quiet",
+                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    proc = cli("compare", "fcfs", "sjf", cwd=tmp_path)
+    proc = lapsbench("compare", "fcfs", "sjf", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "sjf" in proc.stdout
     # same parameters, other lengths in the csv file: a different trace, so the runs do not pair
     write_synth_scenario(tmp_path, lengths=(7, 70, 700))
-    proc = cli("compare", str(scenario), "--schedulers", "sjf", "--out", "other", "--no-plots", "--quiet",
-               cwd=tmp_path)
+    proc = lapsbench("compare", str(scenario), "--schedulers", "sjf", "--out", "other", "--no-plots", "--quiet",
+                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    proc = cli("compare", "fcfs", "other", cwd=tmp_path)
+    proc = lapsbench("compare", "fcfs", "other", cwd=tmp_path)
     assert proc.returncode == 2 and "trace_sha256" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -108,7 +104,7 @@ def test_sweep_over_the_shipped_synth_scenario(tmp_path: Path):
     sweep_file = tmp_path / "sw.toml"
     sweep_file.write_text(f'base = "{SSJF}"\n[sweep]\nout = "sw"\n[axes]\n"trace.synth.rate" = [1.0, 2.0]\n'
                           '"replications" = [2]\n')
-    proc = cli("sweep", str(sweep_file), "--workers", "1", "--quiet", cwd=tmp_path)
+    proc = lapsbench("sweep", str(sweep_file), "--workers", "1", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     ids = sorted(p.name for p in (tmp_path / "sw" / "points").iterdir())
     assert len(ids) == 2

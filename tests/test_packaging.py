@@ -34,6 +34,7 @@ from lapsbench.workload import (
     trace_sha256,
 )
 
+from cli_helpers import lapsbench
 from conftest import REPO
 
 SHIPPED = sorted(p for p in SCENARIOS_DIR.rglob("*.toml") if p.parent.name != "sweeps")
@@ -139,8 +140,7 @@ def test_default_empirical_acceptance_is_the_shipped_file(elsewhere: Path):
 
 
 def test_init_writes_a_quickstart_and_never_overwrites(elsewhere: Path, monkeypatch: pytest.MonkeyPatch):
-    proc = subprocess.run([sys.executable, "-m", "lapsbench", "init", "proj"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    proc = lapsbench("init", "proj", cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     scenario = elsewhere / "proj" / "scenarios" / "quickstart.toml"
     assert scenario.read_bytes() == (SCENARIOS_DIR / "quickstart.toml").read_bytes()
@@ -151,8 +151,7 @@ def test_init_writes_a_quickstart_and_never_overwrites(elsewhere: Path, monkeypa
     assert s.resolve(s.trace.path).resolve() == trace
     monkeypatch.chdir(elsewhere)
     scenario.write_text("# mine\n")
-    proc = subprocess.run([sys.executable, "-m", "lapsbench", "init", "proj"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    proc = lapsbench("init", "proj", cwd=elsewhere)
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert scenario.read_text() == "# mine\n"
@@ -164,9 +163,7 @@ def test_init_writes_a_quickstart_and_never_overwrites(elsewhere: Path, monkeypa
 def test_packaged_quickstart_runs_from_an_empty_directory(elsewhere: Path):
     """`python -m lapsbench run <package>/data/scenarios/quickstart.toml` from a directory that has none
     of the checkout's files: trace and profile come from the package."""
-    proc = subprocess.run([sys.executable, "-m", "lapsbench", "run", str(SCENARIOS_DIR / "quickstart.toml"),
-                           "--quiet", "--out", "qs"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    proc = lapsbench("run", SCENARIOS_DIR / "quickstart.toml", "--quiet", "--out", "qs", cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     assert "quickstart: 1445 requests" in proc.stdout and "laps-sd" in proc.stdout
     assert pl.read_csv(elsewhere / "qs" / "summary.csv")["scheduler"].to_list() == SCHEDULERS

@@ -15,6 +15,7 @@ from lapsbench.runner import run_scenario
 from lapsbench.scenario import load_scenario, parse_scenario
 from lapsbench.workload import trace_sha256
 
+from cli_helpers import lapsbench
 from conftest import REPO
 
 PAPERS = sorted((REPO / "scenarios" / "papers").glob("*.toml"))
@@ -69,12 +70,9 @@ def test_small_laps_sd_like_run_completes(monkeypatch):
 def test_cli_runs_a_synth_scenario(tmp_path):
     """`lapsbench run` on a `[trace] synth` scenario writes results (no trace file to hash)."""
     import json
-    import subprocess
-    import sys
 
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "lapsbench", "run", "scenarios/papers/ssjf_no_batching.toml",
-                           "--quiet", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    proc = lapsbench("run", "scenarios/papers/ssjf_no_batching.toml", "--quiet", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "meta.json").read_text())
     # identified by a hash of the synth parameters, the csv file's content and the seed
@@ -103,13 +101,9 @@ name = "ssjf"
 
 
 def _run(tmp_path, extra: str = ""):
-    import subprocess
-    import sys
-
     path = tmp_path / "s.toml"
     path.write_text(LADDER_SCENARIO.format(trace=REPO / "traces" / "azure_conv_2023.parquet", extra=extra))
-    return subprocess.run([sys.executable, "-m", "lapsbench", "run", str(path), "--quiet", "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
+    return lapsbench("run", str(path), "--quiet", "--out", str(tmp_path / "out"))
 
 
 def test_meta_records_every_derived_threshold_and_bucket_cut(tmp_path):

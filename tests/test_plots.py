@@ -12,20 +12,14 @@ from lapsbench.results.plots import figures, numeric_axes, write_sweep_plots
 from lapsbench.run.compare import parse_rates, run_comparison
 from lapsbench.scenario import load_scenario
 
-from conftest import write_canonical_trace
+from cli_helpers import write_small_scenario
 
 
 def _comparison(tmp: Path, schedulers: list[str], replications: int, rates: str | None = None):
     """A comparison on 40 requests, fixed 10 ms steps, k = 2 at α = 0.6, rate_scale 0.05."""
     tmp.mkdir(parents=True, exist_ok=True)
-    trace = write_canonical_trace(tmp / "trace.parquet", n=40)
-    lines = ['name = "plots"', "seed = 7", f"replications = {replications}", "[trace]", f'path = "{trace}"',
-             "rate_scale = 0.05", "[model]", 'profile = { kind = "fixed", step_s = 0.01 }', "[speculation]", "k = 2",
-             'acceptance = { kind = "fixed", alpha = 0.6 }']
-    lines += [f'[[scheduler]]\nname = "{s}"' for s in schedulers]
-    (tmp / "plots.toml").write_text("\n".join(lines) + "\n")
-    return run_comparison(load_scenario(tmp / "plots.toml"), parse_rates(rates) if rates else None, None,
-                          resamples=50)
+    path = write_small_scenario(tmp, [(s, s) for s in schedulers], replications, n=40, name="plots")
+    return run_comparison(load_scenario(path), parse_rates(rates) if rates else None, None, resamples=50)
 
 
 @pytest.mark.parametrize("schedulers", [["fcfs", "las"], ["fcfs", "sjf", "las", "srpt"]])

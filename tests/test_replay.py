@@ -4,9 +4,6 @@ continuous batching with recompute preemption — and its step log must follow d
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
@@ -19,6 +16,7 @@ from lapsbench.replay.steplog import SCHEMA
 from lapsbench.runner import run_scenario
 from lapsbench.scenario import parse_scenario
 
+from cli_helpers import lapsbench
 from conftest import REPO
 
 EMPIRICAL = {"kind": "empirical", "path": "data/acceptance/specdecode_bench_llama31_8b_h100.parquet",
@@ -124,8 +122,7 @@ acceptance = {{ kind = "fixed", alpha = 0.6 }}
 name = "fcfs"
 """)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "lapsbench", "replay", str(toml), "--out", str(out),
-                        "--executor", "simulated", "--quiet"], capture_output=True, text=True)
+    r = lapsbench("replay", str(toml), "--out", str(out), "--executor", "simulated", "--quiet")
     assert r.returncode == 0, r.stderr
     for name in ("requests.parquet", "summary.csv", "summary.json", "meta.json", "scenario.toml", "steps.parquet"):
         assert (out / name).is_file(), name
@@ -136,8 +133,7 @@ name = "fcfs"
 
 def test_cli_replay_without_torch_or_cuda_is_one_line(tmp_path) -> None:
     """`--executor torch`: no torch → one line, exit 2; torch but no CUDA → one line, exit 2."""
-    r = subprocess.run([sys.executable, "-m", "lapsbench", "replay", str(REPO / "scenarios/quickstart.toml"),
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    r = lapsbench("replay", str(REPO / "scenarios/quickstart.toml"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "replay" in r.stderr
     assert not (tmp_path / "o").exists()

@@ -3,8 +3,6 @@ bad row and value; `calibrate fit --steps` on a bad log exits 2 and writes nothi
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -12,6 +10,8 @@ import pytest
 
 from lapsbench.calibrate.steplog import METADATA_KEY, read_steplog, step_phase
 from lapsbench.errors import LapsbenchError
+
+from cli_helpers import lapsbench
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,9 +105,8 @@ def test_cli_bad_log_exits_2_nothing_written(tmp_path: Path) -> None:
     path = tmp_path / "steps.csv"
     _edit("wall_ms", 2, -3.0).write_csv(path)
     out = tmp_path / "p.toml"
-    r = subprocess.run([sys.executable, "-m", "lapsbench", "calibrate", "fit", "--steps", str(path), "--out", str(out),
-                        "--target", "llama2-7b", "--draft", "llama-68m", "--gpu", "NVIDIA H200"],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = lapsbench("calibrate", "fit", "--steps", str(path), "--out", str(out), "--target", "llama2-7b", "--draft",
+                  "llama-68m", "--gpu", "NVIDIA H200")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "wall_ms row 2" in lines[0] and "Traceback" not in r.stderr, r.stderr

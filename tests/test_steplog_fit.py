@@ -23,6 +23,8 @@ from lapsbench.engine.context import BatchConfig
 from lapsbench.engine.pricing import pack_cost
 from lapsbench.errors import LapsbenchError
 
+from cli_helpers import lapsbench
+
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = sorted((REPO / "profiles").glob("*.toml"))
 
@@ -160,9 +162,8 @@ def test_small_phase_leave_one_out(tmp_path: Path) -> None:
     assert 0 < st["mape"] < 0.05 and st["max_ape"] >= st["mape"]
     assert fits["llama2-7b"]["decode"]["validation"] == "held-out"
     assert load_profile_file(out).target_prefill is not None
-    r = subprocess.run([sys.executable, "-m", "lapsbench", "calibrate", "fit", str(path), "--out",
-                        str(tmp_path / "q.toml"), "--target", "llama2-7b", "--draft", "llama-68m",
-                        "--gpu-memory-gb", "80"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = lapsbench("calibrate", "fit", str(path), "--out", str(tmp_path / "q.toml"), "--target", "llama2-7b", "--draft",
+                  "llama-68m", "--gpu-memory-gb", "80")
     assert r.returncode == 0, r.stderr
     assert "leave-one-out" in r.stdout
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,8 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.run.sweep import grid_overrides, grid_points, load_sweep, run_sweep
 from lapsbench.scenario import EngineSpec, load_scenario
 
-from sweep_helpers import REPO, cli, read_dataset, read_summary, write_sweep
+from cli_helpers import lapsbench, start_lapsbench
+from sweep_helpers import read_dataset, read_summary, write_sweep
 
 
 def test_grid_zip_random_expand_in_file_order(tmp_path: Path) -> None:
@@ -68,11 +67,11 @@ def test_bad_definitions_fail_at_load_naming_the_axis(tmp_path: Path, axes: str,
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
-    bad = cli("sweep", str(write_sweep(tmp_path, '[axes]\n"trace.nope" = [1]\n', name="bad")), "--quiet")
+    bad = lapsbench("sweep", str(write_sweep(tmp_path, '[axes]\n"trace.nope" = [1]\n', name="bad")), "--quiet")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "axis 'trace.nope'" in bad.stderr and "valid keys" in bad.stderr and "Traceback" not in bad.stderr
     path = write_sweep(tmp_path, '[axes]\n"speculation.k" = [1]\n')
-    wrong = cli("sweep", str(path), "--backend", "dask", "--out", str(tmp_path / "o"), "--quiet")
+    wrong = lapsbench("sweep", str(path), "--backend", "dask", "--out", str(tmp_path / "o"), "--quiet")
     assert wrong.returncode == 2 and "--backend: 'dask'" in wrong.stderr
 
 
@@ -108,7 +107,7 @@ def test_a_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> Non
     write_sweep(tmp_path)  # writes the good trace
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     path = write_sweep(tmp_path, '[axes]\n"trace.path" = ["trace.parquet", "broken.parquet"]\n', name="f")
-    res = cli("sweep", str(path), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet", cwd=tmp_path)
+    res = lapsbench("sweep", str(path), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet", cwd=tmp_path)
     assert res.returncode == 1, res.stderr
     assert "2 points: 1 done (0 cached), 1 failed" in res.stdout and "not a readable Parquet file" in res.stdout
     errors = list((tmp_path / "out" / "points").glob("*/error.txt"))
@@ -120,7 +119,7 @@ def test_a_directory_of_another_definition_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_sweep(load_sweep(write_sweep(tmp_path, '[axes]\n"speculation.k" = [0]\n'), out=out), workers=1)
     other = write_sweep(tmp_path, '[axes]\n"speculation.k" = [0, 1]\n', name="other")
-    res = cli("sweep", str(other), "--out", str(out), "--quiet", cwd=tmp_path)
+    res = lapsbench("sweep", str(other), "--out", str(out), "--quiet", cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "written by a different sweep definition" in res.stderr
     assert json.loads((out / "sweep.json").read_text())["name"] == "test-sweep"
@@ -137,10 +136,8 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
     axes = '[axes]\n"trace.rate_scale" = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]\n'
     path = write_sweep(tmp_path, axes, n=600)
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "lapsbench", "sweep", str(path), "--out", str(out),
-                             "--workers", "1", "--quiet"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_lapsbench("sweep", path, "--out", out, "--workers", "1", "--quiet", cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
         while not finished_points(out):
@@ -209,7 +206,7 @@ def test_sweep_cli_table_plots_and_set(tmp_path: Path) -> None:
     """The CLI prints a row per point and scheduler with the axes as columns, plots each metric against
     the numeric axis, and applies --set to the base (an axis key cannot be --set)."""
     path = write_sweep(tmp_path, '[axes]\n"trace.rate_scale" = [0.5, 0.8]\n', n=100)
-    res = cli("sweep", str(path), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet",
+    res = lapsbench("sweep", str(path), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet",
               "--set", "speculation.acceptance.alpha=0.8", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     table = [line for line in res.stdout.splitlines() if "│" in line]
@@ -219,8 +216,8 @@ def test_sweep_cli_table_plots_and_set(tmp_path: Path) -> None:
                                                                         "trace.rate_scale.svg"}
     point = load_scenario(tmp_path / "out" / "points" / "trace.rate_scale=0.5" / "scenario.toml")
     assert point.speculation.acceptance.alpha == 0.8
-    bad = cli("sweep", str(path), "--out", str(tmp_path / "o2"), "--set", "trace.rate_scale=2", cwd=tmp_path)
+    bad = lapsbench("sweep", str(path), "--out", str(tmp_path / "o2"), "--set", "trace.rate_scale=2", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--set trace.rate_scale" in bad.stderr
-    bad = cli("sweep", str(path), "--out", str(tmp_path / "o2"), "--set", "speculation.k=x", cwd=tmp_path)
+    bad = lapsbench("sweep", str(path), "--out", str(tmp_path / "o2"), "--set", "speculation.k=x", cwd=tmp_path)
     assert bad.returncode == 2 and "--set speculation.k: 'x' has the wrong type" in bad.stderr
     assert not (tmp_path / "o2").exists()

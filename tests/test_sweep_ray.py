@@ -11,7 +11,8 @@ from polars.testing import assert_frame_equal
 
 from lapsbench.run.sweep import load_sweep, run_sweep
 
-from sweep_helpers import cli, read_dataset, read_summary, write_sweep
+from cli_helpers import real_lapsbench
+from sweep_helpers import read_dataset, read_summary, write_sweep
 
 pytest.importorskip("ray")
 
@@ -33,7 +34,7 @@ def test_unreachable_ray_address_exits_2(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     path = write_sweep(tmp_path, '[axes]\n"speculation.k" = [0]\n')
-    res = cli("sweep", str(path), "--backend", "ray", "--address", f"127.0.0.1:{port}", "--out",
-              str(tmp_path / "out"), "--quiet", cwd=tmp_path, timeout=120)
+    res = real_lapsbench("sweep", path, "--backend", "ray", "--address", f"127.0.0.1:{port}", "--out",
+                         tmp_path / "out", "--quiet", cwd=tmp_path)  # a real process: Ray's globals stay out
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert f"--address: cannot reach a Ray cluster at 127.0.0.1:{port}" in res.stderr

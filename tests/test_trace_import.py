@@ -3,8 +3,6 @@ file, line, column and value, with nothing written), CLI exit codes, and Azure =
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,8 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.trace.importers import ImportOptions, detect_format, import_trace
 from lapsbench.trace.schema import read_trace
 from lapsbench.trace.synth import synth_trace
+
+from cli_helpers import lapsbench
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = Path("/work/shared/traces/raw")
@@ -189,13 +189,9 @@ def test_header_only_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "o.parquet").exists()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lapsbench", *args], cwd=ROOT, capture_output=True, text=True)
-
-
 def test_cli_bad_input_exits_2_with_one_line_and_no_output(tmp_path: Path) -> None:
     source, out = write(tmp_path, VI_HEAD + "0.5,1,1\n"), tmp_path / "out.parquet"
-    result = run_cli("trace", "import", str(source), "--out", str(out))
+    result = lapsbench("trace", "import", str(source), "--out", str(out))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "line 3" in result.stderr
     assert not out.exists()
@@ -203,14 +199,14 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(tmp_path: Path) -> No
 
 def test_cli_import_ok(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
-    result = run_cli("trace", "import", str(write(tmp_path, BURSTGPT)), "--out", str(out), "--model", "ChatGPT")
+    result = lapsbench("trace", "import", str(write(tmp_path, BURSTGPT)), "--out", str(out), "--model", "ChatGPT")
     assert result.returncode == 0, result.stderr
     assert read_trace(out)["model"].to_list() == ["ChatGPT", "ChatGPT"]
 
 
 def test_cli_option_for_the_wrong_format_exits_2(tmp_path: Path) -> None:
-    result = run_cli("trace", "import", str(write(tmp_path, VIDUR)), "--out", str(tmp_path / "o.parquet"),
-                     "--keep-failed")
+    result = lapsbench("trace", "import", str(write(tmp_path, VIDUR)), "--out", str(tmp_path / "o.parquet"),
+                       "--keep-failed")
     assert result.returncode == 2 and "burstgpt" in result.stderr
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,8 @@ from lapsbench.trace.info import dispersion, sparkline, trace_stats
 from lapsbench.trace.schema import read_trace
 from lapsbench.trace.slicing import slice_trace
 from lapsbench.trace.synth import synth_trace
+
+from cli_helpers import lapsbench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,8 +51,7 @@ def test_sparkline() -> None:
 
 
 def test_info_cli_prints_the_table() -> None:
-    result = subprocess.run([sys.executable, "-m", "lapsbench", "trace", "info", "traces/azure_conv_2023.parquet"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = lapsbench("trace", "info", "traces/azure_conv_2023.parquet")
     assert result.returncode == 0 and "19,366" in result.stdout and "5.53" in result.stdout
 
 
@@ -82,9 +81,8 @@ def test_slice_rejects(kwargs: dict) -> None:
 
 def test_slice_cli_writes_a_canonical_trace(tmp_path: Path) -> None:
     out = tmp_path / "s.parquet"
-    result = subprocess.run([sys.executable, "-m", "lapsbench", "trace", "slice", "traces/azure_code_2023.parquet",
-                             "--out", str(out), "--duration-s", "600", "--sample-fraction", "0.5", "--seed", "3"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = lapsbench("trace", "slice", "traces/azure_code_2023.parquet", "--out", str(out), "--duration-s", "600",
+                       "--sample-fraction", "0.5", "--seed", "3")
     assert result.returncode == 0, result.stderr
     df = read_trace(out)
     assert df["arrival_s"].max() < 600 and 0 < df.height < 8819
@@ -93,13 +91,12 @@ def test_slice_cli_writes_a_canonical_trace(tmp_path: Path) -> None:
 def test_synth_cli_is_reproducible(tmp_path: Path) -> None:
     outs = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
     for out in outs:
-        subprocess.run([sys.executable, "-m", "lapsbench", "trace", "synth", "--requests", "200", "--rate", "4",
-                        "--arrival", "gamma", "--cv", "2", "--output-lengths", "geometric:mean=50",
-                        "--alpha-beta", "0.7,20", "--seed", "5", "--out", str(out)], cwd=ROOT, check=True,
-                       capture_output=True)
+        result = lapsbench("trace", "synth", "--requests", "200", "--rate", "4", "--arrival", "gamma", "--cv", "2",
+                           "--output-lengths", "geometric:mean=50", "--alpha-beta", "0.7,20", "--seed", "5", "--out",
+                           str(out))
+        assert result.returncode == 0, result.stderr
     assert read_trace(outs[0]).equals(read_trace(outs[1]))
-    result = subprocess.run([sys.executable, "-m", "lapsbench", "trace", "synth", "--requests", "5", "--rate", "1",
-                             "--output-lengths", "bogus:1", "--out", str(tmp_path / "c.parquet")],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = lapsbench("trace", "synth", "--requests", "5", "--rate", "1", "--output-lengths", "bogus:1", "--out",
+                       str(tmp_path / "c.parquet"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c.parquet").exists()

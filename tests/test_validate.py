@@ -4,8 +4,6 @@ directories, ranking, targets, files written; mismatched inputs → one line, ex
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,8 @@ import pytest
 
 from lapsbench.errors import LapsbenchError
 from lapsbench.results.validate import validate
+
+from cli_helpers import lapsbench
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,8 +58,7 @@ def test_cli_writes_report_and_plot(tmp_path: Path) -> None:
     real = results_dir(tmp_path / "real", REAL)
     sim = results_dir(tmp_path / "sim", {k: [x * 1.01 for x in v] for k, v in REAL.items()})
     out = tmp_path / "val"
-    r = subprocess.run([sys.executable, "-m", "lapsbench", "validate", str(real), str(sim), "--out", str(out)],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = lapsbench("validate", str(real), str(sim), "--out", str(out))
     assert r.returncode == 0, r.stderr
     data = json.loads((out / "validation.json").read_text())
     assert [s["scheduler"] for s in data["schedulers"]] == ["fcfs", "las"]
@@ -93,8 +92,7 @@ def test_mismatched_inputs_exit_2(tmp_path: Path, case: str, needle: str) -> Non
     with pytest.raises(LapsbenchError, match=needle):
         validate(real, sim)
     out = tmp_path / "val"
-    r = subprocess.run([sys.executable, "-m", "lapsbench", "validate", str(real), str(sim), "--out", str(out)],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = lapsbench("validate", str(real), str(sim), "--out", str(out))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
     assert not out.exists() and not list(tmp_path.glob(".val.*"))
 

@@ -24,14 +24,14 @@ import polars as pl
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lapsbench import rng  # noqa: E402
-from lapsbench.acceptance import FixedAcceptance  # noqa: E402
-from lapsbench.costmodel import load_profile_file  # noqa: E402
 from lapsbench.engine.context import BatchConfig, RunContext  # noqa: E402
-from lapsbench.runner import serve  # noqa: E402
+from lapsbench.engine.state import EngineState  # noqa: E402
+from lapsbench.engine.steptable import build_step_table  # noqa: E402
+from lapsbench.models import rng  # noqa: E402
+from lapsbench.models.acceptance import FixedAcceptance  # noqa: E402
+from lapsbench.models.cost import load_profile_file  # noqa: E402
+from lapsbench.run.runner import serve  # noqa: E402
 from lapsbench.schedulers import make_policy, registry  # noqa: E402
-from lapsbench.state import EngineState  # noqa: E402
-from lapsbench.steptable import build_step_table  # noqa: E402
 
 
 def main() -> None:

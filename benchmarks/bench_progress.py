@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import workload  # noqa: E402
 
-from lapsbench.costmodel import load_profile_file  # noqa: E402
+from lapsbench.models.cost import load_profile_file  # noqa: E402
 
 REPLAY = """name = "replay"
 seed = 1

@@ -25,14 +25,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_engine import workload  # noqa: E402
 
-from lapsbench import rng  # noqa: E402
-from lapsbench.acceptance import FixedAcceptance  # noqa: E402
-from lapsbench.costmodel import load_profile_file  # noqa: E402
 from lapsbench.engine.context import RunContext  # noqa: E402
-from lapsbench.runner import serve  # noqa: E402
+from lapsbench.engine.state import EngineState  # noqa: E402
+from lapsbench.engine.steptable import build_step_table  # noqa: E402
+from lapsbench.models import rng  # noqa: E402
+from lapsbench.models.acceptance import FixedAcceptance  # noqa: E402
+from lapsbench.models.cost import load_profile_file  # noqa: E402
+from lapsbench.run.runner import serve  # noqa: E402
 from lapsbench.schedulers import make_policy  # noqa: E402
-from lapsbench.state import EngineState  # noqa: E402
-from lapsbench.steptable import build_step_table  # noqa: E402
 
 USER = f"{REPO / 'examples' / 'schedulers' / 'shortest_predicted.py'}:ShortestPredicted"
 

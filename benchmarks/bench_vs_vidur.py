@@ -12,7 +12,7 @@
 3. Writes Vidur-format profiling CSVs (mlp.csv, attention.csv) for Llama-2-7B / H100 / TP1. Vidur ≥ 0.0.2x
    ships no profiling data in its wheel: it downloads it from the HuggingFace hub at run time, which
    this machine cannot reach. The tables are therefore derived from lapsbench's measured
-   `h100-llama2-7b` profile (public `lapsbench.costmodel` functions), so both simulators price steps
+   `h100-llama2-7b` profile (public `lapsbench.models.cost` functions), so both simulators price steps
    alike. Per-layer split: all token-linear work in `mlp_up_proj`, attention's context-dependent part
    in `attn_prefill` / `attn_decode`, the other operators ~0. The values change what Vidur simulates
    only as much as a different GPU would; the cost of simulating is what is measured.
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lapsbench.costmodel import find_profile, load_profile_file
+from lapsbench.models.cost import find_profile, load_profile_file
 
 REPO = Path(__file__).resolve().parents[1]
 TRACE = REPO / "traces" / "azure_conv_2023.parquet"

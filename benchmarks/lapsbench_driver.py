@@ -33,10 +33,10 @@ def main() -> None:
     t0 = time.perf_counter()
     import dataclasses
 
+    from lapsbench.config.scenario import load_scenario
     from lapsbench.results.writer import command_line
     from lapsbench.run.output import write_results
-    from lapsbench.runner import run_scenario
-    from lapsbench.scenario import load_scenario
+    from lapsbench.run.runner import run_scenario
     import_s = time.perf_counter() - t0
 
     spec = load_scenario(a.scenario)

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, ProgressColumn
 
-    from lapsbench.runner import RunResult
-    from lapsbench.scenario import Scenario
+    from lapsbench.config.scenario import Scenario
+    from lapsbench.run.runner import RunResult
 from lapsbench.trace.cli import app as trace_app
 
 # Plain (click-style) help: typer's rich help shows a `<bool>` metavar on every flag (`--quiet <bool>` invites
@@ -80,12 +80,12 @@ def run(
     """Simulate every scheduler of a scenario on the same requests; write results and print a table."""
     from rich.console import Console
 
+    from lapsbench.config.scenario import load_scenario
     from lapsbench.results.render import print_summary
     from lapsbench.results.writer import command_line
     from lapsbench.run.compare import select_schedulers
     from lapsbench.run.output import write_results
-    from lapsbench.runner import run_scenario
-    from lapsbench.scenario import load_scenario
+    from lapsbench.run.runner import run_scenario
 
     spec = select_schedulers(load_scenario(scenario, overrides or ()), _scheduler_list(schedulers))
     if seed is not None:
@@ -143,11 +143,11 @@ def compare(
     sweeps with saturation marks, plots; or rebuild the tables from saved results directories."""
     from rich.console import Console
 
+    from lapsbench.config.scenario import load_scenario
     from lapsbench.results.comparison import load_results
     from lapsbench.results.render_compare import rich_tables
     from lapsbench.results.writer import command_line, write_comparison
     from lapsbench.run.compare import parse_rates, run_comparison, select_schedulers
-    from lapsbench.scenario import load_scenario
 
     wanted = _scheduler_list(schedulers)
     console = Console(stderr=True)
@@ -266,7 +266,7 @@ def _run_with_progress(spec: Scenario, console: Console) -> RunResult:
     from rich.progress import BarColumn, ProgressColumn, Task, TextColumn
     from rich.text import Text
 
-    from lapsbench.runner import run_scenario
+    from lapsbench.run.runner import run_scenario
 
     class Runs(ProgressColumn):
         def render(self, task: Task) -> Text:  # blank for the compile notice, which has no total
@@ -373,10 +373,10 @@ def replay(
     the simulator's decisions and acceptance draws; write `run`'s results plus steps.parquet (docs/replay.md)."""
     from rich.console import Console
 
+    from lapsbench.config.scenario import load_scenario
     from lapsbench.replay.run import check_replayable, replay_scenario, write_replay
     from lapsbench.results.render import print_summary
     from lapsbench.results.writer import command_line
-    from lapsbench.scenario import load_scenario
 
     spec = load_scenario(scenario)
     if seed is not None:
@@ -386,12 +386,12 @@ def replay(
     out_dir = out if out is not None else Path(f"{spec.out_dir}-replay")
     check_replayable(spec)
     if executor == "simulated":
-        from lapsbench.replay.loop import SimulatedExecutor
+        from lapsbench.engine.executor import SimulatedExecutor
 
         runner = SimulatedExecutor()
     elif executor == "torch":
         from lapsbench.replay.torch_engine import TorchExecutor
-        from lapsbench.workload import build_cost
+        from lapsbench.run.assembly import build_cost
 
         runner = TorchExecutor.for_scenario(build_cost(spec), target, draft, device)
     else:

@@ -26,7 +26,7 @@ def write_quickstart(directory: Path) -> list[Path]:
     """Copy the shipped quickstart scenario and the trace it replays into `directory`, in the same layout
     (scenarios/quickstart.toml, traces/...), so that `lapsbench run scenarios/quickstart.toml` works there
     as in a checkout; its profile is named, so it resolves from the package. Never overwrites a file."""
-    from lapsbench.scenario import load_scenario
+    from lapsbench.config.scenario import load_scenario
 
     scenario = load_scenario(SCENARIOS_DIR / "quickstart.toml")
     sources = [SCENARIOS_DIR / "quickstart.toml", scenario.resolve(scenario.trace.path)]

@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 import polars as pl
 
+from lapsbench.config.scenario import SchedulerSpec, load_scenario
 from lapsbench.results.metrics import ci95_halfwidth
-from lapsbench.runner import run_scenario
-from lapsbench.scenario import SchedulerSpec, load_scenario
+from lapsbench.run.runner import run_scenario
 
 VARIANTS = [
     ("fcfs", "fcfs", {}),

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from lapsbench.config.scenario import load_scenario
+from lapsbench.engine.steptable import build_step_table
 from lapsbench.results.metrics import ci95_halfwidth
 from lapsbench.results.stats import paired_t_ratio
-from lapsbench.scenario import load_scenario
+from lapsbench.run.assembly import build_acceptance, build_cost, load_workload
 from lapsbench.schedulers import make_policy
 from lapsbench.schedulers.laps_sd import perceptible_steps
-from lapsbench.steptable import build_step_table
-from lapsbench.workload import build_acceptance, build_cost, load_workload
 
 PAPER = ["chat_poisson", "chat_bursty", "code_poisson", "code_bursty", "reasoning_poisson", "reasoning_bursty",
          "stress_poisson"]

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lapsbench import rng
-from lapsbench.acceptance import EmpiricalAcceptance, load_acceptance_table
-from lapsbench.costmodel import load_profile_file
-from lapsbench.steptable import NS, build_step_table
+from lapsbench.engine.steptable import NS, build_step_table
+from lapsbench.models import rng
+from lapsbench.models.acceptance import EmpiricalAcceptance, load_acceptance_table
+from lapsbench.models.cost import load_profile_file
 
 RECORDS = "data/acceptance/specdecode_bench_llama31_8b_h100.parquet"
 ACC = "../../acceptance/specdecode_bench_llama31_8b_h100.parquet"  # scenarios/papers/ -> data/
@@ -88,7 +88,7 @@ name = "srpt-sd"         # oracle ceiling: true lengths and true future acceptan
 
 
 def pool(dataset: str, keep) -> pl.DataFrame:
-    """The dataset's eagle records in file order, indexed as lapsbench.acceptance.acceptance_records
+    """The dataset's eagle records in file order, indexed as lapsbench.models.acceptance.acceptance_records
     indexes them (records with fewer than two positions dropped), then filtered by output length."""
     df = load_acceptance_table(RECORDS).filter((pl.col("dataset") == dataset) & (pl.col("method") == "eagle"))
     df = df.filter(pl.col("acc_len").list.len() >= 2).with_row_index("acceptance_record")

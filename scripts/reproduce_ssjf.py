@@ -8,9 +8,9 @@ FCFS, with 95% CIs over the 20 replications, plus sustained throughput. Run from
 import argparse
 import dataclasses
 
+from lapsbench.config.scenario import load_scenario
 from lapsbench.results.paper_metrics import versus_baseline
-from lapsbench.runner import run_scenario
-from lapsbench.scenario import load_scenario
+from lapsbench.run.runner import run_scenario
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rates", default="1,2,3,4,5,6,7,8,9,10")

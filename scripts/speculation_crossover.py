@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lapsbench.runner import run_scenario
-from lapsbench.scenario import parse_scenario
+from lapsbench.config.scenario import parse_scenario
+from lapsbench.run.runner import run_scenario
 
 KS = list(range(7))
 # measured profiles cover batch <= 64 and <= 512 verify tokens: larger batches extrapolate the fitted forms
@@ -78,7 +78,7 @@ def steady_state(requests: pl.DataFrame) -> tuple[float, float]:
 
 
 def measure(setups, alphas, batches) -> pl.DataFrame:
-    from lapsbench.workload import build_cost
+    from lapsbench.run.assembly import build_cost
 
     rows = []
     for label, profile, draft in setups:
@@ -128,9 +128,9 @@ def decomposition(setups, batches, context: int = 384) -> pl.DataFrame:
     """A decode-only step priced by the profile (`sd_step_s`), every request at `context` tokens (the window's
     mean: 256-token prompt + half the mean output): target verify vs the K draft forwards, and the decode
     throughput at α = 0.7 (B · E[tokens] / step). No engine: the cost model's own answer."""
-    from lapsbench.acceptance import mean_tokens_per_step
-    from lapsbench.costmodel import sd_step_s
-    from lapsbench.workload import build_cost
+    from lapsbench.models.acceptance import mean_tokens_per_step
+    from lapsbench.models.cost import sd_step_s
+    from lapsbench.run.assembly import build_cost
 
     rows = []
     for label, profile, draft in setups:

@@ -11,14 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lapsbench import rng  # noqa: E402
-from lapsbench.acceptance import FixedAcceptance  # noqa: E402
-from lapsbench.costmodel import CostModel, fixed_profile  # noqa: E402
 from lapsbench.engine.context import BatchConfig, RunContext  # noqa: E402
-from lapsbench.runner import serve  # noqa: E402
+from lapsbench.engine.state import EngineState  # noqa: E402
+from lapsbench.engine.steptable import StepTable, build_step_table  # noqa: E402
+from lapsbench.models import rng  # noqa: E402
+from lapsbench.models.acceptance import FixedAcceptance  # noqa: E402
+from lapsbench.models.cost import CostModel, fixed_profile  # noqa: E402
+from lapsbench.run.runner import serve  # noqa: E402
 from lapsbench.schedulers import make_policy  # noqa: E402
-from lapsbench.state import EngineState  # noqa: E402
-from lapsbench.steptable import StepTable, build_step_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

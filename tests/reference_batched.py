@@ -9,15 +9,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lapsbench.costmodel import sd_step_s
 from lapsbench.engine.batched import livelock_message
 from lapsbench.engine.batched_state import LIVELOCK_FACTOR
 from lapsbench.engine.context import BatchConfig
+from lapsbench.engine.state import EngineState
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.cost import sd_step_s
 from lapsbench.progress import Throttled
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
-from lapsbench.state import EngineState
 
 
 def _roundup(tokens: np.ndarray, block: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The step-by-step batch-1 reference: the replay loop (lapsbench.replay.loop.replay_single: one step at a
+"""The step-by-step batch-1 reference: the replay loop (lapsbench.engine.executor.replay_single: one step at a
 time, plain Python, everyone re-ranked before every step) run with the executor that runs nothing.
 
 It shares with the compiled engine only the scheduler's compiled functions (through
@@ -9,9 +9,9 @@ reproduces `lapsbench run`."""
 
 from __future__ import annotations
 
-from lapsbench.replay.loop import SimulatedExecutor, replay_single
+from lapsbench.engine.executor import SimulatedExecutor, replay_single
+from lapsbench.engine.state import EngineState
 from lapsbench.schedulers.stepwise import Bound
-from lapsbench.state import EngineState
 
 from conftest import table_for
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lapsbench.acceptance import (
+from lapsbench.errors import LapsbenchError
+from lapsbench.models.acceptance import (
     BetaAcceptance,
     EmpiricalAcceptance,
     FixedAcceptance,
     accepted_table,
     emitted_at,
 )
-from lapsbench.errors import LapsbenchError
 
 N, K_MAX = 400, 6
 RID = np.arange(1000, 1000 + N)

@@ -8,8 +8,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lapsbench import rng
-from lapsbench.acceptance import (
+from lapsbench.config.scenario import parse_scenario
+from lapsbench.errors import LapsbenchError
+from lapsbench.models import rng
+from lapsbench.models.acceptance import (
     BetaAcceptance,
     EmpiricalAcceptance,
     acceptance_records,
@@ -17,10 +19,8 @@ from lapsbench.acceptance import (
     segmented_ar1,
     walk_mean_tokens_per_step,
 )
-from lapsbench.errors import LapsbenchError
-from lapsbench.scenario import parse_scenario
+from lapsbench.run.assembly import build_acceptance, load_workload
 from lapsbench.schedulers import make_policy
-from lapsbench.workload import build_acceptance, load_workload
 
 from cli_helpers import lapsbench
 from conftest import REPO, create_state, simulate

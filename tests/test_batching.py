@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 from reference_batched import ReferenceBatched, _roundup
 
-from lapsbench.costmodel import CostModel, PhaseModel, fixed_profile
+from lapsbench.config.scenario import parse_scenario
 from lapsbench.engine.context import BatchConfig
 from lapsbench.errors import LapsbenchError
-from lapsbench.runner import run_scenario
-from lapsbench.scenario import parse_scenario
+from lapsbench.models.cost import CostModel, PhaseModel, fixed_profile
+from lapsbench.run.runner import run_scenario
 from lapsbench.schedulers import make_policy, registry
 
 from conftest import create_acceptance, create_state, simulate, table_for, write_canonical_trace
@@ -366,7 +366,7 @@ def test_compiled_loop_reads_32_bit_token_tables():
     config = BatchConfig(mode="continuous", max_batch=2, max_batch_tokens=64)
     fast, _ = run(case, "las", config, linear_cost(), reference=False)
     slow, _ = run(case, "las", config, linear_cost(), reference=True)
-    from lapsbench.steptable import _token_dtype
+    from lapsbench.engine.steptable import _token_dtype
 
     assert _token_dtype(fast.output_tokens) is np.int32
     for name in FIELDS:

@@ -14,7 +14,7 @@ from lapsbench.calibrate.forward import features
 from lapsbench.calibrate.models import MODELS
 from lapsbench.calibrate.profile_file import kv_capacity_tokens
 from lapsbench.config.toml import loads as toml_loads
-from lapsbench.costmodel import FEATURES, load_profile_file
+from lapsbench.models.cost import FEATURES, load_profile_file
 
 from cli_helpers import lapsbench
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from lapsbench.config.scenario import load_scenario, parse_override
 from lapsbench.errors import LapsbenchError
 from lapsbench.run.compare import select_schedulers
-from lapsbench.scenario import load_scenario, parse_override
 from lapsbench.schedulers import registry
 
 from cli_helpers import assert_exit_2, lapsbench

@@ -222,11 +222,11 @@ def test_out_dot_never_deletes_a_folder(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_output_blocked_is_refused_before_the_simulation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check comes before the run: the engine is never entered (issue: the results were lost after it)."""
-    import lapsbench.runner
+    import lapsbench.run.runner
 
     scenario = write_scenario(tmp_path / "s.toml", write_trace(tmp_path / "t.parquet"), tmp_path / "out")
     (tmp_path / "blocker").write_text("")
-    monkeypatch.setattr(lapsbench.runner, "run_scenario", lambda *a, **k: pytest.fail("simulated"))
+    monkeypatch.setattr(lapsbench.run.runner, "run_scenario", lambda *a, **k: pytest.fail("simulated"))
     code, _, err = cli("run", scenario, "--out", tmp_path / "blocker" / "out")
     assert_one_line_error(code, err, "--out", "blocker is a file")
 
@@ -246,9 +246,9 @@ def test_summary_requests_is_the_request_count(tmp_path: Path) -> None:
 def test_step_table_bounded_by_memory_before_allocating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Token counts within the per-request bound can still add up to more steps than memory holds: refused
     with one line before the step table is built (it died allocating 3.15 TiB)."""
-    import lapsbench.workload
+    import lapsbench.run.assembly
 
-    monkeypatch.setattr(lapsbench.workload, "physical_memory_bytes", lambda: 1 << 20)  # a 1 MiB machine
+    monkeypatch.setattr(lapsbench.run.assembly, "physical_memory_bytes", lambda: 1 << 20)  # a 1 MiB machine
     trace = write_trace(tmp_path / "t.parquet", n=3, output_tokens=[40_000, 40_000, 40_000])
     code, _, err = cli("run", write_scenario(tmp_path / "s.toml", trace, tmp_path / "out"), "--quiet")
     assert_one_line_error(code, err, "120,000 output tokens", "GiB of steps", "trace.max_requests")

@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from lapsbench.config.scenario import load_scenario
 from lapsbench.errors import LapsbenchError
 from lapsbench.results.comparison import load_results
 from lapsbench.results.stats import offered_rate, paired_bootstrap_ratio, paired_t_ratio, ssjf_throughput
 from lapsbench.run.compare import parse_rates, run_comparison
-from lapsbench.scenario import load_scenario
 from lapsbench.schedulers import registry
 
 from cli_helpers import assert_exit_2, lapsbench, write_small_scenario

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lapsbench.acceptance import mean_tokens_per_step
-from lapsbench.costmodel import fixed_profile
+from lapsbench.models.acceptance import mean_tokens_per_step
+from lapsbench.models.cost import fixed_profile
 from lapsbench.results.metrics import t95
 from lapsbench.schedulers import make_policy, registry
 

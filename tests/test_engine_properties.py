@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_batched import ReferenceBatched
 
-from lapsbench import rng
-from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance
-from lapsbench.costmodel import fixed_profile
 from lapsbench.engine.context import BatchConfig
+from lapsbench.models import rng
+from lapsbench.models.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance
+from lapsbench.models.cost import fixed_profile
 from lapsbench.schedulers import make_policy, registry
 
 from conftest import create_state, simulate

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lapsbench.costmodel import find_profile, load_profile_file
+from lapsbench.config.scenario import load_scenario
+from lapsbench.models.cost import find_profile, load_profile_file
 from lapsbench.resources import SCENARIOS_DIR
+from lapsbench.run.assembly import trace_sha256
 from lapsbench.run.compare import LoadSpec, run_comparison
 from lapsbench.run.sweep import load_sweep
-from lapsbench.scenario import load_scenario
 from lapsbench.trace.schema import trace_hash
 from lapsbench.trace.synth import synth_trace
-from lapsbench.workload import trace_sha256
 
 from cli_helpers import lapsbench
 

@@ -1,4 +1,4 @@
-"""K choosers of `[speculation] adaptive` (lapsbench.kchoice, issue 18): hand-computed cases, and the per-request
+"""K choosers of `[speculation] adaptive` (lapsbench.models.kchoice, issue 18): hand-computed cases, and the per-request
 goodput choice against brute force where it is claimed exact."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from lapsbench.kchoice import (
+from lapsbench.config.speculation import VLLM_TABLE, BatchTableSpec, GoodputSpec, OffUnderLoadSpec
+from lapsbench.models.kchoice import (
     BATCH_TABLE,
     FIXED,
     GOODPUT,
@@ -22,7 +23,6 @@ from lapsbench.kchoice import (
     off_under_load_k,
     pack_adaptive,
 )
-from lapsbench.speculation import VLLM_TABLE, BatchTableSpec, GoodputSpec, OffUnderLoadSpec
 
 EMPTY_F, EMPTY_I = np.zeros(0), np.zeros(0, np.int64)
 

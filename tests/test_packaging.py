@@ -19,13 +19,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lapsbench.acceptance import EmpiricalAcceptance
-from lapsbench.costmodel import find_profile
+from lapsbench.config.scenario import EmpiricalAcceptanceSpec, load_scenario
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.acceptance import EmpiricalAcceptance
+from lapsbench.models.cost import find_profile
 from lapsbench.resources import ACCEPTANCE_FILE, DATA_DIR, PROFILES_DIR, SCENARIOS_DIR, write_quickstart
-from lapsbench.run.sweep import grid_points, load_sweep
-from lapsbench.scenario import EmpiricalAcceptanceSpec, load_scenario
-from lapsbench.workload import (
+from lapsbench.run.assembly import (
     build_acceptance,
     build_cost,
     load_workload,
@@ -33,6 +32,7 @@ from lapsbench.workload import (
     synth_options,
     trace_sha256,
 )
+from lapsbench.run.sweep import grid_points, load_sweep
 
 from cli_helpers import lapsbench
 from conftest import REPO

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lapsbench import rng
-from lapsbench.acceptance import FixedAcceptance
-from lapsbench.costmodel import fixed_profile, load_profile_file
 from lapsbench.errors import LapsbenchError
-from lapsbench.predictors import bucket_of, confusion_matrix
+from lapsbench.models import rng
+from lapsbench.models.acceptance import FixedAcceptance
+from lapsbench.models.cost import fixed_profile, load_profile_file
+from lapsbench.models.predictors import bucket_of, confusion_matrix
 from lapsbench.results.metrics import t95
 from lapsbench.schedulers import make_policy
 from lapsbench.schedulers.laps_sd import estimate
@@ -173,7 +173,7 @@ def test_perceptible_steps_match_the_policy():
 
 def test_quantile_cuts_follow_ssjf():
     """Cuts just above the p25/p50/p75/p99, as SSJF's Vicuna cuts sit just above its data's quantiles."""
-    from lapsbench.predictors import quantile_cuts
+    from lapsbench.models.predictors import quantile_cuts
 
     assert quantile_cuts(np.arange(1, 101)) == (26, 51, 76, 100)
     assert quantile_cuts(np.full(50, 7)) == (8,)   # equal quantiles merge into one cut

@@ -9,11 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from lapsbench.config.scenario import load_scenario, parse_scenario
 from lapsbench.errors import LapsbenchError
 from lapsbench.results.paper_metrics import thr25, versus_baseline
-from lapsbench.runner import run_scenario
-from lapsbench.scenario import load_scenario, parse_scenario
-from lapsbench.workload import trace_sha256
+from lapsbench.run.assembly import trace_sha256
+from lapsbench.run.runner import run_scenario
 
 from cli_helpers import lapsbench
 from conftest import REPO
@@ -111,8 +111,8 @@ def test_meta_records_every_derived_threshold_and_bucket_cut(tmp_path):
     cuts (quantiles of the trace's requests outside the window) are fixed once per run, in meta.json."""
     import json
 
-    from lapsbench.costmodel import load_profile_file, sd_step_s
-    from lapsbench.predictors import quantile_cuts
+    from lapsbench.models.cost import load_profile_file, sd_step_s
+    from lapsbench.models.predictors import quantile_cuts
     from lapsbench.schedulers._common import batch1_prefill_s
     from lapsbench.trace.schema import read_trace
     from lapsbench.trace.slicing import slice_trace
@@ -149,7 +149,7 @@ def test_bad_ladder_or_cuts_exit_2_with_one_line(tmp_path, extra, key):
 def test_paper_workloads_keep_each_requests_own_record():
     """Every row of data/workloads/*.csv is one SpecDecode-Bench record: its lengths are that record's, and
     a synth draw carries the record index, so `mapping = "column"` replays that request's own acceptance."""
-    from lapsbench.acceptance import acceptance_records, load_acceptance_table
+    from lapsbench.models.acceptance import acceptance_records, load_acceptance_table
     from lapsbench.trace.synth import synth_trace
 
     path = REPO / "data" / "acceptance" / "specdecode_bench_llama31_8b_h100.parquet"
@@ -173,7 +173,7 @@ def test_paper_workloads_keep_each_requests_own_record():
 
 def test_paper_workload_offered_load_is_its_rate_scale(monkeypatch):
     """The synth rate is 1 / mean service, so busy time / makespan ≈ rate_scale (0.8) under FCFS."""
-    from lapsbench.scenario import SchedulerSpec
+    from lapsbench.config.scenario import SchedulerSpec
 
     monkeypatch.chdir(REPO)
     s = load_scenario(REPO / "scenarios" / "papers" / "code_poisson.toml")

@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from lapsbench.config.scenario import load_scenario
 from lapsbench.results.plots import figures, numeric_axes, write_sweep_plots
 from lapsbench.run.compare import parse_rates, run_comparison
-from lapsbench.scenario import load_scenario
 
 from cli_helpers import write_small_scenario
 

@@ -10,9 +10,9 @@ import copy
 import numpy as np
 import pytest
 
-from lapsbench import rng
-from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance
-from lapsbench.costmodel import fixed_profile, load_profile_file
+from lapsbench.models import rng
+from lapsbench.models.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance
+from lapsbench.models.cost import fixed_profile, load_profile_file
 from lapsbench.schedulers import make_policy, registry
 
 from conftest import REPO, create_state, simulate

@@ -1,4 +1,4 @@
-"""lapsbench.engine.pricing: the one step pricing — hand-computed steps, mixed K per request (issue #18),
+"""lapsbench.models.pricing: the one step pricing — hand-computed steps, mixed K per request (issue #18),
 the fixed-K case bit for bit, and a CostPack usable from compiled code and other processes."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numba
 import numpy as np
 import pytest
 
-from lapsbench.costmodel import CostModel, PhaseModel, StepModel, fixed_profile, load_profile_file
-from lapsbench.engine.pricing import mixed_step_time_s, pack_cost, step_time_s, step_times_s
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.cost import CostModel, PhaseModel, StepModel, fixed_profile, load_profile_file
+from lapsbench.models.pricing import mixed_step_time_s, pack_cost, step_time_s, step_times_s
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = sorted((REPO / "profiles").glob("*.toml"))

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from lapsbench import progress as lp
-from lapsbench.costmodel import fixed_profile
+from lapsbench.config.scenario import parse_scenario
 from lapsbench.engine.context import BatchConfig
-from lapsbench.replay.loop import SimulatedExecutor, replay_single
-from lapsbench.runner import run_scenario
-from lapsbench.scenario import parse_scenario
+from lapsbench.engine.executor import SimulatedExecutor, replay_single
+from lapsbench.models.cost import fixed_profile
+from lapsbench.run.runner import run_scenario
 from lapsbench.schedulers import make_policy
 
 from conftest import REPO, create_acceptance, create_state, simulate, table_for, write_canonical_trace

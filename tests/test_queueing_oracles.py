@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lapsbench.costmodel import fixed_profile
+from lapsbench.models.cost import fixed_profile
 from lapsbench.results.metrics import t95
 
 import oracles

@@ -1,4 +1,4 @@
-"""The replay's decision loop (lapsbench/replay/loop.py) with the executor that runs nothing: it must be the
+"""The replay's decision loop (lapsbench/engine/executor.py) with the executor that runs nothing: it must be the
 simulator — the same decisions and per-request records as `run_scenario`, bit for bit, at batch 1 and under
 continuous batching with recompute preemption — and its step log must follow docs/steplog.md."""
 
@@ -9,12 +9,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from lapsbench.config.scenario import parse_scenario
+from lapsbench.engine.executor import SimulatedExecutor
+from lapsbench.engine.steplog import SCHEMA
 from lapsbench.errors import LapsbenchError
-from lapsbench.replay.loop import SimulatedExecutor
 from lapsbench.replay.run import replay_scenario
-from lapsbench.replay.steplog import SCHEMA
-from lapsbench.runner import run_scenario
-from lapsbench.scenario import parse_scenario
+from lapsbench.run.runner import run_scenario
 
 from cli_helpers import lapsbench
 from conftest import REPO

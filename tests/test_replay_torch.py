@@ -7,11 +7,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from lapsbench.config.scenario import parse_scenario
+from lapsbench.engine.executor import SimulatedExecutor
 from lapsbench.errors import LapsbenchError
-from lapsbench.replay.loop import SimulatedExecutor
 from lapsbench.replay.run import replay_scenario
 from lapsbench.replay.torch_engine import GRAPH_TOKENS, check_memory
-from lapsbench.scenario import parse_scenario
 
 from conftest import REPO
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lapsbench.costmodel import fixed_profile
+from lapsbench.models.cost import fixed_profile
 from lapsbench.schedulers import make_policy
 from lapsbench.schedulers.stepwise import Bound
 

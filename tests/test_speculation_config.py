@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lapsbench.config.scenario import load_scenario, scenario_to_toml
+from lapsbench.config.speculation import BatchTableSpec, GoodputSpec, OffUnderLoadSpec, largest_k
 from lapsbench.errors import LapsbenchError
-from lapsbench.scenario import load_scenario, scenario_to_toml
-from lapsbench.speculation import BatchTableSpec, GoodputSpec, OffUnderLoadSpec, largest_k
 
 from cli_helpers import SCENARIO, assert_no_partial_output, assert_one_line_error, cli, write_scenario, write_trace
 

@@ -18,10 +18,10 @@ from test_calibrate_fit import TRUE, _synthetic
 
 from lapsbench.calibrate.fit import fit_profile
 from lapsbench.calibrate.profile_file import STEP_LOG
-from lapsbench.costmodel import CostModel, PhaseModel, StepModel, load_profile_file, sd_step_s
 from lapsbench.engine.context import BatchConfig
-from lapsbench.engine.pricing import pack_cost
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.cost import CostModel, PhaseModel, StepModel, load_profile_file, sd_step_s
+from lapsbench.models.pricing import pack_cost
 
 from cli_helpers import lapsbench
 
@@ -257,9 +257,9 @@ def test_batched_engines_price_max_context() -> None:
 # ------------------------------------------------------------------------------------ backward compatibility
 
 def _old_costmodel() -> types.ModuleType:
-    """lapsbench/costmodel.py as it was before step-level terms (main at 54ca72b), from git."""
+    """lapsbench/models/cost.py as it was before step-level terms (main at 54ca72b), from git."""
     try:
-        src = subprocess.run(["git", "show", "54ca72b:lapsbench/costmodel.py"], capture_output=True, text=True,
+        src = subprocess.run(["git", "show", "54ca72b:lapsbench/models/cost.py"], capture_output=True, text=True,
                              cwd=REPO, check=True, timeout=30).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("git history with commit 54ca72b not available")

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lapsbench import rng
-from lapsbench.acceptance import FixedAcceptance
-from lapsbench.costmodel import fixed_profile, load_profile_file, sd_step_s
-from lapsbench.steptable import build_step_table, to_ns
+from lapsbench.engine.steptable import build_step_table, to_ns
+from lapsbench.models import rng
+from lapsbench.models.acceptance import FixedAcceptance
+from lapsbench.models.cost import fixed_profile, load_profile_file, sd_step_s
 
 from conftest import REPO
 
@@ -54,8 +54,8 @@ def test_table_matches_direct_computation(k: int, profile: str):
 def test_plain_decoding_table_equals_drawing_one_token_steps(kind: str, monkeypatch):
     """k = 0 builds the table without drawing (every step emits one token): the same table as drawing
     from the acceptance process, across several construction chunks and with one-token outputs."""
-    from lapsbench import steptable
-    from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance
+    from lapsbench.engine import steptable
+    from lapsbench.models.acceptance import BetaAcceptance, EmpiricalAcceptance
 
     monkeypatch.setattr(steptable, "CHUNK_STEPS", 500)
     g = np.random.default_rng(3)

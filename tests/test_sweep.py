@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from lapsbench.config.scenario import EngineSpec, load_scenario
 from lapsbench.errors import LapsbenchError
 from lapsbench.run.sweep import grid_overrides, grid_points, load_sweep, run_sweep
-from lapsbench.scenario import EngineSpec, load_scenario
 
 from cli_helpers import lapsbench, start_lapsbench
 from sweep_helpers import read_dataset, read_summary, write_sweep

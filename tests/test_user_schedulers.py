@@ -179,12 +179,12 @@ def test_generated_modules_are_written_once_and_reused(tmp_path: Path):
 @pytest.mark.parametrize("example", ["shortest_predicted", "acceptance_weighted"])
 def test_the_shipped_examples_parse_and_compile(example: str):
     """Each example scenario names its scheduler relative to itself; the scheduler packs and compiles."""
-    from lapsbench.costmodel import fixed_profile
-    from lapsbench.scenario import load_scenario
+    from lapsbench.config.scenario import load_scenario
+    from lapsbench.engine.state import EngineState
+    from lapsbench.models.cost import fixed_profile
     from lapsbench.schedulers.base import make_policy
     from lapsbench.schedulers.stepwise import Bound
     from lapsbench.schedulers.user import check_user_scheduler
-    from lapsbench.state import EngineState
 
     root = Path(__file__).resolve().parent.parent / "examples" / "schedulers"
     s = load_scenario(root / f"{example}.toml")

@@ -18,7 +18,7 @@ import polars as pl
 
 from lapsbench.calibrate.fit import price_steps
 from lapsbench.calibrate.steplog import STEP_PHASES, read_steplog, step_phase
-from lapsbench.costmodel import load_profile_file
+from lapsbench.models.cost import load_profile_file
 
 
 def main(profile: str, replays: list[str]) -> None:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from lapsbench.predictors import predict_lengths
+from lapsbench.models.predictors import predict_lengths
 from lapsbench.schedulers import Scheduler
 
 

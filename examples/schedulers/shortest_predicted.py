@@ -1,7 +1,7 @@
 """A size-based scheduler written outside lapsbench: shortest *predicted* remaining output first.
 
 Each request's total output length is predicted once, at arrival, by a log-normal predictor with a
-`median_error` relative error (lapsbench.predictors, the same draws as the built-in schedulers get for the
+`median_error` relative error (lapsbench.models.predictors, the same draws as the built-in schedulers get for the
 same seed); the request with the fewest predicted tokens left runs next, preempting at step boundaries.
 With median_error = 0 this is the built-in `srpt`.
 
@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from lapsbench.predictors import predict_lengths
+from lapsbench.models.predictors import predict_lengths
 from lapsbench.schedulers import Scheduler
 
 

@@ -35,9 +35,9 @@ from lapsbench.calibrate.profile_file import (
 from lapsbench.calibrate.step_fit import STEP_TERM_SETS, fit_from_steps, fit_step_terms, gpu_of_steps
 from lapsbench.calibrate.steplog import read_steplog
 from lapsbench.config.toml import read_toml
-from lapsbench.costmodel import PHASES, CostModel, StepModel
 from lapsbench.errors import LapsbenchError
 from lapsbench.fsutil import atomic_file
+from lapsbench.models.cost import PHASES, CostModel, StepModel
 
 Fits = dict[str, dict[str, dict[str, Any]]]   # model (or STEP_LOG) → phase → fit statistics
 
@@ -188,7 +188,7 @@ def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: li
 
 def check_profile(profile: Path, measured: Path, gpu: str | None) -> list[dict[str, Any]]:
     """Per model and phase in both files: MAPE, worst APE and bias (mean signed relative error)."""
-    from lapsbench.costmodel import _phase
+    from lapsbench.models.cost import _phase
 
     data = read_toml(profile, "profile")
     pmodels = data.get("models")

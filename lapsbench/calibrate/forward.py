@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from lapsbench.costmodel import FEATURES, PHASES, PhaseModel
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.cost import FEATURES, PHASES, PhaseModel
 
 REQUIRED = ("gpu", "model", "phase", "batch", "query_tokens", "context", "ms_median")
 KEY = ("gpu", "model", "phase", "batch", "query_tokens", "context")

@@ -8,8 +8,8 @@ from typing import Any
 
 from lapsbench.calibrate.forward import ACTIVATION_RESERVE_BYTES, GPU_MEMORY_UTILIZATION, KV_BLOCK, Candidate
 from lapsbench.calibrate.models import MODELS, LlamaConfig
-from lapsbench.costmodel import STEP_KEYS, StepModel
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.cost import STEP_KEYS, StepModel
 
 KNOWN_GPU_MEMORY_GB = {"H100 80GB": 80.0, "H100 NVL": 94.0, "H100 PCIe": 80.0, "H200": 141.0, "A100-SXM4-80GB": 80.0,
                        "A100 80GB": 80.0, "A100-SXM4-40GB": 40.0, "L40S": 48.0, "A10G": 24.0}

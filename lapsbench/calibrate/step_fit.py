@@ -22,8 +22,8 @@ from lapsbench.calibrate.forward import (
     nn_lstsq,
 )
 from lapsbench.calibrate.steplog import STEP_PHASES, step_phase
-from lapsbench.costmodel import FEATURES, CostModel, PhaseModel, StepModel, sd_step_s
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.cost import FEATURES, CostModel, PhaseModel, StepModel, sd_step_s
 
 
 def _log_columns(log: pl.DataFrame) -> tuple[np.ndarray, ...]:

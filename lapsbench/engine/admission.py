@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from lapsbench.engine.pricing import step_time_s
+from lapsbench.models.pricing import step_time_s
 
 
 @njit(cache=True)

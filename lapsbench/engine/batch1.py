@@ -1,6 +1,6 @@
 """The batch-1 engine: one request per step, the scheduler's choice before every step, compiled (numba).
 
-At batch size 1 every step a request takes is known in advance (lapsbench/steptable.py: tokens and integer
+At batch size 1 every step a request takes is known in advance (lapsbench/engine/steptable.py: tokens and integer
 nanoseconds per step), so a step is two table lookups. The scheduler's keys (lapsbench.schedulers.dispatch)
 are cached per request: a request's keys change only when it is served, or for everyone when `prerank` /
 `observe` return True, so after a step the choice can only move to the runner-up of the last scan, or change
@@ -21,10 +21,10 @@ import numpy as np
 from numba import literally, njit
 
 from lapsbench.engine.context import Results, RunContext
+from lapsbench.engine.steptable import NS, to_ns
 from lapsbench.progress import run_polled
 from lapsbench.schedulers import dispatch
 from lapsbench.schedulers.api import RequestView
-from lapsbench.steptable import NS, to_ns
 
 FINISHED, STOP = 0, 1
 

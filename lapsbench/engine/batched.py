@@ -17,7 +17,7 @@ The plan of one step (`plan_step`, then `end_step`):
   2. select the members: a running static / dynamic batch as formed, else `fill` walks the ranking (members,
      their prefill chunks, and the swap stall of the evictions and swap-ins it made);
   3. count the requests the step dropped (in the previous step, unfinished, still resident) as preempted;
-  4. price the step (lapsbench/engine/pricing.py) and draw each decoding member's tokens from the step table;
+  4. price the step (lapsbench/models/pricing.py) and draw each decoding member's tokens from the step table;
   — the step runs: `now += price + stall` (or an executor runs it and says when it ended: replay) —
   5. account: serve members, statistics; the scheduler observes the served requests (ascending index);
   6. finish: completed requests leave (a static batch's together), the livelock guard, re-keying.
@@ -54,8 +54,8 @@ from lapsbench.engine.batched_state import (
 )
 from lapsbench.engine.batched_step import account, draw, finish, price
 from lapsbench.engine.context import BatchStep, Results, RunContext, StepExecutor
-from lapsbench.engine.pricing import pack_cost
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.pricing import pack_cost
 from lapsbench.progress import run_polled
 from lapsbench.schedulers import dispatch
 from lapsbench.schedulers.api import RequestView

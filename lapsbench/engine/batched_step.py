@@ -2,7 +2,7 @@
 member's tokens, `account` the step (serve members, statistics), `finish` requests and keep the static / dynamic
 batch and the present requests current. Each works on the named state of lapsbench/engine/batched_state.py.
 
-Acceptance comes from the step table (lapsbench.steptable): a request's decode step j emits
+Acceptance comes from the step table (lapsbench.engine.steptable): a request's decode step j emits
 min(tok(offset[i] + 1 + j), output[i] − generated[i]), tok(row) the table's tokens of that row (row 0 is the
 prefill) — also after a recompute, whose extra token only shortens the request."""
 
@@ -13,7 +13,7 @@ from numba import njit
 
 from lapsbench.engine.admission import invariants_hold
 from lapsbench.engine.batched_state import DYNAMIC, ERR_INVARIANT, ERR_LIVELOCK, ERR_TABLE, LIVELOCK_FACTOR, OK, STATIC
-from lapsbench.engine.pricing import step_time_s
+from lapsbench.models.pricing import step_time_s
 
 
 @njit(cache=True, inline="always")

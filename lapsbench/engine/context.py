@@ -13,8 +13,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from lapsbench.costmodel import CostModel
-from lapsbench.steptable import StepTable
+from lapsbench.engine.steptable import StepTable
+from lapsbench.models.cost import CostModel
 
 
 @dataclass(frozen=True)

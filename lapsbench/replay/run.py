@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from lapsbench.config.scenario import Scenario
+from lapsbench.engine.executor import SimulatedExecutor
+from lapsbench.engine.steplog import write_steplog
 from lapsbench.errors import LapsbenchError
-from lapsbench.replay.loop import SimulatedExecutor
-from lapsbench.replay.steplog import write_steplog
-from lapsbench.runner import Progress, RunResult, run_scenario
-from lapsbench.scenario import Scenario
-from lapsbench.workload import build_batch_config, build_cost, load_workload
+from lapsbench.run.assembly import build_batch_config, build_cost, load_workload
+from lapsbench.run.runner import Progress, RunResult, run_scenario
 
 
 def check_replayable(s: Scenario) -> None:

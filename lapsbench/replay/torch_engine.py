@@ -28,12 +28,12 @@ import numpy as np
 
 from lapsbench.calibrate.measure import _Llama
 from lapsbench.calibrate.models import LlamaConfig, parse_model_spec
-from lapsbench.costmodel import CostModel
 from lapsbench.engine.context import BatchStep
+from lapsbench.engine.executor import SimulatedExecutor
+from lapsbench.engine.state import EngineState
+from lapsbench.engine.steptable import NS
 from lapsbench.errors import LapsbenchError
-from lapsbench.replay.loop import SimulatedExecutor
-from lapsbench.state import EngineState
-from lapsbench.steptable import NS
+from lapsbench.models.cost import CostModel
 
 GRAPH_TOKENS = 256             # attention spans are padded to a multiple of this (one decode graph per span)
 PREFILL_TOKENS = 64            # prompt chunks are padded to a multiple of this (each bucket warmed off the clock)

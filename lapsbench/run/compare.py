@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from lapsbench.config.scenario import Scenario, SchedulerSpec, scenario_to_toml
 from lapsbench.errors import LapsbenchError
 from lapsbench.results.comparison import Comparison, build_comparison, resolve_baseline
 from lapsbench.results.stats import BOOTSTRAP_RESAMPLES, offered_rate
-from lapsbench.scenario import Scenario, SchedulerSpec, scenario_to_toml
 
 if TYPE_CHECKING:
-    from lapsbench.runner import RunResult
+    from lapsbench.run.runner import RunResult
 
 RATE_SUFFIX = "rps"
 
@@ -64,7 +64,7 @@ def parse_rates(text: str) -> list[LoadSpec]:
 
 def native_rate(s: Scenario) -> float:
     """Mean arrival rate (requests/s) of the scenario's trace window at rate_scale 1."""
-    from lapsbench.workload import load_workload
+    from lapsbench.run.assembly import load_workload
 
     w = load_workload(dataclasses.replace(s, trace=dataclasses.replace(s.trace, rate_scale=1.0)))
     rate = offered_rate(w.arrival_s)
@@ -101,8 +101,8 @@ def run_comparison(s: Scenario, loads: Sequence[LoadSpec] | None, baseline: str 
                    resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison:
     """Simulate every scheduler × replication at every load point (the scenario's own rate_scale when
     `loads` is None) and build the paired comparison."""
-    from lapsbench.runner import run_scenario
-    from lapsbench.workload import trace_identity, with_absolute_paths
+    from lapsbench.run.assembly import trace_identity, with_absolute_paths
+    from lapsbench.run.runner import run_scenario
 
     labels = [spec.label for spec in s.scheduler]
     base = resolve_baseline(labels, baseline)

@@ -8,11 +8,11 @@ from pathlib import Path
 import polars as pl
 
 from lapsbench import __version__
+from lapsbench.config.scenario import Scenario, scenario_to_toml
 from lapsbench.results.metrics import summarize, summarize_replications
 from lapsbench.results.writer import environment, write_results_dir
-from lapsbench.runner import RunResult
-from lapsbench.scenario import Scenario, scenario_to_toml
-from lapsbench.workload import trace_identity, with_absolute_paths
+from lapsbench.run.assembly import trace_identity, with_absolute_paths
+from lapsbench.run.runner import RunResult
 
 
 def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command: str,

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from lapsbench.costmodel import CostModel, sd_step_s
 from lapsbench.errors import LapsbenchError
-from lapsbench.predictors import Prediction, check_length_params, predict_lengths, quantile_cuts
+from lapsbench.models.cost import CostModel, sd_step_s
+from lapsbench.models.predictors import Prediction, check_length_params, predict_lengths, quantile_cuts
 
 UNITS = ("seconds", "steps", "tokens")
 UNIT_STEPS, UNIT_TOKENS, UNIT_SECONDS = 0, 1, 2
@@ -127,11 +127,11 @@ def need_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 class TrueFuture:
-    """Each request's true steps at batch size 1 — the engine's own step table (lapsbench.steptable), drawn
+    """Each request's true steps at batch size 1 — the engine's own step table (lapsbench.engine.steptable), drawn
     from the acceptance process's future draws and priced by the cost profile (integer nanoseconds)."""
 
     def __init__(self, state) -> None:
-        from lapsbench.steptable import build_step_table
+        from lapsbench.engine.steptable import build_step_table
 
         if state.acceptance is None:
             raise LapsbenchError("scheduler: this oracle needs the acceptance process (EngineState.acceptance); "
@@ -141,7 +141,7 @@ class TrueFuture:
         self.total_ns = self.table.service_ns()
 
     def service_s(self) -> np.ndarray:
-        from lapsbench.steptable import NS
+        from lapsbench.engine.steptable import NS
 
         return self.total_ns / NS
 

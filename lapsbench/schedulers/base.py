@@ -40,7 +40,7 @@ class Scheduler:
         return {}
 
     def pack(self, state: Any) -> tuple:
-        """The NamedTuple the compiled functions read (`state`: the lapsbench.state.EngineState of the run)."""
+        """The NamedTuple the compiled functions read (`state`: the lapsbench.engine.state.EngineState of the run)."""
         raise NotImplementedError
 
 

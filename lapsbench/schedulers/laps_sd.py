@@ -253,7 +253,7 @@ class LAPSSD(PredictorParams, Scheduler):
 
 
 def perceptible_steps(table, k: int, window: int = 5, tolerance: float = 0.05, min_steps: int = 10) -> np.ndarray:
-    """Per request of a batch-1 step table (lapsbench.steptable): the speculative step after which the
+    """Per request of a batch-1 step table (lapsbench.engine.steptable): the speculative step after which the
     stability rule marks it perceptible while it still has steps to take, or -1. At batch size 1 this
     depends only on the request's own steps, not on the schedule (the report's "share perceptible")."""
     out = np.full(table.offset.size - 1, -1, np.int64)

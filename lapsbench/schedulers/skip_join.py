@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from lapsbench.costmodel import sd_step_s
+from lapsbench.models.cost import sd_step_s
 from lapsbench.schedulers._common import (
     UNIT_CODE,
     UNIT_SECONDS,

@@ -10,12 +10,12 @@ from typing import Any
 
 import polars as pl
 
+from lapsbench.config.scenario import set_key
 from lapsbench.run.sweep.definition import Point, Sweep
 from lapsbench.run.sweep.execute import Tally, execute_points
 from lapsbench.run.sweep.merge import cell, override_column
 from lapsbench.run.sweep.points import grid_overrides, resolve_point, unique_points
 from lapsbench.run.sweep.tasks import Outcome
-from lapsbench.scenario import set_key
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lapsbench.scenario import Scenario
+from lapsbench.config.scenario import Scenario
 
 MODES = ("grid", "zip", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lapsbench.config.scenario import apply_overrides, blamed_keys
 from lapsbench.config.toml import read_toml
 from lapsbench.errors import LapsbenchError
 from lapsbench.run.sweep.definition import (
@@ -19,7 +20,6 @@ from lapsbench.run.sweep.definition import (
     Sweep,
 )
 from lapsbench.run.sweep.points import grid_points, resolve_point
-from lapsbench.scenario import apply_overrides, blamed_keys
 
 
 def _number(value: Any, where: str, positive: bool = False) -> float:

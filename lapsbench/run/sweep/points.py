@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from lapsbench.config.scenario import Scenario, blamed_keys, parse_scenario, scenario_to_toml, set_key
 from lapsbench.errors import LapsbenchError
 from lapsbench.run.sweep.definition import Point, Sweep
-from lapsbench.scenario import Scenario, blamed_keys, parse_scenario, scenario_to_toml, set_key
 
 
 def _file_hash(sweep: Sweep, path: str) -> str:
@@ -32,7 +32,7 @@ def _file_hash(sweep: Sweep, path: str) -> str:
 def _pin_files(sweep: Sweep, s: Scenario) -> tuple[Scenario, Scenario]:
     """(the scenario with absolute file paths for any worker, the same with its trace and profile named by
     content: the trace file's hash, or a `[trace] synth` table's hash of its parameters and seed)."""
-    from lapsbench.workload import profile_path, trace_sha256, with_absolute_paths
+    from lapsbench.run.assembly import profile_path, trace_sha256, with_absolute_paths
 
     digest = trace_sha256(s, lambda path: _file_hash(sweep, str(path.resolve())))
     run = with_absolute_paths(s)

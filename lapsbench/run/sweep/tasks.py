@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lapsbench.config.scenario import Scenario
 from lapsbench.fsutil import atomic_dir
 from lapsbench.run.sweep.definition import Point
-from lapsbench.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def run_point(task: Task) -> Outcome:
     """Simulate one point and write its results directory atomically (a failure writes error.txt instead).
     Top-level and argument-only, so it runs the same in-process, in a spawned worker, or in a Ray task."""
     from lapsbench.run.output import write_results
-    from lapsbench.runner import run_scenario
+    from lapsbench.run.runner import run_scenario
 
     start = time.perf_counter()
     target = Path(task.scenario.output.dir)

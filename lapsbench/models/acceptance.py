@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lapsbench import rng
+from lapsbench.models import rng
 
 
 @dataclass

@@ -13,11 +13,11 @@ from collections.abc import Callable
 import numpy as np
 
 from lapsbench.engine.context import BatchStep
-from lapsbench.replay.steplog import StepLog
+from lapsbench.engine.state import EngineState
+from lapsbench.engine.steplog import StepLog
+from lapsbench.engine.steptable import NS, StepTable, to_ns
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
-from lapsbench.state import EngineState
-from lapsbench.steptable import NS, StepTable, to_ns
 
 EMPTY = np.empty(0, np.int64)
 

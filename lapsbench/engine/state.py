@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from lapsbench.costmodel import CostModel
 from lapsbench.engine.context import Results
+from lapsbench.models.cost import CostModel
 from lapsbench.schedulers.api import RequestView, empty_view
 
 
@@ -30,7 +30,7 @@ class EngineState:
     replication: int = 0  # (rng.stream_key(seed, replication, stream)), shared by every scheduler
     cache: dict[str, np.ndarray] = field(default_factory=dict)  # derived per-request arrays (policy helpers)
     acceptance: Any = None  # the replication's acceptance process; oracle policies (srpt-sd) read true draws
-    step_table: Any = None  # the replication's step table (lapsbench.steptable), for oracle policies
+    step_table: Any = None  # the replication's step table (lapsbench.engine.steptable), for oracle policies
     view: RequestView = field(init=False)
     out: Results = field(init=False)
 

@@ -9,14 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from lapsbench.config.scenario import Scenario
 from lapsbench.engine.context import RunContext, StepExecutor
-from lapsbench.replay.loop import SimulatedExecutor, replay_single
-from lapsbench.scenario import Scenario
-from lapsbench.schedulers.base import Scheduler, make_policy
-from lapsbench.schedulers.user import code_and_module
-from lapsbench.state import EngineState
-from lapsbench.steptable import build_step_table
-from lapsbench.workload import (
+from lapsbench.engine.executor import SimulatedExecutor, replay_single
+from lapsbench.engine.state import EngineState
+from lapsbench.engine.steptable import build_step_table
+from lapsbench.run.assembly import (
     Workload,
     build_acceptance,
     build_batch_config,
@@ -25,6 +23,8 @@ from lapsbench.workload import (
     held_out_output_tokens,
     load_workload,
 )
+from lapsbench.schedulers.base import Scheduler, make_policy
+from lapsbench.schedulers.user import code_and_module
 
 # progress(label, replication, finished, total)
 Progress = Callable[[str, int, int, int], None]

@@ -1,6 +1,6 @@
 """What one engine step costs: the one step-pricing implementation (numba), used by every engine and oracle.
 
-`pack_cost(cost, k)` flattens a `CostModel` (lapsbench.costmodel) into a `CostPack` of fixed-dtype arrays, so
+`pack_cost(cost, k)` flattens a `CostModel` (lapsbench.models.cost) into a `CostPack` of fixed-dtype arrays, so
 the @njit functions here can be called from other compiled code:
 
     step_time_s(pack, n_decode, context_decode, context_max, n_prefill, prefill_tokens, prefill_tokens_sq,
@@ -19,7 +19,7 @@ fitted profile, a step that mixes prefill and decode is priced as the sum of the
 a fused chunked-prefill forward; exact at batch size 1) plus the mixed-step overhead. The fixed profile prices
 any step as one forward: step_s (+ max K_i draft forwards if it decodes) + prefill_s_per_token per prompt token.
 
-Phase models (PhaseModel, features in lapsbench.costmodel) are evaluated term by term in the coefficient
+Phase models (PhaseModel, features in lapsbench.models.cost) are evaluated term by term in the coefficient
 dict's order, so a profile is priced the same way everywhere; the numpy form `PhaseModel.time_s` stays for
 fitting (lapsbench.calibrate).
 """
@@ -31,8 +31,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from lapsbench.costmodel import FEATURES, CostModel, PhaseModel
 from lapsbench.errors import LapsbenchError
+from lapsbench.models.cost import FEATURES, CostModel, PhaseModel
 
 __all__ = ["CostPack", "pack_cost", "step_time_s", "mixed_step_time_s", "step_times_s"]
 

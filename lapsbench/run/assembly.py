@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from lapsbench import rng
-from lapsbench.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance, acceptance_records
-from lapsbench.costmodel import CostModel, find_profile, fixed_profile, load_profile_file
-from lapsbench.engine.context import BatchConfig
-from lapsbench.errors import LapsbenchError
-from lapsbench.resources import ACCEPTANCE_FILE
-from lapsbench.scenario import (
+from lapsbench.config.scenario import (
     BetaAcceptanceSpec,
     EmpiricalAcceptanceSpec,
     FixedAcceptanceSpec,
     FixedProfileSpec,
     Scenario,
 )
+from lapsbench.engine.context import BatchConfig
+from lapsbench.errors import LapsbenchError
+from lapsbench.models import rng
+from lapsbench.models.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance, acceptance_records
+from lapsbench.models.cost import CostModel, find_profile, fixed_profile, load_profile_file
+from lapsbench.resources import ACCEPTANCE_FILE
 from lapsbench.trace.schema import CORE_COLUMNS, read_trace, trace_hash
 from lapsbench.trace.slicing import slice_trace
 
@@ -226,7 +226,7 @@ def with_absolute_paths(s: Scenario) -> Scenario:
 
 
 def build_cost(s: Scenario) -> CostModel:
-    from lapsbench.speculation import refuse_unwired
+    from lapsbench.config.speculation import refuse_unwired
 
     refuse_unwired(s.speculation.adaptive)  # until the engines honour it (issue #18 wiring)
     profile = s.model.profile

@@ -28,13 +28,16 @@ strength `acceptance_prior_strength` (pseudo-drafts; 0 = observed only)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lapsbench import rng
-from lapsbench.acceptance import normals
 from lapsbench.errors import LapsbenchError
-from lapsbench.state import EngineState
+from lapsbench.models import rng
+from lapsbench.models.acceptance import normals
+
+if TYPE_CHECKING:
+    from lapsbench.engine.state import EngineState
 
 LENGTH_PREDICTORS = ("oracle", "lognormal", "bucketed", "rank", "trace")
 VICUNA_CUTS = (42, 141, 294, 503)

@@ -1,4 +1,4 @@
-"""Compiled K choosers for `[speculation] adaptive` (lapsbench.speculation): the draft length of a step, or of
+"""Compiled K choosers for `[speculation] adaptive` (lapsbench.config.speculation): the draft length of a step, or of
 each request in a step, from what an engine knows cheaply at the step (docs/speculation.md §2).
 
 All are plain @njit functions of arrays and scalars (no closures, no function arguments: those miss
@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from lapsbench.speculation import Adaptive, BatchTableSpec, GoodputSpec, OffUnderLoadSpec
+from lapsbench.config.speculation import Adaptive, BatchTableSpec, GoodputSpec, OffUnderLoadSpec
 
 FIXED, BATCH_TABLE, GOODPUT, OFF_UNDER_LOAD = 0, 1, 2, 3
 

@@ -194,9 +194,9 @@ def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.
               prefill_context: np.ndarray | None = None, context_max: np.ndarray | None = None) -> np.ndarray:
     """Time of engine steps (vectorised over steps): k draft forwards + one verify of k+1 tokens per decoding
     request, plus the prefill of the requests being prefilled in the same step, plus the profile's step-level
-    terms. Priced by the compiled step pricing, the one implementation (lapsbench.engine.pricing, which says
+    terms. Priced by the compiled step pricing, the one implementation (lapsbench.models.pricing, which says
     how a step is priced); `context_max` defaults to `context_decode` (exact at batch size 1)."""
-    from lapsbench.engine.pricing import step_times_s  # numba: imported only when something is priced
+    from lapsbench.models.pricing import step_times_s  # numba: imported only when something is priced
 
     return step_times_s(cost, k, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
                         prefill_tokens_context, prefill_context, context_max)

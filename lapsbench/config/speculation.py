@@ -1,7 +1,7 @@
 """`[speculation] adaptive`: how the draft length K is chosen per step (or per request), validated once at
 the edge. Without it every decoding request drafts the fixed `speculation.k` every step; with it that `k`
 is the maximum any choice may take (docs/speculation.md §2). No numba here: the compiled choosers that
-apply these settings are in `lapsbench.kchoice`."""
+apply these settings are in `lapsbench.models.kchoice`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from lapsbench.config.scenario import _at_least_one, _f, _open_unit, _positive, parse_table
 from lapsbench.errors import LapsbenchError
-from lapsbench.scenario import _at_least_one, _f, _open_unit, _positive, parse_table
 
 # vLLM Dynamic SD's documented Llama-3.1-8B EAGLE-3 example: K by the number of decoding requests.
 VLLM_TABLE = ((1, 5), (17, 4), (33, 3), (65, 1), (129, 0))

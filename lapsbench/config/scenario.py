@@ -346,7 +346,7 @@ def parse_scenario(data: dict[str, Any], base_dir: str = "") -> Scenario:
         speculation = dataclasses.replace(
             speculation, acceptance=_parse_acceptance(spec_raw["acceptance"], "speculation.acceptance"))
     if "adaptive" in spec_raw:
-        from lapsbench.speculation import with_adaptive
+        from lapsbench.config.speculation import with_adaptive
         speculation = with_adaptive(speculation, spec_raw["adaptive"])
     scenario = parse_table(
         Scenario, {k: v for k, v in top.items() if k in ("name", "seed", "replications")}, "")

@@ -49,13 +49,14 @@ def table_for(state: EngineState, acceptance) -> StepTable:
 
 
 def simulate(state: EngineState, policy, acceptance, progress=None, table: StepTable | None = None,
-             batching: BatchConfig | None = None, check: bool = False) -> EngineState:
+             batching: BatchConfig | None = None, check: bool = False, adaptive=None) -> EngineState:
     """Serve `state` on the package's engine (batch 1, or batched under `batching`) as the runner does: the
-    step table and acceptance also handed to oracle policies through the state. Returns the state."""
+    step table and acceptance also handed to oracle policies through the state; `adaptive` the packed
+    `[speculation] adaptive` choice (lapsbench.models.kchoice.AdaptivePack; batched only). Returns the state."""
     table = table_for(state, acceptance) if table is None else table
     state.acceptance, state.step_table = acceptance, table
-    state.engine_stats = serve(state, policy, RunContext(state.k, state.cost, table, batching, acceptance), progress,
-                               check=check)
+    ctx = RunContext(state.k, state.cost, table, batching, acceptance, adaptive)
+    state.engine_stats = serve(state, policy, ctx, progress, check=check)
     return state
 
 

@@ -15,6 +15,8 @@ from lapsbench.engine.context import BatchConfig
 from lapsbench.engine.state import EngineState
 from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import sd_step_s
+from lapsbench.models.kchoice import FIXED, GOODPUT, AdaptivePack, alpha_estimate, choose_shared_k
+from lapsbench.models.pricing import mixed_step_time_s, pack_cost
 from lapsbench.progress import Throttled
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
@@ -28,10 +30,15 @@ class ReferenceBatched:
     """One batched run, step by step: EngineState plus prefill progress and KV residency."""
 
     def __init__(self, state: EngineState, policy: Scheduler, acceptance, config: BatchConfig,
-                 check_invariants: bool = True) -> None:
+                 check_invariants: bool = True, adaptive: AdaptivePack | None = None) -> None:
         self.s, self.policy, self.acc, self.cfg = state, policy, acceptance, config
         self.check = check_invariants
         n = state.n
+        # `[speculation] adaptive` (None or the fixed k: k every step): the choice, goodput's acceptance counters
+        self.adaptive = adaptive if adaptive is not None and adaptive.code != FIXED else None
+        self.n_acc = np.zeros(n, np.int64)
+        self.n_rej = np.zeros(n, np.int64)
+        self.k_rows = self.k_sum = self.dec_steps = self.off_steps = 0
         self.prefilled = np.zeros(n, np.int64)          # tokens of the current prefill target done
         self.target = state.prompt_tokens.copy()        # prefill target (prompt; prompt + generated after recompute)
         self.resident = np.zeros(n, bool)
@@ -230,22 +237,54 @@ class ReferenceBatched:
         self.footprint[idx] = 0
         self.resident[idx] = False
 
+    def _adaptive_step(self, dec: np.ndarray, live_dec: np.ndarray, ctx: np.ndarray, prefill: tuple) -> tuple:
+        """`[speculation] adaptive`: one K for the step's decoding rows (padding included; kchoice.choose_shared_k,
+        goodput priced at every K), the mixed-K price, and the tokens min(draw, K) + 1 from the draws at the
+        maximum k; returns (K, price, emitted before the output cap)."""
+        s, P = self.s, self.adaptive
+        pack = pack_cost(s.cost, s.k)
+
+        def price_at(kk: int) -> float:
+            return float(mixed_step_time_s(pack, np.full(max(dec.size, 1), kk, np.int64), np.append(ctx, 0),
+                                           dec.size, *prefill))
+
+        live = ~s.done[dec]
+        alpha = np.array([alpha_estimate(int(self.n_acc[i]), int(self.n_rej[i]), P.prior_alpha, P.prior_strength)
+                          if ok else 0.0 for i, ok in zip(dec, live, strict=True)])
+        remaining = np.where(live, s.output_tokens[dec] - s.generated[dec], 0).astype(np.int64)
+        step_s = (np.array([price_at(kk) for kk in range(P.k_max + 1)]) if P.code == GOODPUT
+                  else np.zeros(P.k_max + 1))
+        kk = int(choose_shared_k(P, dec.size, alpha, remaining, step_s))
+        draw = (self.acc.accepted(live_dec, s.decode_steps[live_dec], s.generated[live_dec]) if live_dec.size
+                else np.zeros(0, np.int64))
+        self.n_acc[live_dec] += np.minimum(draw, kk)
+        self.n_rej[live_dec] += draw < kk
+        if live_dec.size:
+            self.k_rows += live_dec.size
+            self.k_sum += kk * live_dec.size
+            self.dec_steps += 1
+            self.off_steps += kk == 0
+        return kk, price_at(kk), np.minimum(draw, kk) + 1
+
     def one_step(self, members: np.ndarray, chunks: np.ndarray, stall: float, now: float) -> tuple[float, np.ndarray]:
         """Run one engine step of `members`; returns the new time and the requests that finished."""
         s, k = self.s, self.s.k
         is_dec = chunks == 0
         dec, pf, c = members[is_dec], members[~is_dec], chunks[~is_dec]
         live_dec = dec[~s.done[dec]]
-        emitted = np.zeros(0, np.int64)
-        if live_dec.size:
-            emitted = self.acc.emitted(live_dec, s.decode_steps[live_dec], s.generated[live_dec])
-            emitted = np.minimum(emitted, s.output_tokens[live_dec] - s.generated[live_dec])
         ctx = s.prompt_tokens[dec] + s.generated[dec]
         before = self.prefilled[pf]
-        dt = float(sd_step_s(s.cost, k, np.array([dec.size]), np.array([ctx.sum()]),
-                             np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
-                             np.array([(c * before).sum()]), np.array([before.sum()]),
-                             np.array([ctx.max(initial=0)]))[0])
+        if self.adaptive is not None:
+            prefill = (pf.size, int(c.sum()), int((c * c).sum()), int((c * before).sum()), int(before.sum()))
+            k, dt, emitted = self._adaptive_step(dec, live_dec, ctx, prefill)
+        else:
+            emitted = (self.acc.emitted(live_dec, s.decode_steps[live_dec], s.generated[live_dec]) if live_dec.size
+                       else np.zeros(0, np.int64))
+            dt = float(sd_step_s(s.cost, k, np.array([dec.size]), np.array([ctx.sum()]),
+                                 np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
+                                 np.array([(c * before).sum()]), np.array([before.sum()]),
+                                 np.array([ctx.max(initial=0)]))[0])
+        emitted = np.minimum(emitted, s.output_tokens[live_dec] - s.generated[live_dec])
         now, took = now + (dt + stall), dt + stall
         self._record(took, members.size)
         s.generated[live_dec] += emitted
@@ -280,7 +319,8 @@ class ReferenceBatched:
             "busy_s": self.busy_s,
             "evictions_mean": self.evictions / max(self.s.n, 1),
             "displacements_mean": self.displacements / max(self.s.n, 1),
-        }
+        } | ({} if self.adaptive is None else {"k_mean": self.k_sum / max(self.k_rows, 1),
+                                               "sd_off_share": self.off_steps / max(self.dec_steps, 1)})
 
     def _account(self, served: np.ndarray, dt: float, now: float, batch: int) -> None:
         s = self.s

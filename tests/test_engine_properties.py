@@ -1,8 +1,9 @@
 """Property-based check (hypothesis): on randomized small scenarios, the fast engines give exactly the
 per-request results of their step-by-step counterparts — across every registered policy (and LAPS-SD's
 three placements), every batching mode (continuous with both admission rules) and the fixed, beta
-(drift + AR(1)) and empirical acceptance processes. The fast batched engine is the compiled loop
-(lapsbench/engine/batched.py)."""
+(drift + AR(1)) and empirical acceptance processes, and every `[speculation] adaptive` kind (batched: K chosen
+per step; batch 1: the constant K of lapsbench.config.speculation.batch1_k). The fast batched engine is the compiled
+loop (lapsbench/engine/batched.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_batched import ReferenceBatched
 
+from lapsbench.config.speculation import BatchTableSpec, GoodputSpec, OffUnderLoadSpec, batch1_k
 from lapsbench.engine.context import BatchConfig
 from lapsbench.models import rng
 from lapsbench.models.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance
 from lapsbench.models.cost import fixed_profile
+from lapsbench.models.kchoice import pack_adaptive
 from lapsbench.schedulers import make_policy, registry
 
 from conftest import create_state, simulate
@@ -55,7 +58,19 @@ scenarios = st.fixed_dictionaries({
     "preemption": st.sampled_from(["swap", "recompute"]),
     "admission": st.sampled_from(["guarded", "greedy"]),
     "admission_share": st.sampled_from([0.0, 0.05, 1.0, 20.0]),
+    "adaptive": st.sampled_from(["none", "batch-table", "goodput", "off-under-load"]),
 })
+
+
+def adaptive_for(kind: str, k: int, max_batch: int):
+    """An adaptive spec valid for maximum `k` whose choice changes within batches of `max_batch` (None: fixed k)."""
+    if kind == "none" or k == 0:
+        return None
+    if kind == "batch-table":
+        return BatchTableSpec(table=((1, k), (2, max(k - 1, 0)), (4, 0)))
+    if kind == "goodput":  # a cheap draft and a weak prior: K changes as acceptance is observed
+        return GoodputSpec(k_max=k, prior_alpha=0.5, prior_strength=1.0)
+    return OffUnderLoadSpec(batch=max(1, max_batch // 2))
 
 
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -64,8 +79,13 @@ def test_fast_engine_equals_stepwise_engine(case: dict) -> None:
     g = np.random.default_rng(case["seed"])
     n = case["n"]
     arrival = np.maximum.accumulate(np.round(np.cumsum(g.exponential(0.05, n)) * (g.random(n) > 0.3), 3))
+    spec = adaptive_for(case["adaptive"], case["k"], case["max_batch"])
+    k = case["k"]
+    if case["mode"] == "none" and spec is not None:  # batch 1: a constant K (goodput is refused there)
+        k, spec = (k if isinstance(spec, GoodputSpec) else batch1_k(spec, k)), None
+    packed = pack_adaptive(spec, k) if spec is not None else None
     workload = dict(arrival_s=arrival, output_tokens=g.integers(1, 30, n), prompt_tokens=g.integers(1, 60, n),
-                    k=case["k"], cost=fixed_profile(0.01, 0.002, 1e-4), request_id=g.permutation(100 * n)[:n])
+                    k=k, cost=fixed_profile(0.01, 0.002, 1e-4), request_id=g.permutation(100 * n)[:n])
     runs = []
     for stepwise in (False, True):
         state = create_state(**workload)
@@ -81,12 +101,20 @@ def test_fast_engine_equals_stepwise_engine(case: dict) -> None:
                                  kv_capacity_tokens=capacity, preemption=case["preemption"], block_size=8,
                                  admission=case["admission"], admission_share=case["admission_share"])
             if stepwise:
-                ReferenceBatched(state, policy, state.acceptance, config).run()
+                ref = ReferenceBatched(state, policy, state.acceptance, config, adaptive=packed)
+                ref.run()
+                state.engine_stats = ref.stats()
             else:
-                simulate(state, policy, state.acceptance, batching=config, check=True)
-                assert np.array_equal(state.drafted, state.k * state.decode_steps)
+                simulate(state, policy, state.acceptance, batching=config, check=True, adaptive=packed)
+                if packed is None:
+                    assert np.array_equal(state.drafted, state.k * state.decode_steps)
+                else:  # every step drafts a K in 0..k_max
+                    assert (state.drafted <= packed.k_max * state.decode_steps).all()
         runs.append(state)
     fast, slow = runs
     assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)
-    for field in FIELDS:
+    for field in FIELDS + ("drafted",):
         assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+    if packed is not None:
+        for key in ("k_mean", "sd_off_share"):
+            assert fast.engine_stats[key] == slow.engine_stats[key], key

@@ -1,6 +1,6 @@
 """`[speculation] adaptive` (issue 18, part 1): every kind parses into its frozen spec, every bad input is one
-line naming the key and value (exit 2 through the CLI), and until the engines honour it a run with it is
-refused before any work."""
+line naming the key and value (exit 2 through the CLI), what the engines do not run yet is refused before any
+work, and the rest runs and records K."""
 
 from __future__ import annotations
 
@@ -103,11 +103,47 @@ def test_cli_bad_adaptive_exit_2(d: Path) -> None:
     assert_one_line_error(code, err, "--set speculation.adaptive.kind: 'nope'")
 
 
-def test_run_refuses_adaptive_until_wired(d: Path) -> None:
-    """A valid adaptive scenario is refused by the run with one line, before anything is written."""
+REFUSED = [
+    ('{ kind = "goodput", per_request = true }', "", "speculation.adaptive.per_request"),
+    ('{ kind = "off-under-load", batch = 4, free_draft_memory = true }', "", "speculation.adaptive.free_draft_memory"),
+    ('{ kind = "goodput" }', "", "not run at batch size 1"),  # the scenario's default batching is none
+]
+
+
+@pytest.mark.parametrize("adaptive, extra, needle", REFUSED)
+def test_run_refuses_what_the_engines_do_not_run(d: Path, adaptive: str, extra: str, needle: str) -> None:
+    """What the engines do not run yet is refused by the run with one line, before anything is written."""
     out = d / "refused"
-    path = scenario(d, '{ kind = "off-under-load", batch = 4 }', name="valid")
+    path = scenario(d, adaptive, name="valid")
     code, _, err = cli("run", path, "--quiet", "--out", out)
-    assert_one_line_error(code, err, "speculation.adaptive", "not yet run by the engines")
+    assert_one_line_error(code, err, needle)
     assert not out.exists()
     assert_no_partial_output(d)
+
+
+BATCHED = "\n[engine]\nbatching = \"continuous\"\nmax_batch = 4\n"
+
+
+@pytest.mark.parametrize("adaptive, batched, k_means", [
+    ('{ kind = "batch-table", table = [[1, 2], [3, 1]] }', False, {2.0}),  # batch 1: the table's batch-1 row
+    ('{ kind = "off-under-load", batch = 1 }', False, {0.0}),
+    ('{ kind = "off-under-load", batch = 2 }', True, None),
+    ('{ kind = "goodput", k_max = 3 }', True, None),
+])
+def test_adaptive_runs_and_records_k(d: Path, adaptive: str, batched: bool, k_means: set | None) -> None:
+    """A run under `adaptive` writes each request's mean K and the engine's K statistics."""
+    import polars as pl
+
+    out = d / f"ran-{abs(hash((adaptive, batched)))}"
+    path = scenario(d, adaptive, name="runs")
+    if batched:
+        path.write_text(path.read_text().replace("[[scheduler]]", BATCHED + "[[scheduler]]"))
+    code, _, err = cli("run", path, "--quiet", "--out", out)
+    assert code == 0, err
+    req = pl.read_parquet(out / "requests.parquet")
+    stats = pl.read_parquet(out / "engine_stats.parquet")
+    k_mean = req["k_mean"].drop_nulls()
+    assert k_mean.len() > 0 and k_mean.min() >= 0 and k_mean.max() <= 6
+    if k_means is not None:
+        assert set(k_mean.to_list()) == k_means
+    assert 0 <= stats["sd_off_share"][0] <= 1 and 0 <= stats["k_mean"][0] <= 6

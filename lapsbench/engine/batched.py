@@ -33,6 +33,7 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit
 
+from lapsbench.engine.adaptive import choose_and_price, draw_adaptive, new_adapt, record_k
 from lapsbench.engine.admission import fill, roundup
 from lapsbench.engine.batched_state import (
     CONTINUOUS,
@@ -260,9 +261,10 @@ def _count_dropped(R, out, M, W, L):
 
 # ---------------------------------------------------------------------------------------------- a step
 @njit(cache=True, _nrt=False, inline="always")
-def plan_step(P, R, out, M, W, T, pack, C, state):
+def plan_step(P, R, out, M, W, T, A, pack, C, state):
     """Phases 1-4: decide the step and price it (L.price = time + stall). IDLE: nobody present (the clock
-    must move to the next arrival)."""
+    must move to the next arrival). Under `[speculation] adaptive` (A.on) phase 4 is `choose_k` (one K for
+    the step's decoding rows), its mixed-K price, and the draw at that K (lapsbench/engine/adaptive.py)."""
     L = state[0]
     _admit(C.code, P, R, W, L)
     if L.na == 0 and L.static_n == 0:
@@ -271,16 +273,21 @@ def plan_step(P, R, out, M, W, T, pack, C, state):
     if L.nm == 0:
         return ERR_EMPTY
     _count_dropped(R, out, M, W, L)
+    if A.on:
+        L.price = choose_and_price(R, M, W, A, pack, L.nm) + stall
+        return draw_adaptive(R, W, A, L.nm)
     L.price = price(R, M, W, pack, L.nm) + stall
     return draw(R, W, T[0], T[1], L.nm)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def end_step(P, R, out, M, W, C, state, now, took):
+def end_step(P, R, out, M, W, A, C, state, now, took):
     """Phases 5-6, the step having ended at `now` after `took` seconds."""
     L = state[0]
     L.now = now
-    account(R, out, M, W, C, L, now, took)
+    if A.on:
+        record_k(L, W, A, L.nm)
+    account(R, out, M, W, C, L, A, now, took)
     _sort(W.keys, W.served, L.n_served, W.tmp, True)
     code = C.code
     L.everyone = dispatch.observes(code) and dispatch.observe(code, P, R, W.served, L.n_served, now)
@@ -291,20 +298,20 @@ def end_step(P, R, out, M, W, C, state, now, took):
 # emits no reference counting — with it, the arrays of the state tuples are incref'd and decref'd (atomically)
 # around tuple accesses and helper calls, many times per step (benchmarks/README.md).
 @njit(cache=True, _nrt=False, nogil=True)
-def run_loop(P, R, out, M, W, T, pack, C, state, shared):
+def run_loop(P, R, out, M, W, T, A, pack, C, state, shared):
     """Serve until every request has finished (returns OK), or until shared[STOP] is set (STOPPED); < 0 = error."""
     L = state[0]
     n = R.arrival_s.size
     while L.finished < n:
         if shared[STOP] != 0:
             return STOPPED
-        status = plan_step(P, R, out, M, W, T, pack, C, state)
+        status = plan_step(P, R, out, M, W, T, A, pack, C, state)
         if status == IDLE:
             L.now = R.arrival_s[L.admitted]
             continue
         if status != OK:
             return status
-        status = end_step(P, R, out, M, W, C, state, L.now + L.price, L.price)
+        status = end_step(P, R, out, M, W, A, C, state, L.now + L.price, L.price)
         if status != OK:
             return status
         shared[FINISHED] = L.finished
@@ -334,11 +341,11 @@ def check_capacity(R: RequestView, k: int, cfg, request_id: np.ndarray | None = 
 
 def _replay(args: tuple, executor: StepExecutor, progress: Callable[[int], None] | None) -> int:
     """The loop of run_loop from Python, each step run by `executor`, whose clock gives the time."""
-    P, R, out, M, W, T, pack, C, state, _ = args
+    P, R, out, M, W, T, A, pack, C, state, _ = args
     L = state[0]
     n = R.arrival_s.size
     while L["finished"] < n:
-        status = plan_step(P, R, out, M, W, T, pack, C, state)
+        status = plan_step(P, R, out, M, W, T, A, pack, C, state)
         if status == IDLE:
             L["now"] = executor.wait_until(float(R.arrival_s[L["admitted"]]))
             continue
@@ -349,10 +356,11 @@ def _replay(args: tuple, executor: StepExecutor, progress: Callable[[int], None]
         dec = members[(chunks == 0) & (emitted >= 0)]
         pf, c = members[chunks > 0], chunks[chunks > 0]
         before = M.prefilled[pf].copy()
-        step = BatchStep(C.k, dec, R.prompt_tokens[dec] + R.generated[dec], emitted[(chunks == 0) & (emitted >= 0)],
+        k = int(A.ks[:nm].max(initial=0)) if A.on else C.k
+        step = BatchStep(k, dec, R.prompt_tokens[dec] + R.generated[dec], emitted[(chunks == 0) & (emitted >= 0)],
                          pf, c, before, before + c >= M.target[pf], M.resident)
         now, took = executor.step(step, float(L["now"]), float(L["price"]))
-        status = end_step(P, R, out, M, W, C, state, now, took)
+        status = end_step(P, R, out, M, W, A, C, state, now, took)
         if status != OK:
             return status
         if progress is not None:
@@ -384,8 +392,9 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, code: int, P, pre
          np.require(ctx.table.cum_tokens, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
     state = np.zeros(1, LOOP)
     shared = np.zeros(2, np.int64)
-    args = (P, R, out, new_memory(R.prompt_tokens), new_work(n, cfg.max_batch), T, pack_cost(ctx.cost, ctx.k), C,
-            state, shared)
+    A = new_adapt(ctx.adaptive, ctx.acceptance, R.output_tokens, cfg.max_batch)
+    args = (P, R, out, new_memory(R.prompt_tokens), new_work(n, cfg.max_batch), T, A, pack_cost(ctx.cost, ctx.k),
+            C, state, shared)
     if executor is None:
         status = run_polled(run_loop, args, shared, FINISHED, STOP, progress)
     else:
@@ -401,7 +410,7 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, code: int, P, pre
         raise LapsbenchError(livelock_message(name, cfg.preemption, int(L["stuck"]), int(L["na"])))
     assert status == OK, status
     cap, busy = cfg.kv_capacity_tokens, max(float(L["busy"]), 1e-300)
-    return {
+    stats = {
         "batch_size_mean": float(L["batch_time"]) / busy,
         "batch_size_max": float(L["max_batch_seen"]),
         "kv_util_mean": float(L["kv_time"]) / busy / cap if np.isfinite(cap) else float("nan"),
@@ -410,3 +419,7 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, code: int, P, pre
         "evictions_mean": int(L["evictions"]) / max(n, 1),
         "displacements_mean": int(L["displaced"]) / max(n, 1),
     }
+    if A.on:  # adaptive K: mean K over live decoding request-steps, share of decoding steps with SD off
+        stats["k_mean"] = int(L["k_sum"]) / max(int(L["k_rows"]), 1)
+        stats["sd_off_share"] = int(L["off_steps"]) / max(int(L["dec_steps"]), 1)
+    return stats

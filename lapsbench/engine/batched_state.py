@@ -78,13 +78,15 @@ LOOP = np.dtype([
     ("n_served", np.int64), ("used", np.int64), ("max_used", np.int64), ("max_batch_seen", np.int64),
     ("static_n", np.int64), ("prev_n", np.int64), ("nadd", np.int64), ("steps", np.int64), ("stuck", np.int64),
     ("work", np.int64), ("evictions", np.int64), ("displaced", np.int64), ("chunk_tokens", np.int64),
+    ("k_sum", np.int64), ("k_rows", np.int64), ("dec_steps", np.int64), ("off_steps", np.int64),
     ("dropped", np.bool_), ("everyone", np.bool_), ("emitted_any", np.bool_),
 ])
 """The loop's scalars: the clock and this step's price (dt + stall), busy-time sums (statistics), counts of
 requests admitted / finished / present (`na`) / ranked (`no`) / in the step (`nm`) / served by it, KV slots
 used, the static batch's and previous step's sizes, requests to re-key, engine steps, the livelock guard's
 prefill tokens without progress (`stuck`) against the present requests' whole work, evictions and
-displacements, the step's prefill tokens; whether a request left the ranking (`dropped`), every key must be
+displacements, the step's prefill tokens; adaptive K: Σ K and count of live decoding request-steps, steps
+that decode and those of them with every K = 0; whether a request left the ranking (`dropped`), every key must be
 recomputed (`everyone`), the step emitted a token."""
 
 

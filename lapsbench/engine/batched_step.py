@@ -54,7 +54,7 @@ def draw(R, W, offset, cum, nm):
 
 
 @njit(cache=True, inline="always")
-def account(R, out, M, W, C, L, now, took):
+def account(R, out, M, W, C, L, A, now, took):
     """Serve the step's members (ended at `now`, having taken `took`): tokens, prefill progress, statistics.
     The served requests go to W.served[:L.n_served], in member order."""
     nm = L.nm
@@ -74,7 +74,7 @@ def account(R, out, M, W, C, L, now, took):
                 continue  # static padding
             R.generated[i] += W.emitted[j]
             R.decode_steps[i] += 1
-            R.drafted[i] += C.k
+            R.drafted[i] += A.ks[j] if A.on else C.k
             L.emitted_any = True
         else:
             M.prefilled[i] += c

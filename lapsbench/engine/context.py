@@ -35,13 +35,15 @@ class BatchConfig:
 class RunContext:
     """The frozen settings of one run: speculation `k`, the cost model, the replication's step table (every
     request's batch-1 steps: tokens and, at batch 1, their time), the batching configuration (None = batch
-    size 1) and the acceptance process (only oracle schedulers read it)."""
+    size 1), the acceptance process (oracle schedulers and adaptive K read it) and the packed
+    `[speculation] adaptive` choice (lapsbench.models.kchoice.AdaptivePack; None: the fixed k every step)."""
 
     k: int
     cost: CostModel
     table: StepTable
     batching: BatchConfig | None = None
     acceptance: Any = None
+    adaptive: Any = None
 
 
 class Results(NamedTuple):

@@ -228,7 +228,7 @@ def with_absolute_paths(s: Scenario) -> Scenario:
 def build_cost(s: Scenario) -> CostModel:
     from lapsbench.config.speculation import refuse_unwired
 
-    refuse_unwired(s.speculation.adaptive)  # until the engines honour it (issue #18 wiring)
+    refuse_unwired(s.speculation.adaptive)  # the adaptive settings the engines do not run yet
     profile = s.model.profile
     if isinstance(profile, FixedProfileSpec):
         return fixed_profile(profile.step_s, profile.draft_step_s, profile.prefill_s_per_token)

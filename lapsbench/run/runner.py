@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,10 +11,12 @@ import numpy as np
 import polars as pl
 
 from lapsbench.config.scenario import Scenario
+from lapsbench.config.speculation import batch1_k
 from lapsbench.engine.context import RunContext, StepExecutor
 from lapsbench.engine.executor import SimulatedExecutor, replay_single
 from lapsbench.engine.state import EngineState
 from lapsbench.engine.steptable import build_step_table
+from lapsbench.models.kchoice import pack_adaptive
 from lapsbench.run.assembly import (
     Workload,
     build_acceptance,
@@ -39,12 +42,14 @@ class RunResult:
     derived: dict | None = None  # per scheduler label: the parameters its policy derived from the workload
 
 
-def records(state: EngineState, label: str, policy: str, replication: int) -> pl.DataFrame:
-    """The flat per-request record (contract: requests.parquet), one row per request."""
+def records(state: EngineState, label: str, policy: str, replication: int, adaptive: bool = False) -> pl.DataFrame:
+    """The flat per-request record (contract: requests.parquet), one row per request; under `[speculation]
+    adaptive` with the request's mean draft length `k_mean` = drafted / decode_steps (absent otherwise, so
+    fixed-K results are unchanged)."""
     out = state.output_tokens
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(out > 1, (state.finish_s - state.first_token_s) / (out - 1), np.nan)
-    return pl.DataFrame({
+    frame = pl.DataFrame({
         "scheduler": pl.Series([label] * state.n, dtype=pl.String),
         "policy": pl.Series([policy] * state.n, dtype=pl.String),
         "replication": np.full(state.n, replication, np.int32),
@@ -65,6 +70,11 @@ def records(state: EngineState, label: str, policy: str, replication: int) -> pl
         "decode_steps": state.decode_steps,
         "preempted_s": state.preempted_s,
     }).with_columns(pl.col("tpot_s").fill_nan(None), pl.col("itl_s").fill_nan(None))
+    if adaptive:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            k_mean = np.where(state.decode_steps > 0, state.drafted / np.maximum(state.decode_steps, 1), np.nan)
+        frame = frame.with_columns(pl.Series("k_mean", k_mean).fill_nan(None))
+    return frame
 
 
 def run_scenario(s: Scenario, progress: Progress | None = None, executor: SimulatedExecutor | None = None) -> RunResult:
@@ -75,6 +85,11 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
     cost = build_cost(s)
     check_workload(s, workload, cost)
     batching = build_batch_config(s, cost)
+    adaptive = s.speculation.adaptive is not None
+    if adaptive and batching is None:  # one decoding request per step: the adaptive K is a constant
+        s = dataclasses.replace(s, speculation=dataclasses.replace(
+            s.speculation, k=batch1_k(s.speculation.adaptive, s.speculation.k), adaptive=None))
+    packed = pack_adaptive(s.speculation.adaptive, s.speculation.k) if s.speculation.adaptive else None
     frames = []
     stats = []
     params, derived = derived_parameters(s, workload, cost)
@@ -88,7 +103,7 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
         # steps themselves (schedule-independent); batched, the engine reads each decode step's tokens from them.
         table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
                                  s.speculation.k, cost, acceptance)
-        ctx = RunContext(s.speculation.k, cost, table, batching, acceptance)
+        ctx = RunContext(s.speculation.k, cost, table, batching, acceptance, packed)
         for spec in s.scheduler:
             policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}", s.base_dir)
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
@@ -102,8 +117,10 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
             if executor is not None:
                 executor.begin(state, spec.label, replication, unit_ns=batching is None)
             row = serve(state, policy, ctx, callback, executor)
+            if adaptive and batching is None:
+                row.update(k_mean=float(s.speculation.k), sd_off_share=float(s.speculation.k == 0))
             stats.append({"scheduler": spec.label, "replication": replication, **row})
-            frames.append(records(state, spec.label, policy.name, replication))
+            frames.append(records(state, spec.label, policy.name, replication, adaptive))
     return collect(s, first, frames, stats, start, derived)
 
 

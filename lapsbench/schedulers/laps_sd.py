@@ -17,7 +17,9 @@ request has an estimated remaining time
 with L = max(predicted total length − generated, `min_remaining_tokens`) from the length predictor
 (default `lognormal`, 25% median error), A the observed acceptance (Beta-smoothed by
 `acceptance_prior_*`), T_draft / T_verify the cost profile's batch-1 draft and verify forwards at the
-request's current context.
+request's current context. Under `[speculation] adaptive`, k in the divisor is the K actually run (the request's
+mean draft length so far, `R.drafted / R.decode_steps`; speculation.k before its first decode step); the
+per-token time factor stays priced at speculation.k (an approximation).
 
 Placement (`perceptible_policy`):
 - "perceived" (default; the algorithm's name, Least-Attained/Perceived-Service): a non-perceptible request
@@ -102,7 +104,11 @@ def estimate(P, R, i):
     trials = float(R.drafted[i])
     m, w = P.prior_mean, P.prior_strength
     a = min((float(accepted) + m * w) / (trials + w), 1.0) if trials + w > 0 else m
-    per = P.k * a + 1
+    # the K actually run: the request's mean draft length so far (= P.k under a fixed k; P.k before its first
+    # decode step), so under `[speculation] adaptive` the estimate follows the speculation policy
+    steps = R.decode_steps[i]
+    kk = trials / steps if steps > 0 else float(P.k)
+    per = kk * a + 1
     t = L * P.factor[R.prompt_tokens[i] + generated] / per
     if P.unit == UNIT_SECONDS:
         return t, t

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from lapsbench import __version__
+from lapsbench.config.scenario import SloSpec, load_scenario
 from lapsbench.errors import LapsbenchError
 from lapsbench.results.metrics import summarize, summarize_replications
 from lapsbench.results.records import read_engine_stats, read_results_dir
@@ -26,7 +27,6 @@ from lapsbench.results.stats import (
     paired_t_ratio,
     ssjf_throughput,
 )
-from lapsbench.scenario import SloSpec, load_scenario
 
 # A load point is saturated when its sustained throughput (requests / makespan) falls below this
 # fraction of the offered rate: the server fell behind the arrivals and the run ends draining a backlog

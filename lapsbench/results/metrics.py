@@ -7,7 +7,7 @@ import math
 import numpy as np
 import polars as pl
 
-from lapsbench.scenario import SloSpec
+from lapsbench.config.scenario import SloSpec
 
 LATENCIES = ("jct_s", "ttft_s", "tpot_s", "itl_s")
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))

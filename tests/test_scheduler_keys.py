@@ -88,14 +88,15 @@ def test_ltr_boosts_a_starving_request_ahead_of_every_score():
 
 def test_laps_sd_reads_acceptance_from_the_drafted_tokens():
     """Perceptible request 0: 12 tokens after 4 decode steps = 7 accepted drafts. With the 16 drafts of k = 4
-    A = 7/16; with 8 drafted (as an adaptive K could give), A = 7/8 — the estimate follows `drafted`."""
+    A = 7/16 and the mean K run 4; with 8 drafted (as an adaptive K could give), A = 7/8 and mean K 2 — the
+    estimate T = L·factor / (K̄·A + 1) follows `drafted`."""
     state, b = case("laps-sd", predictor="oracle", unit="steps", thresholds=[1000.0])
     assert keys(b)[0] == (0.0, 1.0, 0.0)                   # not perceptible: (level, 1, arrival)
     b.P.perceptible[0] = True
     factor = b.P.factor[100 + 12]                          # k·T_draft + T_verify at its context
     for drafted, a in ((16, 7 / 16), (8, 7 / 8)):
         state.drafted[0] = drafted
-        assert keys(b)[0] == pytest.approx((0.0, 0.0, 28 * factor / (4 * a + 1)))
+        assert keys(b)[0] == pytest.approx((0.0, 0.0, 28 * factor / (drafted / 4 * a + 1)))
 
 
 def test_laps_sd_stability_rule_compares_acceptance_over_the_window():

@@ -69,24 +69,23 @@ class SimulatedExecutor:
 def replay_single(state: EngineState, policy: Scheduler, table: StepTable, executor: SimulatedExecutor,
                   progress: Callable[[int], None] | None = None, bound: Bound | None = None) -> EngineState:
     """Batch-1 serving, one step at a time, each step run by `executor` (times in integer ns). `bound`: the
-    scheduler bound to `state` (packed here if None; tests read its packed tuple after the run)."""
+    scheduler bound to `state` (packed here if None; tests read its packed tuple after the run).
+
+    Before each step everyone present is re-ranked and after it the step is booked, in one compiled call each
+    (lapsbench.schedulers.stepwise), so the host time between steps is a few µs for every policy; Python only
+    builds the BatchStep and calls the executor."""
     arrival = to_ns(state.arrival_s)
     bound = Bound(policy, state) if bound is None else bound
-    k = state.k
+    out, k, preemptive = state.out, state.k, bool(policy.preemptive)
     now, last, finished = 0, -1, 0
     attained = np.zeros(state.n, np.int64)
+    active = np.empty(max(state.n, 1), np.int64)
+    served = np.empty(1, np.int64)
     while finished < state.n:
-        admitted = int(np.searchsorted(arrival, now, side="right"))
-        present = np.flatnonzero(~state.done[:admitted])
-        if present.size == 0:
+        chosen, admitted = bound.choose_single(out, arrival, now, last, preemptive, active)
+        if chosen < 0:
             now = executor.wait_until(int(arrival[admitted]))
             continue
-        if not policy.preemptive and last >= 0 and not state.done[last]:
-            chosen = last
-        else:
-            chosen = int(bound.order(present, now / NS)[0])
-        if last >= 0 and chosen != last and not state.done[last]:
-            state.preemptions[last] += 1
         j = int(state.steps[chosen])
         tokens, ns = table.step(chosen, j)
         idx = np.array([chosen])
@@ -97,19 +96,7 @@ def replay_single(state: EngineState, policy: Scheduler, table: StepTable, execu
             step = BatchStep(k, idx, state.prompt_tokens[idx] + state.generated[idx], np.array([tokens]),
                              EMPTY, EMPTY, EMPTY, np.zeros(0, bool), ~state.done)
         now, took = executor.step(step, now, ns)
-        attained[chosen] += took
-        state.generated[chosen] += tokens
-        state.steps[chosen] += 1
-        state.decode_steps[chosen] = state.steps[chosen] - 1
-        state.drafted[chosen] += k if j > 0 else 0
-        state.attained_s[chosen] = attained[chosen] / NS
-        state.last_service_s[chosen] = now / NS
-        if j == 0:
-            state.first_token_s[chosen] = now / NS
-        bound.observe(idx, now / NS)
-        if state.generated[chosen] >= state.output_tokens[chosen]:
-            state.done[chosen] = True
-            state.finish_s[chosen] = now / NS
+        if bound.serve_single(out, chosen, tokens, took, now, k, attained, served):
             finished += 1
             if progress is not None:
                 progress(finished)

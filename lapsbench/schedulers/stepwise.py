@@ -1,7 +1,8 @@
 """A scheduler's choices one step at a time, for the loops that run in Python (the batched engine's
 step-by-step loop, the batch-1 replay, the reference engines in tests/): the same compiled functions the
 compiled engines call, through the same one dispatch line (so a user's scheduler gets a generated copy of
-this module too, lapsbench.schedulers.user)."""
+this module too, lapsbench.schedulers.user). The batch-1 replay's whole decision and bookkeeping per step
+are two compiled calls (`choose_single`, `serve_single`), so its host time does not depend on the policy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from lapsbench.engine.steptable import NS
 from lapsbench.schedulers import dispatch
 from lapsbench.schedulers.api import RequestView
 
@@ -31,6 +33,63 @@ def observe(code, P, R, served, end):
     """After a step that served `served` (ascending index) and ended at `end` seconds."""
     if dispatch.observes(code):
         dispatch.observe(code, P, R, served, served.size, end)
+
+
+@njit(cache=True, _nrt=False)
+def choose_single(code, P, R, out, arrival_ns, now_ns, last, preemptive, active):
+    """The batch-1 decision at `now_ns`: (the request to serve next, or -1 if none is present; the number
+    admitted). The present requests (arrived, not done) are ranked afresh — prerank, then the lowest
+    (keys, index) — unless a non-preemptive policy keeps `last`; a switch away from an unfinished `last`
+    counts a preemption. `active`: scratch of n entries."""
+    admitted = np.searchsorted(arrival_ns, now_ns, side="right")
+    na = 0
+    for i in range(admitted):
+        if not R.done[i]:
+            active[na] = i
+            na += 1
+    if na == 0:
+        return -1, admitted
+    if not preemptive and last >= 0 and not R.done[last]:
+        chosen = last
+    else:
+        dispatch.prerank(code, P, R, active, na, now_ns / NS)
+        chosen = active[0]
+        c0, c1, c2 = dispatch.key(code, P, R, chosen)
+        for j in range(1, na):
+            i = active[j]
+            a0, a1, a2 = dispatch.key(code, P, R, i)
+            if dispatch.key_less(a0, a1, a2, i, c0, c1, c2, chosen):
+                chosen, c0, c1, c2 = i, a0, a1, a2
+    if last >= 0 and chosen != last and not R.done[last]:
+        out.preemptions[last] += 1
+    return chosen, admitted
+
+
+@njit(cache=True, _nrt=False)
+def serve_single(code, P, R, out, i, tokens, took_ns, now_ns, k, attained_ns, served):
+    """Book request i's batch-1 step that emitted `tokens`, took `took_ns` and ended at `now_ns`, then
+    `observe`; returns whether i is done. `attained_ns`: each request's service so far (ns, updated);
+    `served`: scratch of one entry."""
+    step = R.steps[i]
+    now_s = now_ns / NS
+    attained_ns[i] += took_ns
+    R.generated[i] += tokens
+    R.steps[i] = step + 1
+    R.decode_steps[i] = step
+    if step > 0:
+        R.drafted[i] += k
+    R.attained_s[i] = attained_ns[i] / NS
+    R.last_service_s[i] = now_s
+    if step == 0:
+        out.first_token_s[i] = now_s
+    if dispatch.observes(code):
+        served[0] = i
+        dispatch.observe(code, P, R, served, 1, now_s)
+    if R.generated[i] >= R.output_tokens[i]:
+        R.done[i] = True
+        out.finish_s[i] = now_s
+        return True
+    return False
 
 
 class Bound:
@@ -57,6 +116,18 @@ class Bound:
 
     def observe(self, served: np.ndarray, end: float) -> None:
         self.module.observe(self.code, self.P, self.R, np.unique(np.asarray(served, np.int64)), float(end))
+
+    def choose_single(self, out: Any, arrival_ns: np.ndarray, now_ns: int, last: int, preemptive: bool,
+                      active: np.ndarray) -> tuple[int, int]:
+        """`choose_single` with this scheduler's module."""
+        return self.module.choose_single(self.code, self.P, self.R, out, arrival_ns, now_ns, last, preemptive,
+                                         active)
+
+    def serve_single(self, out: Any, i: int, tokens: int, took_ns: int, now_ns: int, k: int,
+                     attained_ns: np.ndarray, served: np.ndarray) -> bool:
+        """`serve_single` with this scheduler's module."""
+        return self.module.serve_single(self.code, self.P, self.R, out, i, tokens, took_ns, now_ns, k,
+                                        attained_ns, served)
 
 
 def request_view(state: Any) -> RequestView:

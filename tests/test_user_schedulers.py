@@ -197,3 +197,27 @@ def test_the_shipped_examples_parse_and_compile(example: str):
     b = Bound(policy, state)
     state.generated[:], state.decode_steps[:], state.drafted[:] = [9, 1, 1], [2, 0, 0], [8, 0, 0]
     assert b.order(np.arange(3), 0.0)[0] in (1, 2)   # the short ones first, under either example
+
+
+def test_the_batch1_replay_runs_a_user_scheduler_as_the_compiled_engine(tmp_path: Path):
+    """replay_single (its compiled choose_single / serve_single come from the generated copy of
+    lapsbench.schedulers.stepwise) with the executor that runs nothing equals the compiled batch-1 engine for a
+    user scheduler with an observe and packed state of its own."""
+    from lapsbench.schedulers import make_policy
+
+    from conftest import create_acceptance, create_state, simulate
+    from reference_engine import reference_simulate
+
+    (tmp_path / "mine.py").write_text(USER_SJF)
+    rng = np.random.default_rng(4)
+    runs = []
+    for engine in (simulate, reference_simulate):
+        state = create_state(np.sort(rng.uniform(0, 5, 120)),
+                             rng.integers(1, 60, 120), rng.integers(1, 300, 120), k=3)
+        policy = make_policy(str(tmp_path / "mine.py") + ":MyLAS")
+        runs.append(engine(state, policy, create_acceptance(state, 0.6)))
+        rng = np.random.default_rng(4)
+    a, b = runs
+    assert np.isfinite(a.finish_s).all() and a.preemptions.sum() > 0
+    for name in ("finish_s", "first_token_s", "preemptions", "generated", "drafted", "attained_s"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name

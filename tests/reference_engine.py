@@ -1,5 +1,6 @@
 """The step-by-step batch-1 reference: the replay loop (lapsbench.engine.executor.replay_single: one step at a
-time from Python, everyone re-ranked afresh before every step by one compiled call) run with the executor that runs nothing.
+time from Python, everyone re-ranked afresh before every step by one compiled call) run with the executor that
+runs nothing.
 
 It shares with the compiled engine only the scheduler's compiled functions (through
 lapsbench.schedulers.stepwise) and the step table (each request's tokens and nanoseconds per step, checked on

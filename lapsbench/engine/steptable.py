@@ -19,8 +19,8 @@ from functools import cached_property
 import numpy as np
 
 from lapsbench.models.cost import CostModel, sd_step_s
+from lapsbench.units import NS
 
-NS = 1_000_000_000
 CHUNK_STEPS = 1 << 22  # flat steps per construction chunk (bounds temporary memory)
 
 

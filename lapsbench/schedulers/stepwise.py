@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from lapsbench.engine.steptable import NS
 from lapsbench.schedulers import dispatch
 from lapsbench.schedulers.api import RequestView
+from lapsbench.units import NS
 
 
 @njit(cache=True)

@@ -61,6 +61,10 @@ class SimulatedExecutor:
     def wait_until(self, t: float) -> float:
         return t
 
+    def compiling(self, started: bool) -> None:
+        """numba starts (True) or ends (False) compiling during the run: a real clock leaves that time out, as a
+        real engine's scheduler is compiled before it serves."""
+
     def meta(self) -> dict:
         """What meta.json records about the executor."""
         return {"executor": self.name}

@@ -35,7 +35,10 @@ def replay_scenario(s: Scenario, executor: SimulatedExecutor,
     capacity = batching.kv_capacity_tokens if batching is not None else np.inf
     executor.prepare(workload.prompt_tokens, workload.output_tokens, s.speculation.k, capacity,
                      batching.max_batch if batching is not None else 1, s.engine.block_size)
-    result = run_scenario(s, progress, executor)
+    from lapsbench.progress import on_compile
+
+    with on_compile(executor.compiling):  # a fresh machine compiles each scheduler's decision on first use
+        result = run_scenario(s, progress, executor)
     return result, executor.log.frame()
 
 

@@ -93,7 +93,8 @@ def test_vectorised_and_compiled_callers_agree() -> None:
     @numba.njit
     def each(pack, n, c, out):
         for i in range(n.size):
-            out[i] = step_time_s(pack, n[i], c[i], c[i] // n[i], 1, 16, 256, 0, 0)
+            none = np.int64(0)  # literal arguments would compile another specialisation (~20 s)
+            out[i] = step_time_s(pack, n[i], c[i], c[i] // n[i], np.int64(1), np.int64(16), np.int64(256), none, none)
 
     out = np.empty(n.size)
     each(pack, n, c, out)

@@ -80,7 +80,7 @@ def _decode_rows(R, M, W, A, nm):
     return n_dec, n_pf, c_sum, c_sq, c_before, before_sum
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def choose_and_price(R, M, W, A, pack, nm):
     """The `choose_k` phase and the step's mixed-K price: one K for every decoding row of the step (kchoice
     .choose_shared_k over the n decoding rows; goodput prices the step at each K = 0..k_max), written to
@@ -100,7 +100,7 @@ def choose_and_price(R, M, W, A, pack, nm):
     return t
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def draw_adaptive(R, W, A, nm):
     """Tokens each live decoding member keeps: min(draw, K) + 1, capped at its tokens left (static padding:
     -1); the goodput counters take the draw before the cap."""
@@ -123,7 +123,7 @@ def draw_adaptive(R, W, A, nm):
     return OK
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def record_k(L, W, A, nm):
     """K statistics of the step: Σ K over live decoding request-steps, steps decoding, steps with SD off."""
     rows, total = 0, 0

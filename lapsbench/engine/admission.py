@@ -12,6 +12,7 @@ generated. Nothing here calls the scheduler."""
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from lapsbench.models.pricing import step_time_s
@@ -51,7 +52,8 @@ def _displacement_cost(R, M, C, pack, v):
         out = float(M.footprint[v]) * C.kv_bytes / C.link
         return out + out
     lost = R.prompt_tokens[v] + R.generated[v] if M.prefilled[v] >= M.target[v] else M.prefilled[v]
-    return step_time_s(pack, 0, 0, 0, 1, lost, lost * lost, 0, 0)
+    none, one = np.int64(0), np.int64(1)  # not literals: a literal argument compiles another step_time_s
+    return step_time_s(pack, none, none, none, one, lost, lost * lost, none, none)
 
 
 @njit(cache=True, inline="always")
@@ -153,7 +155,7 @@ def _join(R, out, M, W, C, L, i, waiting, need, extra, chunk, nch):
     return stall
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def fill(R, out, M, W, C, L, pack, order, no, max_batch, budget, whole):
     """The admission walk over `order[:no]`: members and chunks into W.members, W.chunks; returns (members,
     stall)."""

@@ -99,7 +99,10 @@ def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive,
     n = arrival_ns.size
     observes, ranks = dispatch.observes(code), dispatch.ranks_with_side_effects(code)
     rekey = not dispatch.keys_static(code)
-    now, admitted, na, last, finished = 0, 0, 0, -1, 0
+    # np.int64, not literals: numba would first type the calls below with literal 0 arguments and compile
+    # every scheduler's key and _refresh once more for them
+    now = admitted = na = finished = np.int64(0)
+    last = np.int64(-1)
     ranked = False  # prerank already called for the coming choice
     while finished < n and shared[STOP] == 0:
         while admitted < n and arrival_ns[admitted] <= now:

@@ -138,7 +138,7 @@ def _sort(keys, a, m, tmp, by_index):
         _copy(a, 0, tmp, 0, m)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _reorder(W, R, L):
     """Drop finished requests and the W.add[:nadd] ones from the sorted order[:no], then merge `add` (re-keyed)
     back in."""
@@ -242,7 +242,7 @@ def _select(P, R, out, M, W, C, L, pack):
     return stall
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _count_dropped(R, out, M, W, L):
     """A request in the previous step but not this one, unfinished and still resident, was preempted by the
     scheduler (evictions are counted where they happen)."""

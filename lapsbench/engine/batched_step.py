@@ -16,10 +16,12 @@ from lapsbench.engine.batched_state import DYNAMIC, ERR_INVARIANT, ERR_LIVELOCK,
 from lapsbench.models.pricing import step_time_s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def price(R, M, W, pack, nm):
     """The step's time without stalls: its decoding members (padding included) and prefill chunks."""
-    n_dec, ctx, ctx_max, n_pf, c_sum, c_sq, c_before, before_sum = 0, 0, 0, 0, 0, 0, 0, 0
+    # np.int64(0), not 0: numba types a call before the loop's += widens a literal 0, and would compile
+    # step_time_s once more for literal-zero arguments (~20 s)
+    n_dec = ctx = ctx_max = n_pf = c_sum = c_sq = c_before = before_sum = np.int64(0)
     for j in range(nm):
         i = W.members[j]
         c = W.chunks[j]
@@ -37,7 +39,7 @@ def price(R, M, W, pack, nm):
     return step_time_s(pack, n_dec, ctx, ctx_max, n_pf, c_sum, c_sq, c_before, before_sum)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def draw(R, W, offset, cum, nm):
     """Tokens each live decoding member keeps this step, into W.emitted (static padding: -1)."""
     for j in range(nm):
@@ -53,7 +55,7 @@ def draw(R, W, offset, cum, nm):
     return OK
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def account(R, out, M, W, C, L, A, now, took):
     """Serve the step's members (ended at `now`, having taken `took`): tokens, prefill progress, statistics.
     The served requests go to W.served[:L.n_served], in member order."""
@@ -103,7 +105,7 @@ def _release(M, L, i):
     M.resident[i] = False
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def finish(R, out, M, W, C, L, now, rekey):
     """Served requests that completed leave (a static batch's results return together when its last member
     completes); the livelock guard; the present requests and those to re-key at the next step. Returns a

@@ -15,7 +15,14 @@ from lapsbench.engine.context import BatchConfig
 from lapsbench.engine.state import EngineState
 from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import sd_step_s
-from lapsbench.models.kchoice import FIXED, GOODPUT, AdaptivePack, alpha_estimate, choose_shared_k
+from lapsbench.models.kchoice import (
+    FIXED,
+    GOODPUT,
+    AdaptivePack,
+    alpha_estimate,
+    choose_shared_k,
+    goodput_per_request_k,
+)
 from lapsbench.models.pricing import mixed_step_time_s, pack_cost
 from lapsbench.progress import Throttled
 from lapsbench.schedulers.base import Scheduler
@@ -238,33 +245,43 @@ class ReferenceBatched:
         self.resident[idx] = False
 
     def _adaptive_step(self, dec: np.ndarray, live_dec: np.ndarray, ctx: np.ndarray, prefill: tuple) -> tuple:
-        """`[speculation] adaptive`: one K for the step's decoding rows (padding included; kchoice.choose_shared_k,
-        goodput priced at every K), the mixed-K price, and the tokens min(draw, K) + 1 from the draws at the
-        maximum k; returns (K, price, emitted before the output cap)."""
+        """`[speculation] adaptive`: a K for each of the step's decoding rows (padding included) — one shared K
+        (kchoice.choose_shared_k, goodput priced at every K) or, for per-request goodput, kchoice
+        .goodput_per_request_k —, the mixed-K price, and the tokens min(draw, K) + 1 from the draws at the
+        maximum k; returns (K per live decoding row, price, emitted before the output cap)."""
         s, P = self.s, self.adaptive
         pack = pack_cost(s.cost, s.k)
+        n = dec.size
+        ctx_rows = np.append(ctx, 0).astype(np.int64)
 
-        def price_at(kk: int) -> float:
-            return float(mixed_step_time_s(pack, np.full(max(dec.size, 1), kk, np.int64), np.append(ctx, 0),
-                                           dec.size, *prefill))
+        def price_of(ks: np.ndarray) -> float:
+            return float(mixed_step_time_s(pack, np.append(ks, 0).astype(np.int64), ctx_rows, n, *prefill))
 
         live = ~s.done[dec]
         alpha = np.array([alpha_estimate(int(self.n_acc[i]), int(self.n_rej[i]), P.prior_alpha, P.prior_strength)
                           if ok else 0.0 for i, ok in zip(dec, live, strict=True)])
         remaining = np.where(live, s.output_tokens[dec] - s.generated[dec], 0).astype(np.int64)
-        step_s = (np.array([price_at(kk) for kk in range(P.k_max + 1)]) if P.code == GOODPUT
-                  else np.zeros(P.k_max + 1))
-        kk = int(choose_shared_k(P, dec.size, alpha, remaining, step_s))
+        if P.code == GOODPUT and P.per_request:
+            ks = np.zeros(n + 1, np.int64)
+            goodput_per_request_k(pack, np.append(alpha, 0.0), np.append(remaining, 0), ctx_rows, n, P.k_max,
+                                  prefill, np.zeros(n + 1, np.int64), np.zeros(n + 1),
+                                  np.zeros((3, P.k_max), np.int64), ks)
+            ks = ks[:n]
+        else:
+            step_s = (np.array([price_of(np.full(n, kk)) for kk in range(P.k_max + 1)]) if P.code == GOODPUT
+                      else np.zeros(P.k_max + 1))
+            ks = np.full(n, int(choose_shared_k(P, n, alpha, remaining, step_s)), np.int64)
+        k_live = ks[live]
         draw = (self.acc.accepted(live_dec, s.decode_steps[live_dec], s.generated[live_dec]) if live_dec.size
                 else np.zeros(0, np.int64))
-        self.n_acc[live_dec] += np.minimum(draw, kk)
-        self.n_rej[live_dec] += draw < kk
+        self.n_acc[live_dec] += np.minimum(draw, k_live)
+        self.n_rej[live_dec] += draw < k_live
         if live_dec.size:
             self.k_rows += live_dec.size
-            self.k_sum += kk * live_dec.size
+            self.k_sum += int(k_live.sum())
             self.dec_steps += 1
-            self.off_steps += kk == 0
-        return kk, price_at(kk), np.minimum(draw, kk) + 1
+            self.off_steps += not k_live.any()
+        return k_live, price_of(ks), np.minimum(draw, k_live) + 1
 
     def one_step(self, members: np.ndarray, chunks: np.ndarray, stall: float, now: float) -> tuple[float, np.ndarray]:
         """Run one engine step of `members`; returns the new time and the requests that finished."""

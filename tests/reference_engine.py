@@ -24,15 +24,16 @@ class Run:
         self.state, self.bound, self.P = state, bound, bound.P
 
 
-def reference_run(state: EngineState, policy, acceptance) -> Run:
+def reference_run(state: EngineState, policy, acceptance, table=None) -> Run:
     executor = SimulatedExecutor()
     executor.begin(state, policy.name, 0, unit_ns=True)
-    table = table_for(state, acceptance)
+    table = table_for(state, acceptance) if table is None else table
     state.acceptance, state.step_table = acceptance, table  # oracle schedulers read the true future from them
     bound = Bound(policy, state)
     replay_single(state, policy, table, executor, bound=bound)
     return Run(state, bound)
 
 
-def reference_simulate(state: EngineState, policy, acceptance) -> EngineState:
-    return reference_run(state, policy, acceptance).state
+def reference_simulate(state: EngineState, policy, acceptance, table=None) -> EngineState:
+    """`table`: the step table to replay (default: the fixed-k table of `acceptance`)."""
+    return reference_run(state, policy, acceptance, table).state

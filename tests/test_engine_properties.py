@@ -1,22 +1,24 @@
 """Property-based check (hypothesis): on randomized small scenarios, the fast engines give exactly the
 per-request results of their step-by-step counterparts — across every registered policy (and LAPS-SD's
 three placements), every batching mode (continuous with both admission rules) and the fixed, beta
-(drift + AR(1)) and empirical acceptance processes, and every `[speculation] adaptive` kind (batched: K chosen
-per step; batch 1: the constant K of lapsbench.config.speculation.batch1_k). The fast batched engine is the compiled
-loop (lapsbench/engine/batched.py)."""
+(drift + AR(1)) and empirical acceptance processes, every `[speculation] adaptive` kind (batched: K chosen
+per step, goodput also per request; batch 1: the constant K of lapsbench.config.speculation.batch1_k, or
+goodput's K per step from its step table), on the fixed profile and a fitted-form one. The fast batched engine
+is the compiled loop (lapsbench/engine/batched.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from reference_batched import ReferenceBatched
 
 from lapsbench.config.speculation import BatchTableSpec, GoodputSpec, OffUnderLoadSpec, batch1_k
+from lapsbench.engine.batch1_goodput import build_goodput_step_table
 from lapsbench.engine.context import BatchConfig
 from lapsbench.models import rng
 from lapsbench.models.acceptance import BetaAcceptance, EmpiricalAcceptance, FixedAcceptance
-from lapsbench.models.cost import fixed_profile
+from lapsbench.models.cost import CostModel, PhaseModel, fixed_profile
 from lapsbench.models.kchoice import pack_adaptive
 from lapsbench.schedulers import make_policy, registry
 
@@ -46,7 +48,7 @@ def acceptance_for(kind: str, state, seed: int):
     return EmpiricalAcceptance.build(lists, state.request_id, state.output_tokens, k, key)
 
 
-scenarios = st.fixed_dictionaries({
+SPACE = {
     "n": st.integers(1, 14),
     "seed": st.integers(0, 10_000),
     "k": st.integers(0, 4),
@@ -58,8 +60,20 @@ scenarios = st.fixed_dictionaries({
     "preemption": st.sampled_from(["swap", "recompute"]),
     "admission": st.sampled_from(["guarded", "greedy"]),
     "admission_share": st.sampled_from([0.0, 0.05, 1.0, 20.0]),
-    "adaptive": st.sampled_from(["none", "batch-table", "goodput", "off-under-load"]),
-})
+    "adaptive": st.sampled_from(["none", "batch-table", "goodput", "goodput-per-request", "off-under-load"]),
+    "cost": st.sampled_from(["fixed", "fitted"]),
+}
+scenarios = st.fixed_dictionaries(SPACE)
+# the same space with speculation on and an adaptive kind always set, so that every kind is drawn often
+adaptive_scenarios = st.fixed_dictionaries(SPACE | {
+    "k": st.integers(1, 4), "adaptive": st.sampled_from(["batch-table", "goodput", "goodput-per-request",
+                                                         "off-under-load"])})
+
+# a fitted-form profile (ms): costs grow with tokens, context and batch, so mixed K's are priced apart
+FITTED = CostModel(name="fitted", target=PhaseModel({"const": 5.0, "tokens": 0.4, "context": 0.002}),
+                   target_prefill=PhaseModel({"const": 2.0, "tokens": 0.05}),
+                   draft=PhaseModel({"const": 0.8, "batch": 0.3}),
+                   draft_prefill=PhaseModel({"const": 0.2, "tokens": 0.005}))
 
 
 def adaptive_for(kind: str, k: int, max_batch: int):
@@ -68,31 +82,53 @@ def adaptive_for(kind: str, k: int, max_batch: int):
         return None
     if kind == "batch-table":
         return BatchTableSpec(table=((1, k), (2, max(k - 1, 0)), (4, 0)))
-    if kind == "goodput":  # a cheap draft and a weak prior: K changes as acceptance is observed
-        return GoodputSpec(k_max=k, prior_alpha=0.5, prior_strength=1.0)
+    if kind.startswith("goodput"):  # a cheap draft and a weak prior: K changes as acceptance is observed
+        return GoodputSpec(k_max=k, prior_alpha=0.5, prior_strength=1.0, per_request=kind == "goodput-per-request")
     return OffUnderLoadSpec(batch=max(1, max_batch // 2))
 
 
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios)
 def test_fast_engine_equals_stepwise_engine(case: dict) -> None:
+    check_case(case)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(adaptive_scenarios)
+def test_fast_engine_equals_stepwise_engine_adaptive(case: dict) -> None:
+    check_case(case)
+
+
+def check_case(case: dict) -> None:
+    """The fast engine and its step-by-step counterpart agree on `case`."""
     g = np.random.default_rng(case["seed"])
     n = case["n"]
     arrival = np.maximum.accumulate(np.round(np.cumsum(g.exponential(0.05, n)) * (g.random(n) > 0.3), 3))
     spec = adaptive_for(case["adaptive"], case["k"], case["max_batch"])
     k = case["k"]
-    if case["mode"] == "none" and spec is not None:  # batch 1: a constant K (goodput is refused there)
-        k, spec = (k if isinstance(spec, GoodputSpec) else batch1_k(spec, k)), None
+    batch1_goodput = case["mode"] == "none" and isinstance(spec, GoodputSpec)  # K per step, in the step table
+    where = "batch 1" if case["mode"] == "none" else "batched"
+    event(f"{case['adaptive'] if spec is not None else 'fixed k'}, {where}")  # --hypothesis-show-statistics
+    if case["mode"] == "none" and spec is not None and not batch1_goodput:  # batch 1: a constant K
+        k, spec = batch1_k(spec, k), None
     packed = pack_adaptive(spec, k) if spec is not None else None
     workload = dict(arrival_s=arrival, output_tokens=g.integers(1, 30, n), prompt_tokens=g.integers(1, 60, n),
-                    k=k, cost=fixed_profile(0.01, 0.002, 1e-4), request_id=g.permutation(100 * n)[:n])
+                    k=k, cost=fixed_profile(0.01, 0.002, 1e-4) if case["cost"] == "fixed" else FITTED,
+                    request_id=g.permutation(100 * n)[:n])
     runs = []
     for stepwise in (False, True):
         state = create_state(**workload)
         state.acceptance = acceptance_for(case["acceptance"], state, case["seed"])
         policy = make_policy(*case["policy"])
         if case["mode"] == "none":
-            (reference_simulate if stepwise else simulate)(state, policy, state.acceptance)
+            table = (build_goodput_step_table(state.prompt_tokens, state.output_tokens, k, state.cost,
+                                              state.acceptance, packed) if batch1_goodput else None)
+            if stepwise:
+                reference_simulate(state, policy, state.acceptance, table)
+            else:
+                simulate(state, policy, state.acceptance, table=table)
+                if batch1_goodput:  # drafted = Σ K of the request's steps in the table
+                    assert np.array_equal(state.drafted, np.add.reduceat(table.k_steps, table.offset[:-1]))
         else:
             worst = int((state.prompt_tokens + state.output_tokens).max()) + state.k + 1
             capacity = float(worst + 16) if case["tight_memory"] else np.inf
@@ -115,6 +151,6 @@ def test_fast_engine_equals_stepwise_engine(case: dict) -> None:
     assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)
     for field in FIELDS + ("drafted",):
         assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
-    if packed is not None:
+    if packed is not None and case["mode"] != "none":
         for key in ("k_mean", "sd_off_share"):
             assert fast.engine_stats[key] == slow.engine_stats[key], key

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lapsbench.config.speculation import VLLM_TABLE, BatchTableSpec, GoodputSpec, OffUnderLoadSpec
+from lapsbench.models.cost import CostModel, PhaseModel
 from lapsbench.models.kchoice import (
     BATCH_TABLE,
     FIXED,
@@ -22,7 +23,9 @@ from lapsbench.models.kchoice import (
     goodput_shared_k,
     off_under_load_k,
     pack_adaptive,
+    sort_by_alpha,
 )
+from lapsbench.models.pricing import mixed_step_time_s, pack_cost
 
 EMPTY_F, EMPTY_I = np.zeros(0), np.zeros(0, np.int64)
 
@@ -71,52 +74,93 @@ def test_goodput_shared_hand_cases() -> None:
     assert choose_shared_k(P, 2, alpha, rem, np.array([1.0, 1.2, 1.6])) == 1
 
 
-def step_time(ks, base: float, verify: np.ndarray, draft: np.ndarray) -> float:
-    """The mixed-K step price the chooser assumes: verify Σ(K_i + 1) tokens, draft forward j over K_i > j."""
-    ks = np.asarray(ks)
-    t = base + verify[min(int((ks + 1).sum()), verify.size - 1)]
-    return t + sum(draft[int((ks > j).sum())] for j in range(int(ks.max()) if ks.size else 0))
+# a fitted-form profile small enough to price by hand (ms): verify 1 + 0.1·tokens, draft forward 0.2 + 0.05·batch
+HAND = CostModel(name="hand", target=PhaseModel({"const": 1.0, "tokens": 0.1}),
+                 draft=PhaseModel({"const": 0.2, "batch": 0.05}))
+NO_PREFILL = (0, 0, 0, 0, 0)
 
 
-def rate(ks, alpha, rem, base, verify, draft) -> float:
+def per_request(pack, alpha, rem, ctx, k_max: int, prefill=NO_PREFILL) -> tuple[np.ndarray, float]:
+    n = alpha.size
+    out = np.full(n, -1, np.int64)
+    got = goodput_per_request_k(pack, alpha, rem, ctx, n, k_max, prefill, np.zeros(n, np.int64), np.zeros(n),
+                                np.zeros((3, k_max), np.int64), out)
+    return out, got
+
+
+def rate(pack, ks, alpha, rem, ctx, prefill=NO_PREFILL) -> float:
+    """Expected tokens per second of the mixed-K step `ks`, priced by the engine's pricing."""
     tokens = sum(expected_tokens(a, int(k), int(r)) for a, k, r in zip(alpha, ks, rem, strict=True))
-    return tokens / step_time(ks, base, verify, draft)
+    return tokens / mixed_step_time_s(pack, np.asarray(ks, np.int64), ctx, alpha.size, *prefill)
 
 
 def test_goodput_per_request_hand_case() -> None:
-    """α = (0.9, 0.1), verify 1 + 0.1·t, draft forward 0.2: position 0 — request 0 alone (2.9 / 1.5 = 1.933 >
-    3.0 / 1.6 and > 2 / 1.2); position 1 — request 0 again (3.71 / 1.8 = 2.061). K = (2, 0), the brute-force
-    optimum over {0, 1, 2}²."""
-    alpha, rem = np.array([0.9, 0.1]), np.array([100, 100])
-    verify = 1.0 + 0.1 * np.arange(7)
-    draft = np.array([0.0, 0.2, 0.2, 0.2])
-    out = np.full(2, -1, np.int64)
-    got = goodput_per_request_k(alpha, rem, 2, 0.0, verify, draft, out)
-    assert list(out) == [2, 0] and got == pytest.approx(3.71 / 1.8)
-    brute = max(itertools.product(range(3), repeat=2), key=lambda ks: rate(ks, alpha, rem, 0.0, verify, draft))
+    """α = (0.9, 0.6, 0.1), k_max 3, nothing prefilled (times in ms). K = 0: 3 tokens / verify(3) 1.3 = 2.308.
+    Position 0, best α first: row 0 — 3.9 / (verify(4) 1.4 + draft(1) 0.25) = 2.364; rows 0, 1 — 4.5 / (1.5 +
+    0.3) = 2.5; all three — 4.6 / (1.6 + 0.35) = 2.359: rows 0, 1. Position 1: row 0 — 5.31 / (1.6 + 0.3 + 0.25)
+    = 2.470; rows 0, 1 — 5.67 / (1.7 + 0.3 + 0.3) = 2.465; both below 2.5, so the walk stops: K = (1, 1, 0),
+    price 1.8 ms, 2,500 tokens/s — also the brute-force optimum over {0..3}³."""
+    pack = pack_cost(HAND, 3)
+    alpha, rem, ctx = np.array([0.9, 0.6, 0.1]), np.array([100, 100, 100]), np.array([10, 20, 30])
+    out, got = per_request(pack, alpha, rem, ctx, 3)
+    assert list(out) == [1, 1, 0]
+    assert mixed_step_time_s(pack, out, ctx, 3, *NO_PREFILL) == pytest.approx(1.8e-3, rel=1e-12)
+    assert got == pytest.approx(2500.0, rel=1e-12)
+    brute = max(itertools.product(range(4), repeat=3), key=lambda ks: rate(pack, ks, alpha, rem, ctx))
     assert tuple(out) == brute
 
 
+def test_goodput_per_request_position_by_position() -> None:
+    """α = (0.9, 0.1), draft forward 0.2 whatever the batch: row 0 alone drafts, and keeps drafting while it
+    pays — position 0: 2.9 / 1.5 = 1.933 (> 2 / 1.2 and > 3.0 / 1.6); position 1: 3.71 / 1.8 = 2.061; position
+    2: 4.439 / 2.1 = 2.114. K = (3, 0) at k_max 3; (2, 0) at k_max 2."""
+    flat = CostModel(name="flat", target=PhaseModel({"const": 1.0, "tokens": 0.1}), draft=PhaseModel({"const": 0.2}))
+    pack = pack_cost(flat, 3)
+    alpha, rem, ctx = np.array([0.9, 0.1]), np.array([100, 100]), np.array([5, 5])
+    out, got = per_request(pack, alpha, rem, ctx, 3)
+    assert list(out) == [3, 0] and got == pytest.approx(4.439 / 2.1e-3)
+    out, got = per_request(pack, alpha, rem, ctx, 2)
+    assert list(out) == [2, 0] and got == pytest.approx(3.71 / 1.8e-3)
+
+
 def test_goodput_per_request_respects_remaining() -> None:
-    """A request with one token left drafts nothing, whatever its acceptance."""
-    out = np.zeros(2, np.int64)
-    goodput_per_request_k(np.array([0.99, 0.9]), np.array([1, 100]), 3, 0.0, 1.0 + 0.01 * np.arange(9),
-                          np.array([0.0, 0.01, 0.01, 0.01]), out)
-    assert out[0] == 0 and out[1] == 3
+    """A row with one token left (or padding, 0 left) drafts nothing, whatever its acceptance."""
+    pack = pack_cost(HAND, 3)
+    out, _ = per_request(pack, np.array([0.99, 0.9, 0.99]), np.array([1, 100, 0]), np.array([8, 8, 8]), 3)
+    assert out[0] == 0 and out[2] == 0 and out[1] > 0
+
+
+def random_profile(g) -> CostModel:
+    """Verify and draft costs increasing in tokens, batch and context, with a prefill term."""
+    return CostModel(name="random",
+                     target=PhaseModel({"const": float(g.uniform(1, 5)), "tokens": float(g.uniform(0, 0.5)),
+                                        "context": float(g.uniform(0, 0.01))}),
+                     target_prefill=PhaseModel({"const": 1.0, "tokens": float(g.uniform(0, 0.05))}),
+                     draft=PhaseModel({"const": float(g.uniform(0.05, 1)), "batch": float(g.uniform(0, 0.3))}))
 
 
 def test_goodput_per_request_exact_at_one_position() -> None:
-    """k_max = 1: the chooser equals brute force over all 2^n choices (random α, costs increasing in tokens)."""
+    """k_max = 1: the chooser equals brute force over all 2^n choices (random α, profiles, contexts, prefill);
+    what it reports is the engine's price of its choice."""
     g = np.random.default_rng(7)
     for _ in range(60):
         n = int(g.integers(1, 7))
+        pack = pack_cost(random_profile(g), 1)
         alpha = g.uniform(0.05, 0.95, n)
-        rem = g.integers(1, 5, n)
-        verify = np.cumsum(g.uniform(0.0, 0.3, 2 * n + 1)) + 1.0
-        draft = np.concatenate(([0.0], 0.1 + np.cumsum(g.uniform(0.0, 0.05, n))))
-        base = float(g.uniform(0, 0.5))
-        out = np.zeros(n, np.int64)
-        got = goodput_per_request_k(alpha, rem, 1, base, verify, draft, out)
-        best = max(rate(ks, alpha, rem, base, verify, draft) for ks in itertools.product(range(2), repeat=n))
-        assert got == pytest.approx(rate(out, alpha, rem, base, verify, draft))  # reports what it chose
-        assert got == pytest.approx(best)
+        rem, ctx = g.integers(1, 5, n), g.integers(1, 500, n)
+        chunk = int(g.integers(0, 3)) * 50
+        prefill = (int(chunk > 0), chunk, chunk * chunk, 0, 0)
+        out, got = per_request(pack, alpha, rem, ctx, 1, prefill)
+        best = max(rate(pack, ks, alpha, rem, ctx, prefill) for ks in itertools.product(range(2), repeat=n))
+        assert got == pytest.approx(rate(pack, out, alpha, rem, ctx, prefill), rel=1e-12)
+        assert got == pytest.approx(best, rel=1e-12)
+
+
+def test_sort_by_alpha() -> None:
+    """The per-request chooser's candidate order: by (−α, index), ties by index."""
+    g = np.random.default_rng(3)
+    for m in range(0, 40):
+        alpha = np.round(g.uniform(0, 1, m), 1)  # many ties
+        rows = g.permutation(m).astype(np.int64)
+        sort_by_alpha(alpha, rows, m)
+        assert list(rows) == sorted(range(m), key=lambda r: (-alpha[r], r))

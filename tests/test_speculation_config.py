@@ -104,9 +104,7 @@ def test_cli_bad_adaptive_exit_2(d: Path) -> None:
 
 
 REFUSED = [
-    ('{ kind = "goodput", per_request = true }', "", "speculation.adaptive.per_request"),
     ('{ kind = "off-under-load", batch = 4, free_draft_memory = true }', "", "speculation.adaptive.free_draft_memory"),
-    ('{ kind = "goodput" }', "", "not run at batch size 1"),  # the scenario's default batching is none
 ]
 
 
@@ -129,6 +127,8 @@ BATCHED = "\n[engine]\nbatching = \"continuous\"\nmax_batch = 4\n"
     ('{ kind = "off-under-load", batch = 1 }', False, {0.0}),
     ('{ kind = "off-under-load", batch = 2 }', True, None),
     ('{ kind = "goodput", k_max = 3 }', True, None),
+    ('{ kind = "goodput", k_max = 3, per_request = true }', True, None),
+    ('{ kind = "goodput", k_max = 3 }', False, None),  # batch 1: K per step from the step table
 ])
 def test_adaptive_runs_and_records_k(d: Path, adaptive: str, batched: bool, k_means: set | None) -> None:
     """A run under `adaptive` writes each request's mean K and the engine's K statistics."""
@@ -147,3 +147,5 @@ def test_adaptive_runs_and_records_k(d: Path, adaptive: str, batched: bool, k_me
     if k_means is not None:
         assert set(k_mean.to_list()) == k_means
     assert 0 <= stats["sd_off_share"][0] <= 1 and 0 <= stats["k_mean"][0] <= 6
+    if "goodput" in adaptive:
+        assert k_mean.max() <= 3 and stats["k_mean"][0] <= 3

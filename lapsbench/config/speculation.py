@@ -119,28 +119,23 @@ def largest_k(spec: Adaptive | None, k: int) -> int:
     return k
 
 
-def batch1_k(spec: Adaptive | None, k: int) -> int:
+def batch1_k(spec: Adaptive | None, k: int) -> int | None:
     """The draft length every step runs at batch size 1, where the number of decoding requests is always 1: the
-    table's batch-1 row, or off-under-load's k (0 when its threshold is batch 1); `k` without a spec.
-    LapsbenchError for goodput, which the batch-1 engine does not run (its steps are pre-drawn at one K)."""
+    table's batch-1 row, or off-under-load's k (0 when its threshold is batch 1); `k` without a spec. None for
+    goodput, whose K changes per step with the request's acceptance (lapsbench.engine.batch1_goodput)."""
     if spec is None:
         return k
     if isinstance(spec, BatchTableSpec):
         return spec.table[0][1]
     if isinstance(spec, OffUnderLoadSpec):
         return 0 if spec.batch <= 1 else k
-    raise LapsbenchError("speculation.adaptive: kind 'goodput' is not run at batch size 1 (the batch-1 engine "
-                         "pre-draws every step at one K); set [engine] batching (e.g. mode = \"continuous\", "
-                         "max_batch = 1 for one request at a time), or use batch-table / off-under-load")
+    return None
 
 
 def refuse_unwired(spec: Adaptive | None) -> None:
     """The adaptive settings the engines do not run yet are refused with one line (a result never silently
     ignores them)."""
-    if isinstance(spec, GoodputSpec) and spec.per_request:
-        raise LapsbenchError("speculation.adaptive.per_request: true is not yet run by the engines (issue #18: "
-                             "the chooser kchoice.goodput_per_request_k exists, the engine wiring is pending); "
-                             "expected per_request = false (one K shared by the step)")
     if isinstance(spec, OffUnderLoadSpec) and spec.free_draft_memory:
         raise LapsbenchError("speculation.adaptive.free_draft_memory: true is not yet run by the engines (the KV "
-                             "capacity would change while SD is off); expected free_draft_memory = false")
+                             "capacity would change while SD is off, and the draft's KV be rebuilt when it turns "
+                             "on: docs/speculation.md §5); expected free_draft_memory = false")

@@ -1,7 +1,8 @@
 """Adaptive draft length in the batched engine (`[speculation] adaptive`, docs/speculation.md): the `choose_k`
-phase of a step (one K shared by the step's decoding rows, from lapsbench.models.kchoice), its mixed-K price, the
-tokens drawn at that K from the replication's acceptance draws at the maximum k (common random numbers across
-K: min(accepted, K) + 1), the per-request acceptance counters goodput reads, and the K statistics.
+phase of a step (one K shared by the step's decoding rows, or one per row for per-request goodput, from
+lapsbench.models.kchoice), its mixed-K price, the tokens drawn at that K from the replication's acceptance draws
+at the maximum k (common random numbers across K: min(accepted, K) + 1), the per-request acceptance counters
+goodput reads, and the K statistics.
 
 A fixed-K run never enters these functions (the engine keeps its step-table path, bit for bit)."""
 
@@ -14,7 +15,14 @@ from numba import njit
 
 from lapsbench.engine.batched_state import ERR_TABLE, OK
 from lapsbench.models.acceptance import accepted_table
-from lapsbench.models.kchoice import FIXED, GOODPUT, AdaptivePack, alpha_estimate, choose_shared_k
+from lapsbench.models.kchoice import (
+    FIXED,
+    GOODPUT,
+    AdaptivePack,
+    alpha_estimate,
+    choose_shared_k,
+    goodput_per_request_k,
+)
 from lapsbench.models.pricing import mixed_step_time_s
 
 
@@ -33,6 +41,9 @@ class Adapt(NamedTuple):
     alpha: np.ndarray        # float64 per decoding row: acceptance estimate (goodput)
     remaining: np.ndarray    # int64 per decoding row: tokens left (0: padding or unused)
     step_s: np.ndarray       # float64 (k_max + 1): the step's price with every decoding row at K
+    rows: np.ndarray         # int64 per decoding row: per-request goodput's candidate order (scratch)
+    power: np.ndarray        # float64 per decoding row: per-request goodput's α^K (scratch)
+    pos: np.ndarray          # int64 (3, k_max): per-request goodput's drafters per position (scratch)
 
 
 def new_adapt(P: AdaptivePack | None, acceptance, output_tokens: np.ndarray, max_batch: int) -> Adapt:
@@ -51,7 +62,7 @@ def new_adapt(P: AdaptivePack | None, acceptance, output_tokens: np.ndarray, max
     per_request = [np.zeros(n, np.int64) for _ in range(2)]
     per_row = [np.zeros(b, np.int64), np.zeros(b, np.int64), np.zeros(b), np.zeros(b, np.int64)]
     return Adapt(on, P, acc, np.ascontiguousarray(off, np.int64), by_position, *per_request, *per_row,
-                 np.zeros(P.k_max + 1))
+                 np.zeros(P.k_max + 1), np.zeros(b, np.int64), np.zeros(b), np.zeros((3, max(P.k_max, 1)), np.int64))
 
 
 @njit(cache=True, inline="always")
@@ -66,6 +77,7 @@ def _decode_rows(R, M, W, A, nm):
         c = W.chunks[j]
         if c == 0:
             A.ctx[n_dec] = R.prompt_tokens[i] + R.generated[i]
+            A.alpha[n_dec] = 0.0
             if not R.done[i]:
                 A.remaining[n_dec] = R.output_tokens[i] - R.generated[i]
                 A.alpha[n_dec] = alpha_estimate(A.n_acc[i], A.n_rej[i], A.P.prior_alpha, A.P.prior_strength)
@@ -82,21 +94,31 @@ def _decode_rows(R, M, W, A, nm):
 
 @njit(cache=True, _nrt=False)
 def choose_and_price(R, M, W, A, pack, nm):
-    """The `choose_k` phase and the step's mixed-K price: one K for every decoding row of the step (kchoice
-    .choose_shared_k over the n decoding rows; goodput prices the step at each K = 0..k_max), written to
-    A.ks[j] per member; returns the step's time without stalls."""
+    """The `choose_k` phase and the step's mixed-K price, K per member into A.ks (prefill chunks: 0); returns the
+    step's time without stalls. One K for every decoding row (kchoice.choose_shared_k over the n decoding rows;
+    goodput prices the step at each K = 0..k_max), or, for goodput with per_request, a K per decoding row
+    (kchoice.goodput_per_request_k)."""
     n_dec, n_pf, c_sum, c_sq, c_before, before_sum = _decode_rows(R, M, W, A, nm)
-    if A.P.code == GOODPUT:
-        for kk in range(A.step_s.size):
-            for j in range(n_dec):
-                A.ks[j] = kk
-            A.step_s[kk] = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum)
-    kk = choose_shared_k(A.P, n_dec, A.alpha, A.remaining, A.step_s)
-    for j in range(n_dec):
-        A.ks[j] = kk
+    if A.P.code == GOODPUT and A.P.per_request:
+        goodput_per_request_k(pack, A.alpha, A.remaining, A.ctx, n_dec, A.P.k_max,
+                              (n_pf, c_sum, c_sq, c_before, before_sum), A.rows, A.power, A.pos, A.ks)
+    else:
+        if A.P.code == GOODPUT:
+            for kk in range(A.step_s.size):
+                for j in range(n_dec):
+                    A.ks[j] = kk
+                A.step_s[kk] = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum)
+        kk = choose_shared_k(A.P, n_dec, A.alpha, A.remaining, A.step_s)
+        for j in range(n_dec):
+            A.ks[j] = kk
     t = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum)
-    for j in range(nm):  # per member from here on (prefill chunks draft nothing)
-        A.ks[j] = kk if W.chunks[j] == 0 else 0
+    d = n_dec  # decoding row d is the d-th member with no chunk (d <= j): spread in place, from the end
+    for j in range(nm - 1, -1, -1):
+        if W.chunks[j] == 0:
+            d -= 1
+            A.ks[j] = A.ks[d]
+        else:
+            A.ks[j] = 0
     return t
 
 

@@ -57,8 +57,9 @@ def _best(keys, active, na):
 
 
 @njit(cache=True, inline="always")
-def _serve(R, out, offset, cum_tokens, cum_ns, k, i, now):
-    """Request i's next step from the table; returns the time it ends (ns)."""
+def _serve(R, out, offset, cum_tokens, cum_ns, k, k_steps, i, now):
+    """Request i's next step from the table; returns the time it ends (ns). A decode step drafts `k`, or
+    k_steps[row] when the table has per-step K's (goodput; empty otherwise)."""
     step = R.steps[i]
     row = offset[i] + step
     tokens = np.int64(cum_tokens[row])
@@ -66,7 +67,7 @@ def _serve(R, out, offset, cum_tokens, cum_ns, k, i, now):
     if step > 0:
         tokens -= np.int64(cum_tokens[row - 1])
         ns -= cum_ns[row - 1]
-        R.drafted[i] += k
+        R.drafted[i] += k if k_steps.size == 0 else k_steps[row]
     now += ns
     now_s = now / NS
     R.generated[i] += tokens
@@ -93,7 +94,8 @@ def _leave(active, na, i):
 # `_nrt=False`: the loop allocates nothing (every array comes from the caller), and without numba's runtime no
 # reference counting is emitted around each access to an array of the R / out tuples (several per step).
 @njit(cache=True, _nrt=False)
-def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, served, shared):
+def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, preemptive, active, keys, served,
+         shared):
     """Serve every request (or until shared[STOP] is set)."""
     literally(code)  # one specialisation per scheduler: its branches alone, inlined
     n = arrival_ns.size
@@ -125,7 +127,7 @@ def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive,
             out.preemptions[last] += 1
         last = chosen
         while True:  # steps of `chosen` while it stays the choice
-            now = _serve(R, out, offset, cum_tokens, cum_ns, k, chosen, now)
+            now = _serve(R, out, offset, cum_tokens, cum_ns, k, k_steps, chosen, now)
             dirty = False
             if observes:
                 served[0] = chosen
@@ -163,8 +165,9 @@ def _loop(code: int):
     call dispatches at once, where calling `_run` from Python re-runs numba's typing to resolve `literally`
     on every call. Cached on disk per code (numba keys a closure's cache by its values)."""
     @njit(cache=True, nogil=True, _nrt=False)
-    def run(P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, served, shared):
-        _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, preemptive, active, keys, served, shared)
+    def run(P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, preemptive, active, keys, served, shared):
+        _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, preemptive, active, keys, served,
+             shared)
     return run
 
 
@@ -180,6 +183,7 @@ def run_batch1(R: RequestView, out: Results, ctx: RunContext, code: int, P, pree
     shared = np.zeros(2, np.int64)
     t = ctx.table
     assert t.offset.size == n + 1, "the step table is for another workload"
-    run_polled(_loop(code), (P, R, out, arrival_ns, t.offset, t.cum_tokens, t.cum_ns, np.int64(ctx.k),
+    k_steps = np.zeros(0, np.int64) if t.k_steps is None else np.ascontiguousarray(t.k_steps, np.int64)
+    run_polled(_loop(code), (P, R, out, arrival_ns, t.offset, t.cum_tokens, t.cum_ns, np.int64(ctx.k), k_steps,
                                bool(preemptive), active, keys, np.zeros(1, np.int64), shared), shared, FINISHED, STOP,
                progress)

@@ -92,15 +92,16 @@ def replay_single(state: EngineState, policy: Scheduler, table: StepTable, execu
             continue
         j = int(state.steps[chosen])
         tokens, ns = table.step(chosen, j)
+        drafts = table.drafts(chosen, j, k)
         idx = np.array([chosen])
         if j == 0:  # the prefill of the whole prompt, emitting the first token
             step = BatchStep(k, EMPTY, EMPTY, EMPTY, idx, state.prompt_tokens[idx], np.zeros(1, np.int64),
                              np.ones(1, bool), ~state.done)
         else:
-            step = BatchStep(k, idx, state.prompt_tokens[idx] + state.generated[idx], np.array([tokens]),
+            step = BatchStep(drafts, idx, state.prompt_tokens[idx] + state.generated[idx], np.array([tokens]),
                              EMPTY, EMPTY, EMPTY, np.zeros(0, bool), ~state.done)
         now, took = executor.step(step, now, ns)
-        if bound.serve_single(out, chosen, tokens, took, now, k, attained, served):
+        if bound.serve_single(out, chosen, tokens, took, now, drafts, attained, served):  # drafts: the step's K
             finished += 1
             if progress is not None:
                 progress(finished)

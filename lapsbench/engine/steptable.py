@@ -8,6 +8,10 @@ advance a request any number of steps with a lookup, and all schedulers of a rep
 
 Time is integer nanoseconds (each step's cost rounded once), so sums are exact in any order: the fast
 engine and the step-by-step reference agree bit for bit however they group steps.
+
+Under `[speculation] adaptive` kind goodput a request's draft length K varies per step, but at batch size 1 it
+depends only on the request's own acceptance history and context, so the table still holds each request's
+steps, with the K of each (`k_steps`; built by lapsbench.engine.batch1_goodput).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class StepTable:
     cum_tokens: np.ndarray  # tokens generated after each step (int16 / int32)
     price: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(repr=False, compare=False)
     #                         (offset, cum_tokens) -> cum_ns; run once, on first use of `cum_ns`
+    k_steps: np.ndarray | None = None  # int64 per row: the K the step drafts (goodput); None: the run's k
 
     @cached_property
     def cum_ns(self) -> np.ndarray:
@@ -56,6 +61,21 @@ class StepTable:
         tokens = int(self.cum_tokens[row]) - (0 if first else int(self.cum_tokens[row - 1]))
         ns = int(self.cum_ns[row]) - (0 if first else int(self.cum_ns[row - 1]))
         return tokens, ns
+
+    def drafts(self, i: int, j: int, k: int) -> int:
+        """The draft length of request i's step j (0 for its prefill; `k` unless the table has per-step K's)."""
+        if j == 0:
+            return 0
+        return k if self.k_steps is None else int(self.k_steps[int(self.offset[i]) + j])
+
+    def k_stats(self) -> tuple[float, float]:
+        """(mean K, share of decode steps with K = 0) over every request's decode steps (per-step K's only): at
+        batch size 1 every step the table holds runs, whatever the scheduler."""
+        assert self.k_steps is not None
+        decode = np.ones(self.k_steps.size, bool)
+        decode[self.offset[:-1][self.n_steps > 0]] = False
+        ks = self.k_steps[decode]
+        return (float(ks.mean()) if ks.size else 0.0), (float((ks == 0).mean()) if ks.size else 0.0)
 
 
 def _segment_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -180,8 +200,13 @@ class _StepCostTable:
         return self.decode[context - self.lo]
 
     def prefill_ns(self, prompt: np.ndarray) -> np.ndarray:
-        z = np.zeros(prompt.size, np.int64)
-        return to_ns(sd_step_s(self.cost, self.k, z, z, np.ones(prompt.size, np.int64), prompt, prompt * prompt, z, z))
+        return prefill_ns(self.cost, self.k, prompt)
+
+
+def prefill_ns(cost: CostModel, k: int, prompt: np.ndarray) -> np.ndarray:
+    """The batch-1 prefill of each prompt (a request's step 0), ns."""
+    z = np.zeros(prompt.size, np.int64)
+    return to_ns(sd_step_s(cost, k, z, z, np.ones(prompt.size, np.int64), prompt, prompt * prompt, z, z))
 
 
 def _draw_independent(idx, out, k, acceptance, expected):
@@ -229,3 +254,4 @@ def _draw_independent(idx, out, k, acceptance, expected):
     # Each round is sorted by request and later rounds continue earlier ones: a stable sort by request
     # (timsort merges the sorted runs) puts every request's steps in order.
     return tokens[np.argsort(owner, kind="stable")], drawn
+

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit
 
 from lapsbench.config.speculation import Adaptive, BatchTableSpec, GoodputSpec, OffUnderLoadSpec
+from lapsbench.models.pricing import assemble_step_s, draft_forward_s, verify_span
 
 FIXED, BATCH_TABLE, GOODPUT, OFF_UNDER_LOAD = 0, 1, 2, 3
 
@@ -122,53 +123,104 @@ def choose_shared_k(P: AdaptivePack, n: int, alpha: np.ndarray, remaining: np.nd
     return P.k
 
 
-@njit(cache=True)
-def goodput_per_request_k(alpha: np.ndarray, remaining: np.ndarray, k_max: int, base_s: float,
-                          verify_s: np.ndarray, draft_s: np.ndarray, out_k: np.ndarray) -> float:
-    """A K per decoding request (written to `out_k`) for the mixed-K step; returns its expected tokens/s.
+@njit(cache=True, inline="always")
+def _ranks_before(alpha: np.ndarray, a: int, b: int) -> bool:
+    """Row a comes before row b in the order by (−α, index)."""
+    return alpha[a] > alpha[b] or (alpha[a] == alpha[b] and a < b)
 
-    Step time = base_s + verify_s[Σ(K_i + 1)] + Σ_j draft_s[n_j], n_j = #requests with K_i > j:
-    `verify_s[t]` prices one verify forward of t query tokens over these requests (t = n..n·(k_max + 1);
-    shorter arrays cap the tokens considered), `draft_s[m]` one draft forward over m requests (draft_s[0] = 0),
-    `base_s` the rest (prefill chunks, step overhead). Greedy by draft position: a draft at position j is worth
-    α_i^(j+1) tokens to request i (if it has more than j + 1 tokens left), so position j's drafters are the
-    best n_j by α of position j−1's drafters that have a token left for it; n_j is the count that maximises
-    the step's tokens/s with no drafts past j, and the walk stops at the first n_j = 0. Exact for one position;
-    greedy past it (draft positions cost alike and are worth less, so a position that does not pay alone is
-    not paid for by later ones)."""
-    n = alpha.size
-    cand = np.argsort(-alpha, kind="mergesort")  # position j's candidates, best acceptance first
-    n_cand = n
-    power = np.ones(n)  # α_r^(K_r): the worth of request r's next draft is power[r]·α_r
-    tokens = float(n)
-    out_k[:] = 0
-    top = verify_s.size - 1
-    t_verify = n
-    rest = base_s  # step time without the verify forward
+
+@njit(cache=True, inline="always")
+def _sift(alpha: np.ndarray, rows: np.ndarray, root: int, end: int) -> None:
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and _ranks_before(alpha, rows[child], rows[child + 1]):
+            child += 1
+        if not _ranks_before(alpha, rows[root], rows[child]):
+            return
+        rows[root], rows[child] = rows[child], rows[root]
+        root = child
+
+
+@njit(cache=True, _nrt=False)
+def sort_by_alpha(alpha: np.ndarray, rows: np.ndarray, m: int) -> None:
+    """Sort rows[:m] in place by (−α[row], row): heapsort, no scratch (the order is total: stability is moot)."""
+    for root in range(m // 2 - 1, -1, -1):
+        _sift(alpha, rows, root, m)
+    for end in range(m - 1, 0, -1):
+        rows[0], rows[end] = rows[end], rows[0]
+        _sift(alpha, rows, 0, end)
+
+
+@njit(cache=True, _nrt=False)
+def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: np.ndarray, n: int, k_max: int,
+                          prefill: tuple, rows: np.ndarray, power: np.ndarray, pos: np.ndarray,
+                          out_k: np.ndarray) -> float:
+    """A K per decoding row (out_k[:n]) of a mixed-K step; returns the step's expected tokens per second.
+
+    Row r has acceptance estimate alpha[r], `remaining[r]` tokens left (0: padding) and context ctx[r];
+    `prefill` = (n_prefill, tokens, tokens², tokens·context, context) of the step's prefill chunks. Candidates
+    are priced by the step pricing itself (lapsbench.models.pricing: `draft_forward_s` per draft position,
+    `assemble_step_s` for the step), so the price of the K's returned is `mixed_step_time_s` of them, bit for
+    bit. Greedy by draft position: a draft at position j is worth α_r^(j+1) tokens to row r (if it has more
+    than j + 1 tokens left), so position j's drafters are the best n_j by α of position j−1's drafters that
+    have a token left for it; n_j is the count that maximises the step's tokens/s with no drafts past j (ties:
+    fewer), and the walk stops at the first n_j = 0. Exact for one position; greedy past it (draft positions
+    cost alike and are worth less, so a position that does not pay alone is not paid for by later ones).
+    O(k_max · (n + k_max)) prices after an O(n log n) sort. Allocates nothing: `rows` (int64, >= n) and `power`
+    (float64, >= n) are scratch, `pos` (int64 [3, >= k_max]) holds each position's drafters (count, Σ context,
+    longest context)."""
+    n_pf, pf_tokens, pf_sq, pf_tc, pf_ctx = prefill
+    tokens, c_sum, c_max, n_cand = 0.0, 0, 0, 0
+    for r in range(n):
+        out_k[r] = 0
+        power[r] = 1.0  # α_r^(K_r): the worth of row r's next draft is power[r]·α_r
+        c_sum += ctx[r]
+        c_max = max(c_max, ctx[r])
+        if remaining[r] >= 1:
+            tokens += 1.0
+        if remaining[r] >= 2:  # it has a token left for a draft
+            rows[n_cand] = r
+            n_cand += 1
+    sort_by_alpha(alpha, rows, n_cand)
+    verify = n  # Σ(K_r + 1)
+    best = tokens / assemble_step_s(pack, n, verify, 0, c_sum, verify_span(pack, c_max, 0), 0.0, n_pf, pf_tokens, pf_sq,
+                                    pf_tc, pf_ctx)
     for j in range(k_max):
-        keep = 0  # candidates with a token left for a draft at j, moved to the front
+        keep = 0  # candidates with a token left for a draft at j, kept in order at the front
         for c in range(n_cand):
-            r = cand[c]
+            r = rows[c]
             if remaining[r] - 1 > j:
-                cand[keep] = r
+                rows[keep] = r
                 keep += 1
-        best_m, best_rate = 0, tokens / (rest + verify_s[min(t_verify, top)])
-        gain = 0.0
+        span = verify_span(pack, c_max, j + 1)
+        before = 0.0  # draft forwards 0..j−1 as chosen, at this step's span
+        if not pack.fixed:
+            for f in range(j):
+                before += draft_forward_s(pack, f, pos[0, f], pos[1, f], pos[2, f], span)
+        gain, m_c, m_max, best_m = 0.0, 0, 0, 0
         for m in range(1, keep + 1):
-            r = cand[m - 1]
+            r = rows[m - 1]
             gain += power[r] * alpha[r]
-            step = rest + verify_s[min(t_verify + m, top)] + draft_s[min(m, draft_s.size - 1)]
-            rate = (tokens + gain) / step
-            if rate > best_rate * (1.0 + 1e-12):
-                best_m, best_rate = m, rate
+            m_c += ctx[r]
+            m_max = max(m_max, ctx[r])
+            drafts = before + draft_forward_s(pack, j, m, m_c, m_max, span) if not pack.fixed else 0.0
+            rate = (tokens + gain) / assemble_step_s(pack, n, verify + m, j + 1, c_sum, span, drafts, n_pf,
+                                                     pf_tokens, pf_sq, pf_tc, pf_ctx)
+            if rate > best * (1.0 + 1e-12):
+                best_m, best = m, rate
         if best_m == 0:
             break
+        pos[0, j], pos[1, j], pos[2, j] = 0, 0, 0
         for m in range(best_m):
-            r = cand[m]
+            r = rows[m]
             power[r] *= alpha[r]
             tokens += power[r]
             out_k[r] = j + 1
-        rest += draft_s[min(best_m, draft_s.size - 1)]
-        t_verify += best_m
+            pos[0, j] += 1
+            pos[1, j] += ctx[r]
+            pos[2, j] = max(pos[2, j], ctx[r])
+        verify += best_m
         n_cand = best_m
-    return tokens / (rest + verify_s[min(t_verify, top)])
+    return best

@@ -10,6 +10,9 @@ the @njit functions here can be called from other compiled code:
         a step whose decoding request j drafts ks[j] tokens (K = 0: plain decoding, no draft)
     step_times_s(cost, k, ...)  (Python)
         step_time_s over arrays of steps, for callers outside compiled code
+    draft_forward_s, assemble_step_s
+        the parts both step prices are made of (one draft forward; verify + drafts + [step] terms + prefill),
+        for choosers that price candidate mixed-K steps (lapsbench.models.kchoice.goodput_per_request_k)
 
 A step of a speculative-decoding engine: max K_i draft forwards (forward j over the requests with K_i > j, each
 seeing its context plus the j tokens drafted so far), one target forward verifying Σ(K_i + 1) tokens over all
@@ -34,7 +37,8 @@ from numba import njit
 from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import FEATURES, CostModel, PhaseModel
 
-__all__ = ["CostPack", "pack_cost", "step_time_s", "mixed_step_time_s", "step_times_s"]
+__all__ = ["CostPack", "pack_cost", "step_time_s", "mixed_step_time_s", "step_times_s", "draft_forward_s",
+           "assemble_step_s", "verify_span"]
 
 # Phase-model slots; term rows: 2 * slot (memory / linear part), 2 * slot + 1 (compute part), 8 + slot (short)
 TARGET, TARGET_PREFILL, DRAFT, DRAFT_PREFILL = range(4)
@@ -182,7 +186,7 @@ def _draft_s(pack, n, context, context_max):
 
 # ------------------------------------------------------------------------------------------------- steps
 @njit(cache=True, inline="always")
-def _span(pack, context_max, k):
+def verify_span(pack, context_max, k):
     """The attention span of the verify forward: max context, or (span padding) max context + k + 1 rounded up."""
     if pack.span > 0:
         return (context_max + (k + 1) + (pack.span - 1)) // pack.span * pack.span
@@ -246,6 +250,34 @@ def _fixed_decode_s(pack, n_decode, n_prefill, drafts):
     return t + (drafts * pack.fixed_s[1] if n_decode > 0 and drafts > 0 else 0.0)
 
 
+@njit(cache=True, inline="always")
+def draft_forward_s(pack, f, n_f, c_f, m_f, span):
+    """Draft forward f (0-based) over the `n_f` requests drafting at it (Σ context `c_f`, longest `m_f`, before
+    the step): each sees its context plus the f tokens drafted so far; under span padding its attention span is
+    the verify forward's `span`."""
+    m = span if pack.span > 0 else m_f + f
+    return _draft_s(pack, n_f, c_f + f * n_f, m)
+
+
+@njit(cache=True, inline="always")
+def assemble_step_s(pack, n_decode, tokens, k_max, context_decode, span, drafts, n_prefill, prefill_tokens,
+                    prefill_tokens_sq, prefill_tokens_context, prefill_context):
+    """A step's seconds from its decode parts: the target verifying `tokens` query tokens of `n_decode`
+    requests (Σ context `context_decode`; CUDA-graph padding rows verify k_max + 1 each), `drafts` = Σ of its
+    draft forwards (draft_forward_s), the [step] decode terms, then the prefill chunks and host overhead
+    (_rest_s). The fixed profile: step_s + k_max draft forwards."""
+    if pack.fixed:
+        t = _fixed_decode_s(pack, n_decode, n_prefill, k_max)
+    else:
+        t = _verify_s(pack, n_decode, tokens + (_padded(pack, n_decode) - n_decode) * (k_max + 1), context_decode,
+                      span)
+        if k_max > 0:
+            t = t + (0.0 + drafts)
+        t = _decode_terms(pack, t, n_decode, context_decode, span)
+    return _rest_s(pack, t, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
+                   prefill_context)
+
+
 @njit(cache=True)
 def step_time_s(pack, n_decode, context_decode, context_max, n_prefill, prefill_tokens, prefill_tokens_sq,
                 prefill_tokens_context, prefill_context):
@@ -253,19 +285,13 @@ def step_time_s(pack, n_decode, context_decode, context_max, n_prefill, prefill_
     `context_max`) drafts pack.k tokens, and `n_prefill` requests prefill chunks of `prefill_tokens` tokens in
     all (Σ chunk², Σ chunk · cached before it, Σ cached before)."""
     k = pack.k
-    if pack.fixed:
-        t = _fixed_decode_s(pack, n_decode, n_prefill, k)
-    else:
-        span = _span(pack, context_max, k)
-        t = _verify_s(pack, n_decode, _padded(pack, n_decode) * (k + 1), context_decode, span)
-        if k > 0:
-            drafts = 0.0
-            for j in range(k):  # forward j sees the context plus the j tokens drafted so far
-                drafts += _draft_s(pack, n_decode, context_decode + j * n_decode, span + (0 if pack.span > 0 else j))
-            t = t + (0.0 + drafts)
-        t = _decode_terms(pack, t, n_decode, context_decode, span)
-    return _rest_s(pack, t, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
-                   prefill_context)
+    span = verify_span(pack, context_max, k)
+    drafts = 0.0
+    if not pack.fixed:
+        for f in range(k):
+            drafts += draft_forward_s(pack, f, n_decode, context_decode, span, span)
+    return assemble_step_s(pack, n_decode, n_decode * (k + 1), k, context_decode, span, drafts, n_prefill,
+                           prefill_tokens, prefill_tokens_sq, prefill_tokens_context, prefill_context)
 
 
 @njit(cache=True)
@@ -280,27 +306,19 @@ def mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, prefill_tokens, p
         c_max = max(c_max, contexts[j])
         k_max = max(k_max, ks[j])
         tokens += ks[j] + 1
-    if pack.fixed:
-        t = _fixed_decode_s(pack, n_decode, n_prefill, k_max)
-    else:
-        span = _span(pack, c_max, k_max)
-        # padding rows of a CUDA graph verify k_max + 1 tokens each
-        t = _verify_s(pack, n_decode, tokens + (_padded(pack, n_decode) - n_decode) * (k_max + 1), c_sum, span)
-        if k_max > 0:
-            drafts = 0.0
-            for f in range(k_max):
-                n_f, c_f, m_f = 0, 0, 0
-                for j in range(n_decode):
-                    if ks[j] > f:
-                        n_f += 1
-                        c_f += contexts[j]
-                        m_f = max(m_f, contexts[j])
-                m_f = span if pack.span > 0 else m_f + f
-                drafts += _draft_s(pack, n_f, c_f + f * n_f, m_f)
-            t = t + (0.0 + drafts)
-        t = _decode_terms(pack, t, n_decode, c_sum, span)
-    return _rest_s(pack, t, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
-                   prefill_context)
+    span = verify_span(pack, c_max, k_max)
+    drafts = 0.0
+    if not pack.fixed:
+        for f in range(k_max):
+            n_f, c_f, m_f = 0, 0, 0
+            for j in range(n_decode):
+                if ks[j] > f:
+                    n_f += 1
+                    c_f += contexts[j]
+                    m_f = max(m_f, contexts[j])
+            drafts += draft_forward_s(pack, f, n_f, c_f, m_f, span)
+    return assemble_step_s(pack, n_decode, tokens, k_max, c_sum, span, drafts, n_prefill, prefill_tokens,
+                           prefill_tokens_sq, prefill_tokens_context, prefill_context)
 
 
 @njit(cache=True)

@@ -12,6 +12,7 @@ import polars as pl
 
 from lapsbench.config.scenario import Scenario
 from lapsbench.config.speculation import batch1_k
+from lapsbench.engine.batch1_goodput import build_goodput_step_table
 from lapsbench.engine.context import RunContext, StepExecutor
 from lapsbench.engine.executor import SimulatedExecutor, replay_single
 from lapsbench.engine.state import EngineState
@@ -86,9 +87,10 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
     check_workload(s, workload, cost)
     batching = build_batch_config(s, cost)
     adaptive = s.speculation.adaptive is not None
-    if adaptive and batching is None:  # one decoding request per step: the adaptive K is a constant
-        s = dataclasses.replace(s, speculation=dataclasses.replace(
-            s.speculation, k=batch1_k(s.speculation.adaptive, s.speculation.k), adaptive=None))
+    k1 = batch1_k(s.speculation.adaptive, s.speculation.k)
+    if adaptive and batching is None and k1 is not None:  # one decoding request per step: a constant K
+        s = dataclasses.replace(s, speculation=dataclasses.replace(s.speculation, k=k1, adaptive=None))
+    per_step_table = adaptive and batching is None and k1 is None  # goodput at batch 1: K per step in the table
     packed = pack_adaptive(s.speculation.adaptive, s.speculation.k) if s.speculation.adaptive else None
     frames = []
     stats = []
@@ -101,8 +103,12 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
         acceptance = build_acceptance(s, workload, replication)
         # Every request's steps are drawn once per replication for all schedulers: at batch size 1 they are the
         # steps themselves (schedule-independent); batched, the engine reads each decode step's tokens from them.
-        table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
-                                 s.speculation.k, cost, acceptance)
+        if per_step_table:
+            table = build_goodput_step_table(workload.prompt_tokens, workload.output_tokens, s.speculation.k, cost,
+                                             acceptance, packed)
+        else:
+            table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
+                                     s.speculation.k, cost, acceptance)
         ctx = RunContext(s.speculation.k, cost, table, batching, acceptance, packed)
         for spec in s.scheduler:
             policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}", s.base_dir)
@@ -117,7 +123,10 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
             if executor is not None:
                 executor.begin(state, spec.label, replication, unit_ns=batching is None)
             row = serve(state, policy, ctx, callback, executor)
-            if adaptive and batching is None:
+            if per_step_table:
+                k_mean, off_share = table.k_stats()
+                row.update(k_mean=k_mean, sd_off_share=off_share)
+            elif adaptive and batching is None:
                 row.update(k_mean=float(s.speculation.k), sd_off_share=float(s.speculation.k == 0))
             stats.append({"scheduler": spec.label, "replication": replication, **row})
             frames.append(records(state, spec.label, policy.name, replication, adaptive))

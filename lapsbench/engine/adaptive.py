@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from lapsbench.engine.batched_state import ERR_TABLE, OK
+from lapsbench.engine.batched_step import prefill_sums
 from lapsbench.models.acceptance import accepted_table
 from lapsbench.models.kchoice import (
     FIXED,
@@ -67,28 +68,21 @@ def new_adapt(P: AdaptivePack | None, acceptance, output_tokens: np.ndarray, max
 
 @njit(cache=True, inline="always")
 def _decode_rows(R, M, W, A, nm):
-    """Gather the step's decoding rows (padding included) into A.ctx / A.alpha / A.remaining and its prefill
+    """Gather the step's decoding rows (padding included) into A.ctx / A.alpha / A.remaining and take its prefill
     sums; returns (n_dec, n_pf, c_sum, c_sq, c_before, before_sum)."""
-    n_dec, n_pf, c_sum, c_sq, c_before, before_sum = 0, 0, 0, 0, 0, 0
+    n_dec = np.int64(0)  # not a literal zero (batched_step.prefill_sums)
     for j in range(A.remaining.size):
         A.remaining[j] = 0
     for j in range(nm):
         i = W.members[j]
-        c = W.chunks[j]
-        if c == 0:
+        if W.chunks[j] == 0:
             A.ctx[n_dec] = R.prompt_tokens[i] + R.generated[i]
             A.alpha[n_dec] = 0.0
             if not R.done[i]:
                 A.remaining[n_dec] = R.output_tokens[i] - R.generated[i]
                 A.alpha[n_dec] = alpha_estimate(A.n_acc[i], A.n_rej[i], A.P.prior_alpha, A.P.prior_strength)
             n_dec += 1
-        else:
-            b = M.prefilled[i]
-            n_pf += 1
-            c_sum += c
-            c_sq += c * c
-            c_before += c * b
-            before_sum += b
+    n_pf, c_sum, c_sq, c_before, before_sum = prefill_sums(M, W, nm)
     return n_dec, n_pf, c_sum, c_sq, c_before, before_sum
 
 

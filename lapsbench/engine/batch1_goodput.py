@@ -79,7 +79,7 @@ def _goodput_steps(prompt, output, accepted, acc_off, by_position, prior_alpha, 
             ns[row] = prefill[i]
             ks[row] = 0
         row += 1
-        n_acc, n_rej, step = 0, 0, 0
+        n_acc = n_rej = step = np.int64(0)  # not literal zeros: numba would compile the callees for them too
         while g < output[i]:
             c = prompt[i] + g
             alpha[0] = alpha_estimate(n_acc, n_rej, prior_alpha, prior_strength)

@@ -16,26 +16,35 @@ from lapsbench.engine.batched_state import DYNAMIC, ERR_INVARIANT, ERR_LIVELOCK,
 from lapsbench.models.pricing import step_time_s
 
 
-@njit(cache=True, _nrt=False)
-def price(R, M, W, pack, nm):
-    """The step's time without stalls: its decoding members (padding included) and prefill chunks."""
-    # np.int64(0), not 0: numba types a call before the loop's += widens a literal 0, and would compile
-    # step_time_s once more for literal-zero arguments (~20 s)
-    n_dec = ctx = ctx_max = n_pf = c_sum = c_sq = c_before = before_sum = np.int64(0)
+@njit(cache=True, inline="always")
+def prefill_sums(M, W, nm):
+    """The step's prefill chunks: (count, Σ chunk, Σ chunk², Σ chunk · cached before it, Σ cached before), as
+    step_time_s takes them. np.int64(0), not 0: numba types a call before a loop's += widens a literal 0, and
+    would compile the pricing once more for literal-zero arguments (~20 s)."""
+    n_pf = c_sum = c_sq = c_before = before_sum = np.int64(0)
     for j in range(nm):
-        i = W.members[j]
         c = W.chunks[j]
-        if c == 0:
-            n_dec += 1
-            ctx += R.prompt_tokens[i] + R.generated[i]
-            ctx_max = max(ctx_max, R.prompt_tokens[i] + R.generated[i])
-        else:
-            b = M.prefilled[i]
+        if c > 0:
+            b = M.prefilled[W.members[j]]
             n_pf += 1
             c_sum += c
             c_sq += c * c
             c_before += c * b
             before_sum += b
+    return n_pf, c_sum, c_sq, c_before, before_sum
+
+
+@njit(cache=True, _nrt=False)
+def price(R, M, W, pack, nm):
+    """The step's time without stalls: its decoding members (padding included) and prefill chunks."""
+    n_dec = ctx = ctx_max = np.int64(0)  # not literal zeros (prefill_sums)
+    for j in range(nm):
+        if W.chunks[j] == 0:
+            i = W.members[j]
+            n_dec += 1
+            ctx += R.prompt_tokens[i] + R.generated[i]
+            ctx_max = max(ctx_max, R.prompt_tokens[i] + R.generated[i])
+    n_pf, c_sum, c_sq, c_before, before_sum = prefill_sums(M, W, nm)
     return step_time_s(pack, n_dec, ctx, ctx_max, n_pf, c_sum, c_sq, c_before, before_sum)
 
 

@@ -57,11 +57,13 @@ def _batch1_prices(pack, lo: int, hi: int, k_max: int) -> np.ndarray:
     """Seconds of a batch-1 decode step at context lo..hi−1 (rows) drafting K = 0..k_max (columns)."""
     out = np.zeros((max(hi - lo, 0), k_max + 1))
     ks, ctx = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    one, none = np.int64(1), np.int64(0)
     for c in range(lo, hi):
         ctx[0] = c
         for kk in range(k_max + 1):
             ks[0] = kk
-            out[c - lo, kk] = mixed_step_time_s(pack, ks, ctx, 1, 0, 0, 0, 0, 0)
+            # np.int64, not literals: a literal argument compiles another mixed_step_time_s (~20 s)
+            out[c - lo, kk] = mixed_step_time_s(pack, ks, ctx, one, none, none, none, none, none)
     return out
 
 

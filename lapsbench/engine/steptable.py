@@ -254,4 +254,3 @@ def _draw_independent(idx, out, k, acceptance, expected):
     # Each round is sorted by request and later rounds continue earlier ones: a stable sort by request
     # (timsort merges the sorted runs) puts every request's steps in order.
     return tokens[np.argsort(owner, kind="stable")], drawn
-

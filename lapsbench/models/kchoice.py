@@ -172,7 +172,8 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
     (float64, >= n) are scratch, `pos` (int64 [3, >= k_max]) holds each position's drafters (count, Σ context,
     longest context)."""
     n_pf, pf_tokens, pf_sq, pf_tc, pf_ctx = prefill
-    tokens, c_sum, c_max, n_cand = 0.0, 0, 0, 0
+    tokens, c_sum, c_max = 0.0, 0, 0
+    n_cand = np.int64(0)  # not a literal 0: sort_by_alpha would be compiled for it too
     for r in range(n):
         out_k[r] = 0
         power[r] = 1.0  # α_r^(K_r): the worth of row r's next draft is power[r]·α_r

@@ -14,11 +14,10 @@ ends the run early.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
-from numba import literally, njit
+from numba import njit
 
 from lapsbench.engine.context import Results, RunContext
 from lapsbench.engine.steptable import NS, to_ns
@@ -93,11 +92,13 @@ def _leave(active, na, i):
 
 # `_nrt=False`: the loop allocates nothing (every array comes from the caller), and without numba's runtime no
 # reference counting is emitted around each access to an array of the R / out tuples (several per step).
-@njit(cache=True, _nrt=False)
+# One specialisation per scheduler comes from P's type (lapsbench.schedulers.dispatch); `code` is a plain
+# int64, as the batched engine and the step-by-step loops pass it, so every scheduler's compiled `key`,
+# `observe` and `prerank` are shared by all of them.
+@njit(cache=True, _nrt=False, nogil=True)
 def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, preemptive, active, keys, served,
          shared):
     """Serve every request (or until shared[STOP] is set)."""
-    literally(code)  # one specialisation per scheduler: its branches alone, inlined
     n = arrival_ns.size
     observes, ranks = dispatch.observes(code), dispatch.ranks_with_side_effects(code)
     rekey = not dispatch.keys_static(code)
@@ -159,18 +160,6 @@ def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, pr
             ranked = False
 
 
-@functools.cache
-def _loop(code: int):
-    """`_run` specialised to one scheduler as a dispatcher of its own: `code` is a constant of this closure, so a
-    call dispatches at once, where calling `_run` from Python re-runs numba's typing to resolve `literally`
-    on every call. Cached on disk per code (numba keys a closure's cache by its values)."""
-    @njit(cache=True, nogil=True, _nrt=False)
-    def run(P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, preemptive, active, keys, served, shared):
-        _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, preemptive, active, keys, served,
-             shared)
-    return run
-
-
 def run_batch1(R: RequestView, out: Results, ctx: RunContext, code: int, P, preemptive: bool,
                progress: Callable[[int], None] | None = None) -> None:
     """Serve every request of `R` at batch size 1 under the scheduler packed in `P` (`code`: its dispatch code,
@@ -184,6 +173,6 @@ def run_batch1(R: RequestView, out: Results, ctx: RunContext, code: int, P, pree
     t = ctx.table
     assert t.offset.size == n + 1, "the step table is for another workload"
     k_steps = np.zeros(0, np.int64) if t.k_steps is None else np.ascontiguousarray(t.k_steps, np.int64)
-    run_polled(_loop(code), (P, R, out, arrival_ns, t.offset, t.cum_tokens, t.cum_ns, np.int64(ctx.k), k_steps,
-                               bool(preemptive), active, keys, np.zeros(1, np.int64), shared), shared, FINISHED, STOP,
+    run_polled(_run, (np.int64(code), P, R, out, arrival_ns, t.offset, t.cum_tokens, t.cum_ns, np.int64(ctx.k),
+                      k_steps, bool(preemptive), active, keys, np.zeros(1, np.int64), shared), shared, FINISHED, STOP,
                progress)

@@ -172,8 +172,9 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
     (float64, >= n) are scratch, `pos` (int64 [3, >= k_max]) holds each position's drafters (count, Σ context,
     longest context)."""
     n_pf, pf_tokens, pf_sq, pf_tc, pf_ctx = prefill
-    tokens, c_sum, c_max = 0.0, 0, 0
-    n_cand = np.int64(0)  # not a literal 0: sort_by_alpha would be compiled for it too
+    none = np.int64(0)  # not literal 0's: sort_by_alpha and assemble_step_s would be compiled for them too
+    tokens, c_sum, c_max = 0.0, none, none
+    n_cand = none
     for r in range(n):
         out_k[r] = 0
         power[r] = 1.0  # α_r^(K_r): the worth of row r's next draft is power[r]·α_r
@@ -186,8 +187,8 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
             n_cand += 1
     sort_by_alpha(alpha, rows, n_cand)
     verify = n  # Σ(K_r + 1)
-    best = tokens / assemble_step_s(pack, n, verify, 0, c_sum, verify_span(pack, c_max, 0), 0.0, n_pf, pf_tokens, pf_sq,
-                                    pf_tc, pf_ctx)
+    best = tokens / assemble_step_s(pack, n, verify, none, c_sum, verify_span(pack, c_max, none), 0.0, n_pf, pf_tokens,
+                                    pf_sq, pf_tc, pf_ctx)
     for j in range(k_max):
         keep = 0  # candidates with a token left for a draft at j, kept in order at the front
         for c in range(n_cand):
@@ -200,7 +201,7 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
         if not pack.fixed:
             for f in range(j):
                 before += draft_forward_s(pack, f, pos[0, f], pos[1, f], pos[2, f], span)
-        gain, m_c, m_max, best_m = 0.0, 0, 0, 0
+        gain, m_c, m_max, best_m = 0.0, none, none, none
         for m in range(1, keep + 1):
             r = rows[m - 1]
             gain += power[r] * alpha[r]

@@ -250,7 +250,10 @@ def _fixed_decode_s(pack, n_decode, n_prefill, drafts):
     return t + (drafts * pack.fixed_s[1] if n_decode > 0 and drafts > 0 else 0.0)
 
 
-@njit(cache=True, inline="always")
+# draft_forward_s and assemble_step_s are compiled once and called (not inlined) by every step price and K
+# chooser: each holds the phase models' evaluation, which inlined at every call site made each caller's
+# compilation 15-70 s; a call per forward costs nothing next to a step's work (benchmarks/README.md).
+@njit(cache=True)
 def draft_forward_s(pack, f, n_f, c_f, m_f, span):
     """Draft forward f (0-based) over the `n_f` requests drafting at it (Σ context `c_f`, longest `m_f`, before
     the step): each sees its context plus the f tokens drafted so far; under span padding its attention span is
@@ -259,7 +262,7 @@ def draft_forward_s(pack, f, n_f, c_f, m_f, span):
     return _draft_s(pack, n_f, c_f + f * n_f, m)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def assemble_step_s(pack, n_decode, tokens, k_max, context_decode, span, drafts, n_prefill, prefill_tokens,
                     prefill_tokens_sq, prefill_tokens_context, prefill_context):
     """A step's seconds from its decode parts: the target verifying `tokens` query tokens of `n_decode`
@@ -300,7 +303,8 @@ def mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, prefill_tokens, p
     """step_time_s for a step whose decoding request j (of `n_decode`, context contexts[j]) drafts ks[j] tokens
     (0 <= ks[j] <= pack.k): the target verifies Σ(ks[j] + 1) tokens; draft forward f runs over the requests with
     ks[j] > f; K = 0 costs no draft. With every ks[j] = pack.k it is step_time_s, bit for bit."""
-    c_sum, c_max, k_max, tokens = 0, 0, 0, 0
+    none = np.int64(0)  # accumulators not from a literal 0: each callee would be compiled for Literal[int](0)
+    c_sum, c_max, k_max, tokens = none, none, none, none
     for j in range(n_decode):
         c_sum += contexts[j]
         c_max = max(c_max, contexts[j])
@@ -310,7 +314,7 @@ def mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, prefill_tokens, p
     drafts = 0.0
     if not pack.fixed:
         for f in range(k_max):
-            n_f, c_f, m_f = 0, 0, 0
+            n_f, c_f, m_f = none, none, none
             for j in range(n_decode):
                 if ks[j] > f:
                     n_f += 1

@@ -11,11 +11,11 @@ and calls (all @njit; P = the scheduler's packed NamedTuple, R = a lapsbench.sch
                                                    anything and whether keys never change with service
     key_less(a0, a1, a2, ai, b0, b1, b2, bi)       the (keys, index) order
 
-`code` is the scheduler's index in builtin.BUILTIN (`code_of`); an engine specialises on it with
-`numba.literally`. The scheduler's functions are found at compile time from P's type (each scheduler
-packs its own NamedTuple class), so every engine is compiled once per scheduler with that scheduler's
-functions alone, inlined: a call that is not inlined costs ~100 ns in argument handling, more than a
-step's work. They are not passed as arguments or closures: numba's disk cache misses those in every new
+`code` is the scheduler's index in builtin.BUILTIN (`code_of`), passed as a plain int64 by every engine
+(a literal code would compile each scheduler's functions once more per engine). The scheduler's functions
+are found at compile time from P's type (each scheduler packs its own NamedTuple class), so every engine is
+compiled once per scheduler with that scheduler's functions alone, inlined into key / observe / prerank
+here. They are not passed as arguments or closures: numba's disk cache misses those in every new
 process (measured), while module-level functions reached from here are cached. A user's scheduler gets a
 generated copy of this interface and of each engine module (lapsbench.schedulers.user).
 """

@@ -177,17 +177,18 @@ def _fit_pnorm(X: np.ndarray, y: np.ndarray, p: float, init: tuple[dict[str, flo
     th = np.array([init[0].get(n, 0.0) for n in mem] + [init[1].get(n, 0.0) for n in names])
     th = np.maximum(th, 0.0)
     nm = len(im)
+    Xm, Xc = X[:, im], X[:, ic]  # the two parts' columns, sliced once (not in each of ~300 iterations)
 
     def resid(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        M = np.maximum(X[:, im] @ t[:nm], 1e-12)
-        C = np.maximum(X[:, ic] @ t[nm:], 1e-12)
+        M = np.maximum(Xm @ t[:nm], 1e-12)
+        C = np.maximum(Xc @ t[nm:], 1e-12)
         T = _pnorm(M, C, p)
         return T / y - 1, M, C, T
 
     r, M, C, T = resid(th)
     loss, lam = float(r @ r), 1e-3
     for _ in range(300):
-        J = np.concatenate([X[:, im] * ((M / T) ** (p - 1))[:, None], X[:, ic] * ((C / T) ** (p - 1))[:, None]], 1)
+        J = np.concatenate([Xm * ((M / T) ** (p - 1))[:, None], Xc * ((C / T) ** (p - 1))[:, None]], 1)
         J = J / y[:, None]
         A = J.T @ J
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lapsbench.calibrate.fit import price_steps
+from lapsbench.calibrate.step_fit import price_steps
 from lapsbench.calibrate.steplog import STEP_PHASES, read_steplog, step_phase
 from lapsbench.models.cost import load_profile_file
 

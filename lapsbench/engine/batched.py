@@ -180,9 +180,9 @@ def _rekey_all(code, P, R, W, L):
     L.no = L.na
 
 
-@njit(cache=True, _nrt=False)
-def _arrive(R, W, L):
-    """Arrivals up to L.now join the present requests and those to key."""
+@njit(cache=True, inline="always")
+def _admit(code, P, R, W, L):
+    """Arrivals join the present requests and those to (re-)key; the ranking is brought up to date."""
     n = R.arrival_s.size
     while L.admitted < n and R.arrival_s[L.admitted] <= L.now:
         a = L.admitted
@@ -192,12 +192,6 @@ def _arrive(R, W, L):
         W.add[L.nadd] = a
         L.nadd += 1
         L.admitted += 1
-
-
-@njit(cache=True, inline="always")
-def _admit(code, P, R, W, L):
-    """Arrivals join the present requests and those to (re-)key; the ranking is brought up to date."""
-    _arrive(R, W, L)
     if L.everyone:
         _rekey_all(code, P, R, W, L)
     elif L.nadd or L.dropped:
@@ -208,23 +202,6 @@ def _admit(code, P, R, W, L):
 
 
 # ---------------------------------------------------------------------------------------------- selection
-@njit(cache=True, _nrt=False)
-def _as_formed(R, W, C, L):
-    """A running static / dynamic batch runs as formed (its members into W.members[:L.nm]): True; False when
-    the step forms a new batch."""
-    if C.mode == CONTINUOUS or L.static_n == 0:
-        return False
-    nm = 0
-    for j in range(L.static_n):
-        i = W.static_batch[j]
-        if C.mode == STATIC or not R.done[i]:  # dynamic: its finished members have left
-            W.members[nm] = i
-            W.chunks[nm] = 0
-            nm += 1
-    L.nm = nm
-    return True
-
-
 @njit(cache=True, inline="always")
 def _running_first(R, M, W, L):
     """Non-preemptive continuous batching: running requests (started, holding KV) first, stable, in W.part."""
@@ -238,9 +215,21 @@ def _running_first(R, M, W, L):
     return W.part
 
 
-@njit(cache=True, _nrt=False)
-def _form(R, out, M, W, C, L, pack):
-    """A new batch from the ranking: W.members[:L.nm] and their chunks (`fill`); returns the swap stall."""
+@njit(cache=True, inline="always")
+def _select(P, R, out, M, W, C, L, pack):
+    """This step's members (W.members[:L.nm]) and chunks; returns the swap stall it costs."""
+    if C.mode != CONTINUOUS and L.static_n > 0:  # a static / dynamic batch runs as formed
+        nm = 0
+        for j in range(L.static_n):
+            i = W.static_batch[j]
+            if C.mode == STATIC or not R.done[i]:  # dynamic: its finished members have left
+                W.members[nm] = i
+                W.chunks[nm] = 0
+                nm += 1
+        L.nm = nm
+        return 0.0
+    if dispatch.ranks_with_side_effects(C.code) and dispatch.prerank(C.code, P, R, W.active, L.na, L.now):
+        _rekey_all(C.code, P, R, W, L)
     ranking = W.order
     if C.mode == CONTINUOUS and not C.preemptive:
         ranking = _running_first(R, M, W, L)
@@ -251,16 +240,6 @@ def _form(R, out, M, W, C, L, pack):
         L.static_n = nm
     L.nm = nm
     return stall
-
-
-@njit(cache=True, inline="always")
-def _select(P, R, out, M, W, C, L, pack):
-    """This step's members (W.members[:L.nm]) and chunks; returns the swap stall it costs."""
-    if _as_formed(R, W, C, L):
-        return 0.0
-    if dispatch.ranks_with_side_effects(C.code) and dispatch.prerank(C.code, P, R, W.active, L.na, L.now):
-        _rekey_all(C.code, P, R, W, L)
-    return _form(R, out, M, W, C, L, pack)
 
 
 @njit(cache=True, _nrt=False)
@@ -281,11 +260,16 @@ def _count_dropped(R, out, M, W, L):
 
 
 # ---------------------------------------------------------------------------------------------- a step
-@njit(cache=True, _nrt=False)
-def _price_step(R, out, M, W, T, A, pack, L, stall):
-    """Phases 3-4: the dropped count, the step's price (L.price = time + stall) and its draws. Under
-    `[speculation] adaptive` (A.on) it is `choose_k` (one K per decoding row), its mixed-K price, and the draw
-    at that K (lapsbench/engine/adaptive.py)."""
+@njit(cache=True, _nrt=False, inline="always")
+def plan_step(P, R, out, M, W, T, A, pack, C, state):
+    """Phases 1-4: decide the step and price it (L.price = time + stall). IDLE: nobody present (the clock
+    must move to the next arrival). Under `[speculation] adaptive` (A.on) phase 4 is `choose_k` (one K for
+    the step's decoding rows), its mixed-K price, and the draw at that K (lapsbench/engine/adaptive.py)."""
+    L = state[0]
+    _admit(C.code, P, R, W, L)
+    if L.na == 0 and L.static_n == 0:
+        return IDLE
+    stall = _select(P, R, out, M, W, C, L, pack)
     if L.nm == 0:
         return ERR_EMPTY
     _count_dropped(R, out, M, W, L)
@@ -296,36 +280,15 @@ def _price_step(R, out, M, W, T, A, pack, L, stall):
     return draw(R, W, T[0], T[1], L.nm)
 
 
-@njit(cache=True, _nrt=False)
-def _book(R, out, M, W, A, C, L, now, took):
-    """Phase 5 up to the scheduler: the chosen K's, the members served, the served requests by index."""
+@njit(cache=True, _nrt=False, inline="always")
+def end_step(P, R, out, M, W, A, C, state, now, took):
+    """Phases 5-6, the step having ended at `now` after `took` seconds."""
+    L = state[0]
     L.now = now
     if A.on:
         record_k(L, W, A, L.nm)
     account(R, out, M, W, C, L, A, now, took)
     _sort(W.keys, W.served, L.n_served, W.tmp, True)
-
-
-# The two phases that reach the scheduler (its key, prerank and observe through `dispatch`) are compiled per
-# scheduler; what takes no scheduler (_arrive, _as_formed, _form, _price_step, _book, finish) is compiled once
-# and shared by all of them, which keeps each scheduler's own compilation small.
-@njit(cache=True, _nrt=False, inline="always")
-def plan_step(P, R, out, M, W, T, A, pack, C, state):
-    """Phases 1-4: decide the step and price it (L.price = time + stall). IDLE: nobody present (the clock
-    must move to the next arrival)."""
-    L = state[0]
-    _admit(C.code, P, R, W, L)
-    if L.na == 0 and L.static_n == 0:
-        return IDLE
-    stall = _select(P, R, out, M, W, C, L, pack)
-    return _price_step(R, out, M, W, T, A, pack, L, stall)
-
-
-@njit(cache=True, _nrt=False, inline="always")
-def end_step(P, R, out, M, W, A, C, state, now, took):
-    """Phases 5-6, the step having ended at `now` after `took` seconds."""
-    L = state[0]
-    _book(R, out, M, W, A, C, L, now, took)
     code = C.code
     L.everyone = dispatch.observes(code) and dispatch.observe(code, P, R, W.served, L.n_served, now)
     return finish(R, out, M, W, C, L, now, not dispatch.keys_static(code))

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from lapsbench.config.speculation import Adaptive, BatchTableSpec, GoodputSpec, OffUnderLoadSpec
-from lapsbench.models.pricing import assemble_step_s, draft_forward_s, verify_span
+from lapsbench.models.pricing import assemble_call, assemble_step_s, draft_forward_call, draft_forward_s, verify_span
 
 FIXED, BATCH_TABLE, GOODPUT, OFF_UNDER_LOAD = 0, 1, 2, 3
 
@@ -187,8 +187,9 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
             n_cand += 1
     sort_by_alpha(alpha, rows, n_cand)
     verify = n  # Σ(K_r + 1)
-    best = tokens / assemble_step_s(pack, n, verify, none, c_sum, verify_span(pack, c_max, none), 0.0, n_pf, pf_tokens,
-                                    pf_sq, pf_tc, pf_ctx)
+    # the inner loop over m inlines the pricing; the prices made once per call or per position are calls
+    best = tokens / assemble_call(pack, n, verify, none, c_sum, verify_span(pack, c_max, none), 0.0, n_pf, pf_tokens,
+                                   pf_sq, pf_tc, pf_ctx)
     for j in range(k_max):
         keep = 0  # candidates with a token left for a draft at j, kept in order at the front
         for c in range(n_cand):
@@ -200,7 +201,7 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
         before = 0.0  # draft forwards 0..j−1 as chosen, at this step's span
         if not pack.fixed:
             for f in range(j):
-                before += draft_forward_s(pack, f, pos[0, f], pos[1, f], pos[2, f], span)
+                before += draft_forward_call(pack, f, pos[0, f], pos[1, f], pos[2, f], span)
         gain, m_c, m_max, best_m = 0.0, none, none, none
         for m in range(1, keep + 1):
             r = rows[m - 1]

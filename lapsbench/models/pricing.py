@@ -12,7 +12,8 @@ the @njit functions here can be called from other compiled code:
         step_time_s over arrays of steps, for callers outside compiled code
     draft_forward_s, assemble_step_s
         the parts both step prices are made of (one draft forward; verify + drafts + [step] terms + prefill),
-        for choosers that price candidate mixed-K steps (lapsbench.models.kchoice.goodput_per_request_k)
+        for choosers that price candidate mixed-K steps (lapsbench.models.kchoice.goodput_per_request_k);
+        inlined where called; draft_forward_call / assemble_call are the same compiled once and called
 
 A step of a speculative-decoding engine: max K_i draft forwards (forward j over the requests with K_i > j, each
 seeing its context plus the j tokens drafted so far), one target forward verifying Σ(K_i + 1) tokens over all
@@ -38,7 +39,7 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import FEATURES, CostModel, PhaseModel
 
 __all__ = ["CostPack", "pack_cost", "step_time_s", "mixed_step_time_s", "step_times_s", "draft_forward_s",
-           "assemble_step_s", "verify_span"]
+           "assemble_step_s", "draft_forward_call", "assemble_call", "verify_span"]
 
 # Phase-model slots; term rows: 2 * slot (memory / linear part), 2 * slot + 1 (compute part), 8 + slot (short)
 TARGET, TARGET_PREFILL, DRAFT, DRAFT_PREFILL = range(4)
@@ -250,10 +251,7 @@ def _fixed_decode_s(pack, n_decode, n_prefill, drafts):
     return t + (drafts * pack.fixed_s[1] if n_decode > 0 and drafts > 0 else 0.0)
 
 
-# draft_forward_s and assemble_step_s are compiled once and called (not inlined) by every step price and K
-# chooser: each holds the phase models' evaluation, which inlined at every call site made each caller's
-# compilation 15-70 s; a call per forward costs nothing next to a step's work (benchmarks/README.md).
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def draft_forward_s(pack, f, n_f, c_f, m_f, span):
     """Draft forward f (0-based) over the `n_f` requests drafting at it (Σ context `c_f`, longest `m_f`, before
     the step): each sees its context plus the f tokens drafted so far; under span padding its attention span is
@@ -262,7 +260,7 @@ def draft_forward_s(pack, f, n_f, c_f, m_f, span):
     return _draft_s(pack, n_f, c_f + f * n_f, m)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def assemble_step_s(pack, n_decode, tokens, k_max, context_decode, span, drafts, n_prefill, prefill_tokens,
                     prefill_tokens_sq, prefill_tokens_context, prefill_context):
     """A step's seconds from its decode parts: the target verifying `tokens` query tokens of `n_decode`
@@ -281,6 +279,23 @@ def assemble_step_s(pack, n_decode, tokens, k_max, context_decode, span, drafts,
                    prefill_context)
 
 
+# The step prices call the two parts compiled once (draft_forward_call, assemble_call), not inlined: each
+# part holds the phase models' evaluation, which inlined into every caller made each caller's compilation
+# 15-20 s (on a cold numba cache), and a step price is called once per engine step, where a call costs
+# nothing next to the step. The per-request K chooser (lapsbench.models.kchoice) inlines them in its inner
+# loop, which prices up to k_max x n candidates a step (a call per candidate made goodput runs ~1.3x slower).
+@njit(cache=True)
+def draft_forward_call(pack, f, n_f, c_f, m_f, span):
+    return draft_forward_s(pack, f, n_f, c_f, m_f, span)
+
+
+@njit(cache=True)
+def assemble_call(pack, n_decode, tokens, k_max, context_decode, span, drafts, n_prefill, prefill_tokens,
+                  prefill_tokens_sq, prefill_tokens_context, prefill_context):
+    return assemble_step_s(pack, n_decode, tokens, k_max, context_decode, span, drafts, n_prefill, prefill_tokens,
+                           prefill_tokens_sq, prefill_tokens_context, prefill_context)
+
+
 @njit(cache=True)
 def step_time_s(pack, n_decode, context_decode, context_max, n_prefill, prefill_tokens, prefill_tokens_sq,
                 prefill_tokens_context, prefill_context):
@@ -292,9 +307,9 @@ def step_time_s(pack, n_decode, context_decode, context_max, n_prefill, prefill_
     drafts = 0.0
     if not pack.fixed:
         for f in range(k):
-            drafts += draft_forward_s(pack, f, n_decode, context_decode, span, span)
-    return assemble_step_s(pack, n_decode, n_decode * (k + 1), k, context_decode, span, drafts, n_prefill,
-                           prefill_tokens, prefill_tokens_sq, prefill_tokens_context, prefill_context)
+            drafts += draft_forward_call(pack, f, n_decode, context_decode, span, span)
+    return assemble_call(pack, n_decode, n_decode * (k + 1), k, context_decode, span, drafts, n_prefill,
+                          prefill_tokens, prefill_tokens_sq, prefill_tokens_context, prefill_context)
 
 
 @njit(cache=True)
@@ -320,9 +335,9 @@ def mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, prefill_tokens, p
                     n_f += 1
                     c_f += contexts[j]
                     m_f = max(m_f, contexts[j])
-            drafts += draft_forward_s(pack, f, n_f, c_f, m_f, span)
-    return assemble_step_s(pack, n_decode, tokens, k_max, c_sum, span, drafts, n_prefill, prefill_tokens,
-                           prefill_tokens_sq, prefill_tokens_context, prefill_context)
+            drafts += draft_forward_call(pack, f, n_f, c_f, m_f, span)
+    return assemble_call(pack, n_decode, tokens, k_max, c_sum, span, drafts, n_prefill, prefill_tokens,
+                          prefill_tokens_sq, prefill_tokens_context, prefill_context)
 
 
 @njit(cache=True)

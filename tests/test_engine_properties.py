@@ -2,11 +2,14 @@
 per-request results of their step-by-step counterparts — across every registered policy (and LAPS-SD's
 three placements), every batching mode (continuous with both admission rules) and the fixed, beta
 (drift + AR(1)) and empirical acceptance processes, every `[speculation] adaptive` kind (batched: K chosen
-per step, goodput also per request; batch 1: the constant K of lapsbench.config.speculation.batch1_k, or
-goodput's K per step from its step table), on the fixed profile and a fitted-form one. The fast batched engine
-is the compiled loop (lapsbench/engine/batched.py)."""
+per step, goodput also per request, off-under-load also with free_draft_memory — the KV capacity switching
+with SD, evictions when it shrinks, the draft KV rebuilt; batch 1: the constant K of
+lapsbench.config.speculation.batch1_k, or goodput's K per step from its step table), on the fixed profile and a
+fitted-form one. The fast batched engine is the compiled loop (lapsbench/engine/batched.py)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
@@ -60,20 +63,25 @@ SPACE = {
     "preemption": st.sampled_from(["swap", "recompute"]),
     "admission": st.sampled_from(["guarded", "greedy"]),
     "admission_share": st.sampled_from([0.0, 0.05, 1.0, 20.0]),
-    "adaptive": st.sampled_from(["none", "batch-table", "goodput", "goodput-per-request", "off-under-load"]),
+    "adaptive": st.sampled_from(["none", "batch-table", "goodput", "goodput-per-request", "off-under-load",
+                                 "off-under-load-free"]),
     "cost": st.sampled_from(["fixed", "fitted"]),
 }
 scenarios = st.fixed_dictionaries(SPACE)
 # the same space with speculation on and an adaptive kind always set, so that every kind is drawn often
 adaptive_scenarios = st.fixed_dictionaries(SPACE | {
     "k": st.integers(1, 4), "adaptive": st.sampled_from(["batch-table", "goodput", "goodput-per-request",
-                                                         "off-under-load"])})
+                                                         "off-under-load", "off-under-load-free"])})
 
 # a fitted-form profile (ms): costs grow with tokens, context and batch, so mixed K's are priced apart
 FITTED = CostModel(name="fitted", target=PhaseModel({"const": 5.0, "tokens": 0.4, "context": 0.002}),
                    target_prefill=PhaseModel({"const": 2.0, "tokens": 0.05}),
                    draft=PhaseModel({"const": 0.8, "batch": 0.3}),
                    draft_prefill=PhaseModel({"const": 0.2, "tokens": 0.005}))
+# ... with KV bytes per token that free_draft_memory can read: the target's as many as the draft's (tinyllama's
+# shape), so SD off doubles the KV capacity
+FITTED_FREE = dataclasses.replace(FITTED, name="fitted-kv", kv_bytes_per_token=22528.0, host_link_gb_s=1.0,
+                                  meta={"draft": "tinyllama-1.1b"})
 
 
 def adaptive_for(kind: str, k: int, max_batch: int):
@@ -84,7 +92,7 @@ def adaptive_for(kind: str, k: int, max_batch: int):
         return BatchTableSpec(table=((1, k), (2, max(k - 1, 0)), (4, 0)))
     if kind.startswith("goodput"):  # a cheap draft and a weak prior: K changes as acceptance is observed
         return GoodputSpec(k_max=k, prior_alpha=0.5, prior_strength=1.0, per_request=kind == "goodput-per-request")
-    return OffUnderLoadSpec(batch=max(1, max_batch // 2))
+    return OffUnderLoadSpec(batch=max(1, max_batch // 2), free_draft_memory=kind == "off-under-load-free")
 
 
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -112,8 +120,11 @@ def check_case(case: dict) -> None:
     if case["mode"] == "none" and spec is not None and not batch1_goodput:  # batch 1: a constant K
         k, spec = batch1_k(spec, k), None
     packed = pack_adaptive(spec, k) if spec is not None else None
+    cost = fixed_profile(0.01, 0.002, 1e-4) if case["cost"] == "fixed" else FITTED
+    if case["adaptive"] == "off-under-load-free":  # it needs the KV bytes of target and draft
+        cost = FITTED_FREE
     workload = dict(arrival_s=arrival, output_tokens=g.integers(1, 30, n), prompt_tokens=g.integers(1, 60, n),
-                    k=k, cost=fixed_profile(0.01, 0.002, 1e-4) if case["cost"] == "fixed" else FITTED,
+                    k=k, cost=cost,
                     request_id=g.permutation(100 * n)[:n])
     runs = []
     for stepwise in (False, True):
@@ -154,3 +165,6 @@ def check_case(case: dict) -> None:
     if packed is not None and case["mode"] != "none":
         for key in ("k_mean", "sd_off_share"):
             assert fast.engine_stats[key] == slow.engine_stats[key], key
+    if case["mode"] != "none":  # and the engine statistics (KV use, evictions) with them
+        for key, value in slow.engine_stats.items():
+            assert fast.engine_stats[key] == value or np.isnan(value) and np.isnan(fast.engine_stats[key]), key

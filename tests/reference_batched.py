@@ -54,6 +54,7 @@ class ReferenceBatched:
         if self.free_draft:
             self.cap_off = sd_off_capacity(state.cost, config.kv_capacity_tokens, config.block_size)
         self.sd_off, self.epoch = False, 0
+        self.rebuilt = self.rebuilt_tokens = 0
         self.draft_epoch = np.full(n, -1, np.int64)
         self.prefilled = np.zeros(n, np.int64)          # tokens of the current prefill target done
         self.target = state.prompt_tokens.copy()        # prefill target (prompt; prompt + generated after recompute)
@@ -278,6 +279,8 @@ class ReferenceBatched:
         stale = (self.draft_epoch[who] != self.epoch) & (cached > 0)
         self.draft_epoch[who] = self.epoch
         c = cached[stale]
+        self.rebuilt += int(stale.sum())
+        self.rebuilt_tokens += int(c.sum())
         return float(draft_rebuild_s(pack, int(stale.sum()), int(c.sum()), int((c * c).sum())))
 
     def _adaptive_step(self, dec: np.ndarray, live_dec: np.ndarray, ctx: np.ndarray, prefill: tuple,
@@ -371,7 +374,7 @@ class ReferenceBatched:
         evictions per request, and those made for waiting requests (displacements)."""
         cap = self.cfg.kv_capacity_tokens
         busy = max(self.busy_s, 1e-300)
-        return {
+        stats = {
             "batch_size_mean": self.batch_time / busy,
             "batch_size_max": float(self.max_batch_seen),
             "kv_util_mean": self.kv_time / busy / cap if np.isfinite(cap) else float("nan"),
@@ -379,8 +382,14 @@ class ReferenceBatched:
             "busy_s": self.busy_s,
             "evictions_mean": self.evictions / max(self.s.n, 1),
             "displacements_mean": self.displacements / max(self.s.n, 1),
-        } | ({} if self.adaptive is None else {"k_mean": self.k_sum / max(self.k_rows, 1),
-                                               "sd_off_share": self.off_steps / max(self.dec_steps, 1)})
+        }
+        if self.adaptive is not None:
+            stats |= {"k_mean": self.k_sum / max(self.k_rows, 1),
+                      "sd_off_share": self.off_steps / max(self.dec_steps, 1)}
+        if self.free_draft:
+            stats |= {"sd_turned_on": float(self.epoch), "draft_rebuilds_mean": self.rebuilt / max(self.s.n, 1),
+                      "draft_rebuild_tokens_mean": self.rebuilt_tokens / max(self.s.n, 1)}
+        return stats
 
     def _account(self, served: np.ndarray, dt: float, now: float, batch: int) -> None:
         s = self.s

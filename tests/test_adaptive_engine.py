@@ -92,6 +92,8 @@ def test_free_draft_memory_by_hand() -> None:
     assert np.array_equal(s.drafted, [2 * 3, 0, 0])  # A drafts 2 in its three steps with SD on
     assert s.engine_stats["kv_util_max"] == pytest.approx(72 / 48)  # relative to the capacity with SD on
     assert s.engine_stats["evictions_mean"] == 0.0
+    assert s.engine_stats["sd_turned_on"] == 1.0  # at step 4, rebuilding A's draft KV over 19 tokens
+    assert s.engine_stats["draft_rebuilds_mean"] == 1 / 3 and s.engine_stats["draft_rebuild_tokens_mean"] == 19 / 3
     # without freeing the draft's memory C waits for B: steps 2, 3 (A, B decode at K = 0) 10 ms each, B finishes
     # (27.8 ms); step 4: A drafts 2 (12 ms) and C prefills with the draft prefill (3.6 + 1.8 ms), no rebuild
     kept = run_hand(False)

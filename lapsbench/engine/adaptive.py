@@ -29,7 +29,9 @@ from lapsbench.models.kchoice import (
 )
 from lapsbench.models.pricing import CostPack, draft_rebuild_s, mixed_step_time_s, pack_cost
 
-SD_OFF, EPOCH = 0, 1  # Adapt.switch: SD is off this step (free_draft_memory), SD's current on-period
+# Adapt.switch (free_draft_memory): SD is off this step, SD's current on-period (= the times it turned back on),
+# the requests whose draft KV was rebuilt and the tokens the draft prefilled for them
+SD_OFF, EPOCH, REBUILT, REBUILT_TOKENS = 0, 1, 2, 3
 
 
 class Adapt(NamedTuple):
@@ -54,7 +56,7 @@ class Adapt(NamedTuple):
     cap_on: float            # KV capacity with SD on (the configured one: target + draft KV per token)
     cap_off: float           # ... with SD off, the draft's memory returned (sd_off_capacity)
     pack_off: CostPack       # the step pricing with the draft idle: no draft prefill of the prefill chunks
-    switch: np.ndarray       # int64 [SD_OFF, EPOCH]: SD off this step; SD's on-periods so far
+    switch: np.ndarray       # int64 [SD_OFF, EPOCH, REBUILT, REBUILT_TOKENS] (above)
     draft_epoch: np.ndarray  # int64 per request: the on-period its draft KV was built in (-1: none)
 
 
@@ -108,7 +110,7 @@ def new_adapt(ctx, output_tokens: np.ndarray) -> Adapt:
     cap_off = sd_off_capacity(ctx.cost, cap, cfg.block_size) if P.free_draft else cap
     return Adapt(on, P, acc, np.ascontiguousarray(off, np.int64), by_position, *per_request, *per_row,
                  np.zeros(P.k_max + 1), np.zeros(b, np.int64), np.zeros(b), np.zeros((3, max(P.k_max, 1)), np.int64),
-                 cap, cap_off, pack._replace(k=0), np.zeros(2, np.int64), np.full(n, -1, np.int64))
+                 cap, cap_off, pack._replace(k=0), np.zeros(4, np.int64), np.full(n, -1, np.int64))
 
 
 @njit(cache=True, _nrt=False)
@@ -150,7 +152,16 @@ def draft_rebuild(R, M, W, A, pack, nm):
             tok += cached
             sq += cached * cached
         A.draft_epoch[i] = epoch
+    A.switch[REBUILT] += n
+    A.switch[REBUILT_TOKENS] += tok
     return draft_rebuild_s(pack, n, tok, sq)
+
+
+def draft_memory_stats(A: Adapt, n: int) -> dict[str, float]:
+    """free_draft_memory's engine statistics: times SD turned back on, draft KV rebuilds and the tokens the draft
+    prefilled for them, per request."""
+    return {"sd_turned_on": float(A.switch[EPOCH]), "draft_rebuilds_mean": int(A.switch[REBUILT]) / max(n, 1),
+            "draft_rebuild_tokens_mean": int(A.switch[REBUILT_TOKENS]) / max(n, 1)}
 
 
 @njit(cache=True, inline="always")

@@ -33,7 +33,14 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit
 
-from lapsbench.engine.adaptive import choose_and_price, draw_adaptive, new_adapt, record_k, switch_draft_memory
+from lapsbench.engine.adaptive import (
+    choose_and_price,
+    draft_memory_stats,
+    draw_adaptive,
+    new_adapt,
+    record_k,
+    switch_draft_memory,
+)
 from lapsbench.engine.admission import fill, roundup
 from lapsbench.engine.batched_state import (
     CONTINUOUS,
@@ -425,4 +432,6 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, code: int, P, pre
     if A.on:  # adaptive K: mean K over live decoding request-steps, share of decoding steps with SD off
         stats["k_mean"] = int(L["k_sum"]) / max(int(L["k_rows"]), 1)
         stats["sd_off_share"] = int(L["off_steps"]) / max(int(L["dec_steps"]), 1)
+        if A.P.free_draft:
+            stats.update(draft_memory_stats(A, n))
     return stats

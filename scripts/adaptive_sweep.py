@@ -1,9 +1,10 @@
 """Adaptive speculation against fixed K on the Azure conv trace over a load sweep (docs/speculation.md §6).
 
-For each load (`trace.rate_scale`) and each speculation setting — fixed K = 0..6 and the three adaptive kinds
-(K at most 6) — runs the scenario's fcfs scheduler in-process (`lapsbench.run.runner.run_scenario`) over
-`--replications` replications (the acceptance draws differ per replication, the requests do not) and prints
-per (load, setting) the throughput (output tokens / makespan) and mean JCT with 95% t intervals over
+For each load (`trace.rate_scale`) and each speculation setting — fixed K = 0..6 and the adaptive kinds (K at
+most 6; goodput also per request, off-under-load also with free_draft_memory) — runs the scenario's fcfs
+scheduler in-process (`lapsbench.run.runner.run_scenario`) over `--replications` replications (the acceptance
+draws differ per replication, the requests do not) and prints per (load, setting) the throughput (output tokens
+/ makespan) and mean JCT with 95% t intervals over
 replications, and per load the best fixed K against the best adaptive setting.
 
     python scripts/adaptive_sweep.py                         # scenarios/azure-conv-load.toml, 3 replications
@@ -26,7 +27,9 @@ FIXED = [f"k{k}" for k in range(7)]
 ADAPTIVE = {
     "batch-table": '{kind="batch-table",table=[[1,5],[17,4],[33,3],[65,1],[129,0]]}',
     "goodput": '{kind="goodput",k_max=6}',
+    "goodput-per-request": '{kind="goodput",k_max=6,per_request=true}',
     "off-under-load": '{kind="off-under-load",batch=64}',
+    "off-under-load-free": '{kind="off-under-load",batch=64,free_draft_memory=true}',
 }
 
 

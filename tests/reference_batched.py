@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lapsbench.engine.adaptive import sd_off_capacity
 from lapsbench.engine.batched import livelock_message
 from lapsbench.engine.batched_state import LIVELOCK_FACTOR
 from lapsbench.engine.context import BatchConfig
@@ -23,7 +24,7 @@ from lapsbench.models.kchoice import (
     choose_shared_k,
     goodput_per_request_k,
 )
-from lapsbench.models.pricing import mixed_step_time_s, pack_cost
+from lapsbench.models.pricing import draft_rebuild_s, mixed_step_time_s, pack_cost
 from lapsbench.progress import Throttled
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
@@ -46,6 +47,15 @@ class ReferenceBatched:
         self.n_acc = np.zeros(n, np.int64)
         self.n_rej = np.zeros(n, np.int64)
         self.k_rows = self.k_sum = self.dec_steps = self.off_steps = 0
+        # off-under-load with free_draft_memory: the KV capacity admission fills (the configured one otherwise),
+        # SD off this step, SD's on-periods so far, the on-period each request's draft KV was built in
+        self.kv_cap = config.kv_capacity_tokens
+        self.free_draft = self.adaptive is not None and self.adaptive.free_draft
+        if self.free_draft:
+            self.cap_off = sd_off_capacity(state.cost, config.kv_capacity_tokens, config.block_size)
+        self.sd_off, self.epoch = False, 0
+        self.rebuilt = self.rebuilt_tokens = 0
+        self.draft_epoch = np.full(n, -1, np.int64)
         self.prefilled = np.zeros(n, np.int64)          # tokens of the current prefill target done
         self.target = state.prompt_tokens.copy()        # prefill target (prompt; prompt + generated after recompute)
         self.resident = np.zeros(n, bool)
@@ -126,13 +136,19 @@ class ReferenceBatched:
         on the memory they hold."""
         s, k, block = self.s, self.s.k, self.cfg.block_size
         guarded = self.cfg.admission == "guarded" and not whole_prefill
-        free = self.cfg.kv_capacity_tokens - self.used
+        stall = 0.0
+        if self.used > self.kv_cap:  # the capacity shrank (SD back on): evict the lowest ranked until it fits
+            for v in reversed(order.tolist()):
+                if self.used <= self.kv_cap:
+                    break
+                if self.resident[v]:
+                    stall += self.evict(v)
+        free = self.kv_cap - self.used
         victims: list[int] | None = None  # residents, lowest ranked first, built on first need
         position: dict[int, int] = {}
         behind: list[int] | None = None   # once a waiting request is blocked: the residents ranked below it
         chosen: list[int] = []
         chunks: list[int] = []
-        stall = 0.0
         tokens = 0
         pos = -1
         while len(chosen) < max_batch:
@@ -244,7 +260,31 @@ class ReferenceBatched:
         self.footprint[idx] = 0
         self.resident[idx] = False
 
-    def _adaptive_step(self, dec: np.ndarray, live_dec: np.ndarray, ctx: np.ndarray, prefill: tuple) -> tuple:
+    def _switch_draft_memory(self, active: np.ndarray) -> None:
+        """free_draft_memory, before admission: SD off while at least off_batch present requests are resident
+        with their prefill complete; the capacity follows; turning on starts a new on-period."""
+        n_dec = int((self.resident[active] & (self.prefilled[active] >= self.target[active])).sum())
+        off = n_dec >= self.adaptive.off_batch
+        if not off and self.sd_off:
+            self.epoch += 1
+        self.sd_off = off
+        self.kv_cap = self.cap_off if off else self.cfg.kv_capacity_tokens
+
+    def _draft_rebuild_s(self, pack, live_dec: np.ndarray, pf: np.ndarray, before: np.ndarray) -> float:
+        """SD on (free_draft_memory): the draft prefill over the cached tokens of the members whose draft KV is
+        not from this on-period; every member's draft KV is current afterwards."""
+        s = self.s
+        who = np.concatenate((live_dec, pf))
+        cached = np.concatenate((s.prompt_tokens[live_dec] + s.generated[live_dec], before)).astype(np.int64)
+        stale = (self.draft_epoch[who] != self.epoch) & (cached > 0)
+        self.draft_epoch[who] = self.epoch
+        c = cached[stale]
+        self.rebuilt += int(stale.sum())
+        self.rebuilt_tokens += int(c.sum())
+        return float(draft_rebuild_s(pack, int(stale.sum()), int(c.sum()), int((c * c).sum())))
+
+    def _adaptive_step(self, dec: np.ndarray, live_dec: np.ndarray, ctx: np.ndarray, prefill: tuple,
+                       pf: np.ndarray, before: np.ndarray) -> tuple:
         """`[speculation] adaptive`: a K for each of the step's decoding rows (padding included) — one shared K
         (kchoice.choose_shared_k, goodput priced at every K) or, for per-request goodput, kchoice
         .goodput_per_request_k —, the mixed-K price, and the tokens min(draw, K) + 1 from the draws at the
@@ -254,23 +294,29 @@ class ReferenceBatched:
         n = dec.size
         ctx_rows = np.append(ctx, 0).astype(np.int64)
 
-        def price_of(ks: np.ndarray) -> float:
+        def price_of(ks: np.ndarray, pack=pack) -> float:
             return float(mixed_step_time_s(pack, np.append(ks, 0).astype(np.int64), ctx_rows, n, *prefill))
 
         live = ~s.done[dec]
         alpha = np.array([alpha_estimate(int(self.n_acc[i]), int(self.n_rej[i]), P.prior_alpha, P.prior_strength)
                           if ok else 0.0 for i, ok in zip(dec, live, strict=True)])
         remaining = np.where(live, s.output_tokens[dec] - s.generated[dec], 0).astype(np.int64)
-        if P.code == GOODPUT and P.per_request:
+        if P.free_draft:  # K = 0 while off (no draft prefill either), k while on (first rebuilding draft KV)
+            ks = np.full(n, 0 if self.sd_off else P.k, np.int64)
+            price = (price_of(ks, pack._replace(k=0)) if self.sd_off
+                     else price_of(ks) + self._draft_rebuild_s(pack, live_dec, pf, before))
+        elif P.code == GOODPUT and P.per_request:
             ks = np.zeros(n + 1, np.int64)
             goodput_per_request_k(pack, np.append(alpha, 0.0), np.append(remaining, 0), ctx_rows, n, P.k_max,
                                   prefill, np.zeros(n + 1, np.int64), np.zeros(n + 1),
                                   np.zeros((3, P.k_max), np.int64), ks)
             ks = ks[:n]
+            price = price_of(ks)
         else:
             step_s = (np.array([price_of(np.full(n, kk)) for kk in range(P.k_max + 1)]) if P.code == GOODPUT
                       else np.zeros(P.k_max + 1))
             ks = np.full(n, int(choose_shared_k(P, n, alpha, remaining, step_s)), np.int64)
+            price = price_of(ks)
         k_live = ks[live]
         draw = (self.acc.accepted(live_dec, s.decode_steps[live_dec], s.generated[live_dec]) if live_dec.size
                 else np.zeros(0, np.int64))
@@ -281,7 +327,7 @@ class ReferenceBatched:
             self.k_sum += int(k_live.sum())
             self.dec_steps += 1
             self.off_steps += not k_live.any()
-        return k_live, price_of(ks), np.minimum(draw, k_live) + 1
+        return k_live, price, np.minimum(draw, k_live) + 1
 
     def one_step(self, members: np.ndarray, chunks: np.ndarray, stall: float, now: float) -> tuple[float, np.ndarray]:
         """Run one engine step of `members`; returns the new time and the requests that finished."""
@@ -293,7 +339,7 @@ class ReferenceBatched:
         before = self.prefilled[pf]
         if self.adaptive is not None:
             prefill = (pf.size, int(c.sum()), int((c * c).sum()), int((c * before).sum()), int(before.sum()))
-            k, dt, emitted = self._adaptive_step(dec, live_dec, ctx, prefill)
+            k, dt, emitted = self._adaptive_step(dec, live_dec, ctx, prefill, pf, before)
         else:
             emitted = (self.acc.emitted(live_dec, s.decode_steps[live_dec], s.generated[live_dec]) if live_dec.size
                        else np.zeros(0, np.int64))
@@ -328,7 +374,7 @@ class ReferenceBatched:
         evictions per request, and those made for waiting requests (displacements)."""
         cap = self.cfg.kv_capacity_tokens
         busy = max(self.busy_s, 1e-300)
-        return {
+        stats = {
             "batch_size_mean": self.batch_time / busy,
             "batch_size_max": float(self.max_batch_seen),
             "kv_util_mean": self.kv_time / busy / cap if np.isfinite(cap) else float("nan"),
@@ -336,8 +382,14 @@ class ReferenceBatched:
             "busy_s": self.busy_s,
             "evictions_mean": self.evictions / max(self.s.n, 1),
             "displacements_mean": self.displacements / max(self.s.n, 1),
-        } | ({} if self.adaptive is None else {"k_mean": self.k_sum / max(self.k_rows, 1),
-                                               "sd_off_share": self.off_steps / max(self.dec_steps, 1)})
+        }
+        if self.adaptive is not None:
+            stats |= {"k_mean": self.k_sum / max(self.k_rows, 1),
+                      "sd_off_share": self.off_steps / max(self.dec_steps, 1)}
+        if self.free_draft:
+            stats |= {"sd_turned_on": float(self.epoch), "draft_rebuilds_mean": self.rebuilt / max(self.s.n, 1),
+                      "draft_rebuild_tokens_mean": self.rebuilt_tokens / max(self.s.n, 1)}
+        return stats
 
     def _account(self, served: np.ndarray, dt: float, now: float, batch: int) -> None:
         s = self.s
@@ -377,6 +429,8 @@ class ReferenceBatched:
             if active.size == 0 and not self.static_batch.size:
                 now = float(arrival[admitted])
                 continue
+            if self.free_draft:
+                self._switch_draft_memory(active)
             members, chunks, stall = self.select(active, now)
             assert members.size, "no request fits an empty engine: capacity checks are wrong"
             self._count_deselected(members)
@@ -416,6 +470,6 @@ class ReferenceBatched:
         self.prev_members = members
 
     def assert_invariants(self) -> None:
-        assert self.used <= self.cfg.kv_capacity_tokens, (self.used, self.cfg.kv_capacity_tokens)
+        assert self.used <= self.kv_cap, (self.used, self.kv_cap)
         assert self.used == int(self.footprint[self.resident].sum())
         assert not (self.resident & self.swapped).any()

@@ -105,6 +105,18 @@ def test_unsupported_engines_are_refused(engine, key) -> None:
         replay_scenario(scenario(engine, ["fcfs"]), SimulatedExecutor())
 
 
+def test_free_draft_memory_is_refused() -> None:
+    import dataclasses
+
+    from lapsbench.config.speculation import OffUnderLoadSpec
+
+    s = scenario({"batching": "continuous", "preemption": "recompute"}, ["fcfs"])
+    s = dataclasses.replace(s, speculation=dataclasses.replace(
+        s.speculation, adaptive=OffUnderLoadSpec(batch=8, free_draft_memory=True)))
+    with pytest.raises(LapsbenchError, match="speculation.adaptive.free_draft_memory"):
+        replay_scenario(s, SimulatedExecutor())
+
+
 def test_cli_replay_writes_results_and_steplog(tmp_path) -> None:
     toml = tmp_path / "s.toml"
     toml.write_text(f"""name = "t"

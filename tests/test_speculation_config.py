@@ -1,6 +1,6 @@
 """`[speculation] adaptive` (issue 18, part 1): every kind parses into its frozen spec, every bad input is one
-line naming the key and value (exit 2 through the CLI), what the engines do not run yet is refused before any
-work, and the rest runs and records K."""
+line naming the key and value (exit 2 through the CLI), a profile that cannot say how much KV memory
+free_draft_memory returns is refused before any work, and the rest runs and records K."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from lapsbench.config.scenario import load_scenario, scenario_to_toml
 from lapsbench.config.speculation import BatchTableSpec, GoodputSpec, OffUnderLoadSpec, largest_k
 from lapsbench.errors import LapsbenchError
 
-from cli_helpers import SCENARIO, assert_no_partial_output, assert_one_line_error, cli, write_scenario, write_trace
+from cli_helpers import (
+    FIXED,
+    SCENARIO,
+    assert_no_partial_output,
+    assert_one_line_error,
+    cli,
+    write_scenario,
+    write_trace,
+)
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -103,20 +112,56 @@ def test_cli_bad_adaptive_exit_2(d: Path) -> None:
     assert_one_line_error(code, err, "--set speculation.adaptive.kind: 'nope'")
 
 
-REFUSED = [
-    ('{ kind = "off-under-load", batch = 4, free_draft_memory = true }', "", "speculation.adaptive.free_draft_memory"),
-]
+FREE = '{ kind = "off-under-load", batch = 4, free_draft_memory = true }'
 
 
-@pytest.mark.parametrize("adaptive, extra, needle", REFUSED)
-def test_run_refuses_what_the_engines_do_not_run(d: Path, adaptive: str, extra: str, needle: str) -> None:
-    """What the engines do not run yet is refused by the run with one line, before anything is written."""
+def profile_copy(d: Path, name: str, *edits: tuple[str, str]) -> str:
+    """The shipped h100-llama2-7b profile with `edits` applied, as a path for model.profile."""
+    text = (REPO / "profiles" / "h100-llama2-7b.toml").read_text()
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new)
+    (d / f"{name}.toml").write_text(text)
+    return f'"{d / name}.toml"'
+
+
+@pytest.mark.parametrize("profile, needle", [
+    (None, "which the fixed profile has not"),
+    ("unknown-draft", "draft 'my-draft' of unknown shape"),
+    ("no-kv-bytes", "has no kv_bytes_per_token"),
+])
+def test_free_draft_memory_refused_where_the_profile_cannot_say(d: Path, profile: str | None, needle: str) -> None:
+    """free_draft_memory needs the KV bytes per token of target and draft: a profile that cannot say how much
+    memory SD off returns is refused with one line, exit 2, before anything is written."""
     out = d / "refused"
-    path = scenario(d, adaptive, name="valid")
+    path = scenario(d, FREE, name="free")
+    if profile == "unknown-draft":
+        edits = [('draft = "llama-68m"', 'draft = "my-draft"')] + [
+            (f'[models."llama-68m".{part}]', f'[models."my-draft".{part}]')
+            for part in ("decode", "prefill", "prefill.compute")]
+        path.write_text(path.read_text().replace(FIXED, profile_copy(d, profile, *edits)))
+    elif profile == "no-kv-bytes":
+        edited = profile_copy(d, profile, ("kv_bytes_per_token = 524288\n", ""))
+        path.write_text(path.read_text().replace(FIXED, edited))
     code, _, err = cli("run", path, "--quiet", "--out", out)
-    assert_one_line_error(code, err, needle)
+    assert_one_line_error(code, err, "speculation.adaptive.free_draft_memory: true needs the KV bytes per token")
+    assert needle in err
     assert not out.exists()
     assert_no_partial_output(d)
+
+
+def test_free_draft_memory_runs_on_a_measured_profile(d: Path) -> None:
+    """On a shipped profile (its draft llama-68m's shape known) free_draft_memory runs and records K."""
+    import polars as pl
+
+    out = d / "free-ran"
+    path = scenario(d, FREE, name="free_ok")
+    path.write_text(path.read_text().replace(FIXED, '"h100-llama2-7b"').replace("[[scheduler]]",
+                                                                                 BATCHED + "[[scheduler]]"))
+    code, _, err = cli("run", path, "--quiet", "--out", out)
+    assert code == 0, err
+    stats = pl.read_parquet(out / "engine_stats.parquet")
+    assert 0 <= stats["sd_off_share"][0] <= 1 and 0 <= stats["k_mean"][0] <= 6
 
 
 BATCHED = "\n[engine]\nbatching = \"continuous\"\nmax_batch = 4\n"

@@ -132,10 +132,7 @@ def batch1_k(spec: Adaptive | None, k: int) -> int | None:
     return None
 
 
-def refuse_unwired(spec: Adaptive | None) -> None:
-    """The adaptive settings the engines do not run yet are refused with one line (a result never silently
-    ignores them)."""
-    if isinstance(spec, OffUnderLoadSpec) and spec.free_draft_memory:
-        raise LapsbenchError("speculation.adaptive.free_draft_memory: true is not yet run by the engines (the KV "
-                             "capacity would change while SD is off, and the draft's KV be rebuilt when it turns "
-                             "on: docs/speculation.md §5); expected free_draft_memory = false")
+def frees_draft_memory(spec: Adaptive | None) -> bool:
+    """off-under-load with `free_draft_memory = true`: while SD is off the draft's KV memory returns to the
+    target's capacity (lapsbench/engine/adaptive.py; the profile must say how many bytes that is)."""
+    return isinstance(spec, OffUnderLoadSpec) and spec.free_draft_memory

@@ -156,13 +156,30 @@ def _join(R, out, M, W, C, L, i, waiting, need, extra, chunk, nch):
 
 
 @njit(cache=True, _nrt=False)
+def shrink_to_capacity(R, out, M, W, C, L, order, no):
+    """Evict the lowest-ranked residents of `order[:no]` until the KV memory used fits the capacity again (it
+    shrank: speculation turned back on and took the draft's memory back, lapsbench/engine/adaptive.py); returns
+    the stall of the swap-outs. Never entered while used <= capacity."""
+    stall = 0.0
+    vn = _victims(M, W, order, no)
+    for q in range(vn):
+        if L.used <= L.kv_cap:
+            break
+        stall += evict(R, out, M, C, L, W.victims[q])
+    return stall
+
+
+@njit(cache=True, _nrt=False)
 def fill(R, out, M, W, C, L, pack, order, no, max_batch, budget, whole):
     """The admission walk over `order[:no]`: members and chunks into W.members, W.chunks; returns (members,
-    stall)."""
+    stall). If the capacity (L.kv_cap) shrank below the memory used, `shrink_to_capacity` evicts first."""
     guarded = C.guarded and not whole
-    free = C.kv_cap - float(L.used)
+    stall = 0.0
+    if L.used > L.kv_cap:
+        stall = shrink_to_capacity(R, out, M, W, C, L, order, no)
+    free = L.kv_cap - float(L.used)
     ncand = min(no, max_batch + 1)  # until a waiting request is blocked, each one examined joins or ends the walk
-    nch, stall, tokens = 0, 0.0, 0
+    nch, tokens = 0, 0
     built, vh, vn = False, 0, 0
     pos, blocked, bq = -1, False, -1  # once blocked: the walk goes on over the residents below it (victims[bq])
     while nch < max_batch:

@@ -33,7 +33,14 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit
 
-from lapsbench.engine.adaptive import choose_and_price, draw_adaptive, new_adapt, record_k
+from lapsbench.engine.adaptive import (
+    choose_and_price,
+    draft_memory_stats,
+    draw_adaptive,
+    new_adapt,
+    record_k,
+    switch_draft_memory,
+)
 from lapsbench.engine.admission import fill, roundup
 from lapsbench.engine.batched_state import (
     CONTINUOUS,
@@ -269,6 +276,8 @@ def plan_step(P, R, out, M, W, T, A, pack, C, state):
     _admit(C.code, P, R, W, L)
     if L.na == 0 and L.static_n == 0:
         return IDLE
+    if A.P.free_draft:  # SD on or off before admission: it sets the KV capacity (lapsbench/engine/adaptive.py)
+        switch_draft_memory(M, W, A, L)
     stall = _select(P, R, out, M, W, C, L, pack)
     if L.nm == 0:
         return ERR_EMPTY
@@ -391,8 +400,9 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, code: int, P, pre
     T = (np.require(ctx.table.offset, np.int64, ["C_CONTIGUOUS", "WRITEABLE"]),
          np.require(ctx.table.cum_tokens, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
     state = np.zeros(1, LOOP)
+    state["kv_cap"] = C.kv_cap
     shared = np.zeros(2, np.int64)
-    A = new_adapt(ctx.adaptive, ctx.acceptance, R.output_tokens, cfg.max_batch)
+    A = new_adapt(ctx, R.output_tokens)
     args = (P, R, out, new_memory(R.prompt_tokens), new_work(n, cfg.max_batch), T, A, pack_cost(ctx.cost, ctx.k),
             C, state, shared)
     if executor is None:
@@ -422,4 +432,6 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, code: int, P, pre
     if A.on:  # adaptive K: mean K over live decoding request-steps, share of decoding steps with SD off
         stats["k_mean"] = int(L["k_sum"]) / max(int(L["k_rows"]), 1)
         stats["sd_off_share"] = int(L["off_steps"]) / max(int(L["dec_steps"]), 1)
+        if A.P.free_draft:
+            stats.update(draft_memory_stats(A, n))
     return stats

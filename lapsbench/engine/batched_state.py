@@ -73,7 +73,7 @@ class Work(NamedTuple):
 
 LOOP = np.dtype([
     ("now", np.float64), ("price", np.float64), ("busy", np.float64), ("batch_time", np.float64),
-    ("kv_time", np.float64),
+    ("kv_time", np.float64), ("kv_cap", np.float64),
     ("admitted", np.int64), ("finished", np.int64), ("na", np.int64), ("no", np.int64), ("nm", np.int64),
     ("n_served", np.int64), ("used", np.int64), ("max_used", np.int64), ("max_batch_seen", np.int64),
     ("static_n", np.int64), ("prev_n", np.int64), ("nadd", np.int64), ("steps", np.int64), ("stuck", np.int64),
@@ -81,7 +81,9 @@ LOOP = np.dtype([
     ("k_sum", np.int64), ("k_rows", np.int64), ("dec_steps", np.int64), ("off_steps", np.int64),
     ("dropped", np.bool_), ("everyone", np.bool_), ("emitted_any", np.bool_),
 ])
-"""The loop's scalars: the clock and this step's price (dt + stall), busy-time sums (statistics), counts of
+"""The loop's scalars: the clock and this step's price (dt + stall), busy-time sums (statistics), the KV
+capacity in tokens that admission fills (Config.kv_cap; under off-under-load with free_draft_memory it grows
+while SD is off: lapsbench/engine/adaptive.py), counts of
 requests admitted / finished / present (`na`) / ranked (`no`) / in the step (`nm`) / served by it, KV slots
 used, the static batch's and previous step's sizes, requests to re-key, engine steps, the livelock guard's
 prefill tokens without progress (`stuck`) against the present requests' whole work, evictions and

@@ -139,7 +139,7 @@ def finish(R, out, M, W, C, L, now, rekey):
         if L.stuck > LIVELOCK_FACTOR * L.work:
             return ERR_LIVELOCK
     L.max_used = max(L.max_used, L.used)
-    if C.check and not invariants_hold(M, C.kv_cap, L.used):
+    if C.check and not invariants_hold(M, L.kv_cap, L.used):
         return ERR_INVARIANT
     if C.mode == STATIC:
         over = True

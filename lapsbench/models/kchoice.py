@@ -42,13 +42,14 @@ class AdaptivePack(NamedTuple):
     per_request: bool        # goodput: a K per request
     prior_alpha: float       # goodput: acceptance prior mean
     prior_strength: float    # goodput: prior weight in pseudo-trials
+    free_draft: bool         # off-under-load: while off, the draft's KV memory returns to the target's capacity
 
 
 def pack_adaptive(spec: Adaptive | None, k: int) -> AdaptivePack:
     """The packed form of `speculation.adaptive` (None: the fixed k every step)."""
     batches = np.array([1], np.int64)
     ks = np.array([k], np.int64)
-    code, k_max, off, per_request, prior_a, prior_s = FIXED, k, 0, False, 0.7, 4.0
+    code, k_max, off, per_request, prior_a, prior_s, free_draft = FIXED, k, 0, False, 0.7, 4.0, False
     if isinstance(spec, BatchTableSpec):
         code = BATCH_TABLE
         batches = np.array([b for b, _ in spec.table], np.int64)
@@ -58,8 +59,8 @@ def pack_adaptive(spec: Adaptive | None, k: int) -> AdaptivePack:
         code, k_max, per_request = GOODPUT, spec.k_max, spec.per_request
         prior_a, prior_s = spec.prior_alpha, spec.prior_strength
     elif isinstance(spec, OffUnderLoadSpec):
-        code, off = OFF_UNDER_LOAD, spec.batch
-    return AdaptivePack(code, k, k_max, batches, ks, off, per_request, prior_a, prior_s)
+        code, off, free_draft = OFF_UNDER_LOAD, spec.batch, spec.free_draft_memory
+    return AdaptivePack(code, k, k_max, batches, ks, off, per_request, prior_a, prior_s, free_draft)
 
 
 @njit(cache=True)

@@ -10,6 +10,9 @@ the @njit functions here can be called from other compiled code:
         a step whose decoding request j drafts ks[j] tokens (K = 0: plain decoding, no draft)
     step_times_s(cost, k, ...)  (Python)
         step_time_s over arrays of steps, for callers outside compiled code
+    draft_rebuild_s(pack, n, tokens, tokens_sq)
+        the draft prefill that rebuilds the draft KV of `n` requests over their whole cached context (added to
+        a step's price when speculation turns back on after the draft's memory was freed)
     draft_forward_s, assemble_step_s
         the parts both step prices are made of (one draft forward; verify + drafts + [step] terms + prefill),
         for choosers that price candidate mixed-K steps (lapsbench.models.kchoice.goodput_per_request_k);
@@ -39,7 +42,7 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import FEATURES, CostModel, PhaseModel
 
 __all__ = ["CostPack", "pack_cost", "step_time_s", "mixed_step_time_s", "step_times_s", "draft_forward_s",
-           "assemble_step_s", "draft_forward_call", "assemble_call", "verify_span"]
+           "assemble_step_s", "draft_forward_call", "assemble_call", "verify_span", "draft_rebuild_s"]
 
 # Phase-model slots; term rows: 2 * slot (memory / linear part), 2 * slot + 1 (compute part), 8 + slot (short)
 TARGET, TARGET_PREFILL, DRAFT, DRAFT_PREFILL = range(4)
@@ -338,6 +341,17 @@ def mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, prefill_tokens, p
             drafts += draft_forward_call(pack, f, n_f, c_f, m_f, span)
     return assemble_call(pack, n_decode, tokens, k_max, c_sum, span, drafts, n_prefill, prefill_tokens,
                           prefill_tokens_sq, prefill_tokens_context, prefill_context)
+
+
+@njit(cache=True, _nrt=False)
+def draft_rebuild_s(pack, n, tokens, tokens_sq):
+    """One draft-prefill forward rebuilding the draft KV of `n` requests over their whole cached context (Σ
+    `tokens`, Σ tokens² `tokens_sq`), priced as prefill chunks with nothing cached before them (the draft cannot
+    reuse the target's KV); 0 when n = 0, on the fixed profile or without a draft prefill model (whose prefill
+    chunks are not charged a draft prefill either)."""
+    if n == 0 or pack.fixed or pack.present[DRAFT_PREFILL] == 0:
+        return 0.0
+    return _phase_s(pack, DRAFT_PREFILL, float(n), float(tokens), 0.0, float(tokens_sq), 0.0, 0.0, 0.0)
 
 
 @njit(cache=True)

@@ -16,7 +16,14 @@ from lapsbench.run.runner import Progress, RunResult, run_scenario
 
 
 def check_replayable(s: Scenario) -> None:
-    """What the replay engine implements: batch 1 and continuous batching with recompute preemption."""
+    """What the replay engine implements: batch 1 and continuous batching with recompute preemption, the draft's
+    KV pool kept throughout."""
+    from lapsbench.config.speculation import frees_draft_memory
+
+    if frees_draft_memory(s.speculation.adaptive):
+        raise LapsbenchError("speculation.adaptive.free_draft_memory: true — replay keeps the draft's KV pool "
+                             "(it neither lends it to the target nor rebuilds the draft's KV); expected "
+                             "free_draft_memory = false")
     if s.engine.batching not in ("none", "continuous"):
         raise LapsbenchError(f"engine.batching: {s.engine.batching!r} — replay runs 'none' (batch 1) or "
                              "'continuous'")

@@ -226,16 +226,21 @@ def with_absolute_paths(s: Scenario) -> Scenario:
 
 
 def build_cost(s: Scenario) -> CostModel:
-    from lapsbench.config.speculation import refuse_unwired
+    """The scenario's cost model; refuses (one line) a profile that cannot price what the scenario asks."""
+    from lapsbench.config.speculation import frees_draft_memory
 
-    refuse_unwired(s.speculation.adaptive)  # the adaptive settings the engines do not run yet
     profile = s.model.profile
     if isinstance(profile, FixedProfileSpec):
-        return fixed_profile(profile.step_s, profile.draft_step_s, profile.prefill_s_per_token)
-    path = profile_path(s)
-    cost = load_profile_file(path, draft=s.model.draft or None)
-    if s.speculation.k > 0 and cost.draft is None:
-        raise LapsbenchError(f"model.profile: {path} has no draft model, but speculation.k = {s.speculation.k}")
+        cost = fixed_profile(profile.step_s, profile.draft_step_s, profile.prefill_s_per_token)
+    else:
+        path = profile_path(s)
+        cost = load_profile_file(path, draft=s.model.draft or None)
+        if s.speculation.k > 0 and cost.draft is None:
+            raise LapsbenchError(f"model.profile: {path} has no draft model, but speculation.k = {s.speculation.k}")
+    if frees_draft_memory(s.speculation.adaptive):
+        from lapsbench.engine.adaptive import draft_kv_bytes
+
+        draft_kv_bytes(cost)  # the memory SD off returns must be known
     return cost
 
 

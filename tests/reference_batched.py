@@ -15,7 +15,6 @@ from lapsbench.engine.batched_state import LIVELOCK_FACTOR
 from lapsbench.engine.context import BatchConfig
 from lapsbench.engine.state import EngineState
 from lapsbench.errors import LapsbenchError
-from lapsbench.models.cost import sd_step_s
 from lapsbench.models.kchoice import (
     FIXED,
     GOODPUT,
@@ -24,7 +23,7 @@ from lapsbench.models.kchoice import (
     choose_shared_k,
     goodput_per_request_k,
 )
-from lapsbench.models.pricing import draft_rebuild_s, mixed_step_time_s, pack_cost
+from lapsbench.models.pricing import draft_rebuild_s, mixed_step_time_s, pack_cost, step_times_s
 from lapsbench.progress import Throttled
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
@@ -67,6 +66,7 @@ class ReferenceBatched:
         self.used = 0
         self.static_batch = np.empty(0, np.int64)       # static/dynamic: the batch being run
         self.prev_members = np.empty(0, np.int64)       # the previous step's batch
+        self.pack = pack_cost(state.cost, state.k)  # the compiled pricing's form of the profile, packed once
         self.kv_bytes = state.cost.kv_bytes_per_token
         self.link_bytes_s = state.cost.host_link_gb_s * 1e9
         self.max_used = 0
@@ -233,8 +233,8 @@ class ReferenceBatched:
         s = self.s
         done_prefill = self.prefilled[v] >= self.target[v]
         lost = int(s.prompt_tokens[v] + s.generated[v]) if done_prefill else int(self.prefilled[v])
-        return float(sd_step_s(s.cost, s.k, np.array([0]), np.array([0]), np.array([1]), np.array([lost]),
-                               np.array([lost * lost]), np.array([0]), np.array([0]), np.array([0]))[0])
+        return float(step_times_s(self.pack, s.k, np.array([0]), np.array([0]), np.array([1]), np.array([lost]),
+                                  np.array([lost * lost]), np.array([0]), np.array([0]), np.array([0]))[0])
 
     def _displaceable(self, i: int, pos: int, victims: list[int], position: dict[int, int],
                       short: int) -> list[int] | None:
@@ -290,7 +290,7 @@ class ReferenceBatched:
         .goodput_per_request_k —, the mixed-K price, and the tokens min(draw, K) + 1 from the draws at the
         maximum k; returns (K per live decoding row, price, emitted before the output cap)."""
         s, P = self.s, self.adaptive
-        pack = pack_cost(s.cost, s.k)
+        pack = self.pack
         n = dec.size
         ctx_rows = np.append(ctx, 0).astype(np.int64)
 
@@ -343,10 +343,10 @@ class ReferenceBatched:
         else:
             emitted = (self.acc.emitted(live_dec, s.decode_steps[live_dec], s.generated[live_dec]) if live_dec.size
                        else np.zeros(0, np.int64))
-            dt = float(sd_step_s(s.cost, k, np.array([dec.size]), np.array([ctx.sum()]),
-                                 np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
-                                 np.array([(c * before).sum()]), np.array([before.sum()]),
-                                 np.array([ctx.max(initial=0)]))[0])
+            dt = float(step_times_s(self.pack, k, np.array([dec.size]), np.array([ctx.sum()]),
+                                    np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
+                                    np.array([(c * before).sum()]), np.array([before.sum()]),
+                                    np.array([ctx.max(initial=0)]))[0])
         emitted = np.minimum(emitted, s.output_tokens[live_dec] - s.generated[live_dec])
         now, took = now + (dt + stall), dt + stall
         self._record(took, members.size)
@@ -465,7 +465,9 @@ class ReferenceBatched:
         """A request in the previous step but not this one, unfinished and still resident, was preempted
         by the policy (no memory cost; evictions are counted where they happen)."""
         s, prev = self.s, self.prev_members
-        dropped = prev[~np.isin(prev, members) & ~s.done[prev] & self.resident[prev]]
+        in_step = np.zeros(s.n, bool)
+        in_step[members] = True
+        dropped = prev[~in_step[prev] & ~s.done[prev] & self.resident[prev]]
         s.preemptions[dropped] += 1
         self.prev_members = members
 

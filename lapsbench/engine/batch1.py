@@ -105,7 +105,7 @@ def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, pr
     # np.int64, not literals: numba would first type the calls below with literal 0 arguments and compile
     # every scheduler's key and _refresh once more for them
     now = admitted = na = finished = np.int64(0)
-    last = np.int64(-1)
+    last, one = np.int64(-1), np.int64(1)
     ranked = False  # prerank already called for the coming choice
     while finished < n and shared[STOP] == 0:
         while admitted < n and arrival_ns[admitted] <= now:
@@ -132,7 +132,7 @@ def _run(code, P, R, out, arrival_ns, offset, cum_tokens, cum_ns, k, k_steps, pr
             dirty = False
             if observes:
                 served[0] = chosen
-                dirty = dispatch.observe(code, P, R, served, 1, now / NS)
+                dirty = dispatch.observe(code, P, R, served, one, now / NS)
             if R.generated[chosen] >= R.output_tokens[chosen]:
                 R.done[chosen] = True
                 out.finish_s[chosen] = now / NS

@@ -42,7 +42,7 @@ def choose_single(code, P, R, out, arrival_ns, now_ns, last, preemptive, active)
     (keys, index) — unless a non-preemptive policy keeps `last`; a switch away from an unfinished `last`
     counts a preemption. `active`: scratch of n entries."""
     admitted = np.searchsorted(arrival_ns, now_ns, side="right")
-    na = 0
+    na = np.int64(0)  # not a literal 0 (nor 1 below): prerank / observe would be compiled once more for it
     for i in range(admitted):
         if not R.done[i]:
             active[na] = i
@@ -84,7 +84,7 @@ def serve_single(code, P, R, out, i, tokens, took_ns, now_ns, k, attained_ns, se
         out.first_token_s[i] = now_s
     if dispatch.observes(code):
         served[0] = i
-        dispatch.observe(code, P, R, served, 1, now_s)
+        dispatch.observe(code, P, R, served, np.int64(1), now_s)
     if R.generated[i] >= R.output_tokens[i]:
         R.done[i] = True
         out.finish_s[i] = now_s

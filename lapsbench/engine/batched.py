@@ -23,7 +23,8 @@ The plan of one step (`plan_step`, then `end_step`):
   6. finish: completed requests leave (a static batch's together), the livelock guard, re-keying.
 
 A run is one call of `run_loop` (the GIL released; progress through `shared[FINISHED]`, Ctrl-C through
-`shared[STOP]`). A replay (`executor`) runs the same two phases from Python, one step at a time.
+`shared[STOP]`). A replay (`executor`) calls the same compiled loop one half-step at a time (shared[MODE]: PLAN,
+then END), the executor running each step in between.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ from lapsbench.progress import run_polled
 from lapsbench.schedulers import dispatch
 from lapsbench.schedulers.api import RequestView
 
-FINISHED, STOP = 0, 1
+FINISHED, STOP, MODE = 0, 1, 2  # the slots of run_loop's `shared` array
+# shared[MODE]: RUN every step until done (a simulation); PLAN or END one half of one step, for a replay, whose
+# executor runs the step in between: the replay and the simulation run the same compiled loop
+RUN, PLAN, END = 0, 1, 2
 
 
 # ---------------------------------------------------------------------------------------------- ordering
@@ -308,20 +312,27 @@ def end_step(P, R, out, M, W, A, C, state, now, took):
 # around tuple accesses and helper calls, many times per step (benchmarks/README.md).
 @njit(cache=True, _nrt=False, nogil=True)
 def run_loop(P, R, out, M, W, T, A, pack, C, state, shared):
-    """Serve until every request has finished (returns OK), or until shared[STOP] is set (STOPPED); < 0 = error."""
+    """RUN: serve until every request has finished (returns OK), or until shared[STOP] is set (STOPPED); < 0 =
+    error. PLAN: plan the next step and return plan_step's status. END: end the planned step at L.now, L.price
+    seconds after it began (both set by the replay), and return end_step's status."""
     L = state[0]
     n = R.arrival_s.size
+    mode = shared[MODE]
     while L.finished < n:
-        if shared[STOP] != 0:
-            return STOPPED
-        status = plan_step(P, R, out, M, W, T, A, pack, C, state)
-        if status == IDLE:
-            L.now = R.arrival_s[L.admitted]
-            continue
-        if status != OK:
-            return status
-        status = end_step(P, R, out, M, W, A, C, state, L.now + L.price, L.price)
-        if status != OK:
+        if mode != END:
+            if shared[STOP] != 0:
+                return STOPPED
+            status = plan_step(P, R, out, M, W, T, A, pack, C, state)
+            if mode == PLAN:
+                return status
+            if status == IDLE:
+                L.now = R.arrival_s[L.admitted]
+                continue
+            if status != OK:
+                return status
+            L.now = L.now + L.price  # the step ends
+        status = end_step(P, R, out, M, W, A, C, state, L.now, L.price)
+        if mode == END or status != OK:
             return status
         shared[FINISHED] = L.finished
     return OK
@@ -349,12 +360,14 @@ def check_capacity(R: RequestView, k: int, cfg, request_id: np.ndarray | None = 
 
 
 def _replay(args: tuple, executor: StepExecutor, progress: Callable[[int], None] | None) -> int:
-    """The loop of run_loop from Python, each step run by `executor`, whose clock gives the time."""
-    P, R, out, M, W, T, A, pack, C, state, _ = args
+    """run_loop one half-step at a time from Python (PLAN, then END), each step run by `executor` in between,
+    whose clock gives the time."""
+    P, R, out, M, W, T, A, pack, C, state, shared = args
     L = state[0]
     n = R.arrival_s.size
     while L["finished"] < n:
-        status = plan_step(P, R, out, M, W, T, A, pack, C, state)
+        shared[MODE] = PLAN
+        status = run_loop(*args)
         if status == IDLE:
             L["now"] = executor.wait_until(float(R.arrival_s[L["admitted"]]))
             continue
@@ -368,8 +381,9 @@ def _replay(args: tuple, executor: StepExecutor, progress: Callable[[int], None]
         k = int(A.ks[:nm].max(initial=0)) if A.on else C.k
         step = BatchStep(k, dec, R.prompt_tokens[dec] + R.generated[dec], emitted[(chunks == 0) & (emitted >= 0)],
                          pf, c, before, before + c >= M.target[pf], M.resident)
-        now, took = executor.step(step, float(L["now"]), float(L["price"]))
-        status = end_step(P, R, out, M, W, A, C, state, now, took)
+        L["now"], L["price"] = executor.step(step, float(L["now"]), float(L["price"]))
+        shared[MODE] = END
+        status = run_loop(*args)
         if status != OK:
             return status
         if progress is not None:
@@ -401,7 +415,7 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, code: int, P, pre
          np.require(ctx.table.cum_tokens, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
     state = np.zeros(1, LOOP)
     state["kv_cap"] = C.kv_cap
-    shared = np.zeros(2, np.int64)
+    shared = np.zeros(3, np.int64)  # FINISHED, STOP, MODE (RUN)
     A = new_adapt(ctx, R.output_tokens)
     args = (P, R, out, new_memory(R.prompt_tokens), new_work(n, cfg.max_batch), T, A, pack_cost(ctx.cost, ctx.k),
             C, state, shared)

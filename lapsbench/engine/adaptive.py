@@ -27,7 +27,7 @@ from lapsbench.models.kchoice import (
     choose_shared_k,
     goodput_per_request_k,
 )
-from lapsbench.models.pricing import CostPack, draft_rebuild_s, mixed_step_time_s, pack_cost
+from lapsbench.models.pricing import CostPack, draft_rebuild_s, mixed_step_time_s
 
 # Adapt.switch (free_draft_memory): SD is off this step, SD's current on-period (= the times it turned back on),
 # the requests whose draft KV was rebuilt and the tokens the draft prefilled for them
@@ -88,9 +88,9 @@ def sd_off_capacity(cost, capacity: float, block: int) -> float:
     return float(int(capacity) * (target + draft) // target // block * block)
 
 
-def new_adapt(ctx, output_tokens: np.ndarray) -> Adapt:
+def new_adapt(ctx, output_tokens: np.ndarray, pack: CostPack) -> Adapt:
     """The engine's adaptive state for one run of `ctx` (a RunContext with batching; inert arrays when its
-    adaptive choice is None or the fixed k)."""
+    adaptive choice is None or the fixed k); `pack`: the run's step pricing (pack_cost(ctx.cost, ctx.k))."""
     P, acceptance, cfg = ctx.adaptive, ctx.acceptance, ctx.batching
     b, n = max(cfg.max_batch, 1), output_tokens.size
     on = P is not None and P.code != FIXED
@@ -105,7 +105,6 @@ def new_adapt(ctx, output_tokens: np.ndarray) -> Adapt:
         by_position = acceptance.indexed_by == "position"
     per_request = [np.zeros(n, np.int64) for _ in range(2)]
     per_row = [np.zeros(b, np.int64), np.zeros(b, np.int64), np.zeros(b), np.zeros(b, np.int64)]
-    pack = pack_cost(ctx.cost, ctx.k)
     cap = float(cfg.kv_capacity_tokens)
     cap_off = sd_off_capacity(ctx.cost, cap, cfg.block_size) if P.free_draft else cap
     return Adapt(on, P, acc, np.ascontiguousarray(off, np.int64), by_position, *per_request, *per_row,

@@ -416,9 +416,9 @@ def run_batched(R: RequestView, out: Results, ctx: RunContext, code: int, P, pre
     state = np.zeros(1, LOOP)
     state["kv_cap"] = C.kv_cap
     shared = np.zeros(3, np.int64)  # FINISHED, STOP, MODE (RUN)
-    A = new_adapt(ctx, R.output_tokens)
-    args = (P, R, out, new_memory(R.prompt_tokens), new_work(n, cfg.max_batch), T, A, pack_cost(ctx.cost, ctx.k),
-            C, state, shared)
+    pack = pack_cost(ctx.cost, ctx.k)
+    A = new_adapt(ctx, R.output_tokens, pack)
+    args = (P, R, out, new_memory(R.prompt_tokens), new_work(n, cfg.max_batch), T, A, pack, C, state, shared)
     if executor is None:
         status = run_polled(run_loop, args, shared, FINISHED, STOP, progress)
     else:

@@ -23,7 +23,7 @@ from lapsbench.models.kchoice import (
     choose_shared_k,
     goodput_per_request_k,
 )
-from lapsbench.models.pricing import draft_rebuild_s, mixed_step_time_s, pack_cost, step_times_s
+from lapsbench.models.pricing import draft_rebuild_s, mixed_step_time_s, pack_cost, step_time_s
 from lapsbench.progress import Throttled
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
@@ -233,8 +233,7 @@ class ReferenceBatched:
         s = self.s
         done_prefill = self.prefilled[v] >= self.target[v]
         lost = int(s.prompt_tokens[v] + s.generated[v]) if done_prefill else int(self.prefilled[v])
-        return float(step_times_s(self.pack, s.k, np.array([0]), np.array([0]), np.array([1]), np.array([lost]),
-                                  np.array([lost * lost]), np.array([0]), np.array([0]), np.array([0]))[0])
+        return step_time_s(self.pack, 0, 0, 0, 1, lost, lost * lost, 0, 0)
 
     def _displaceable(self, i: int, pos: int, victims: list[int], position: dict[int, int],
                       short: int) -> list[int] | None:
@@ -343,10 +342,8 @@ class ReferenceBatched:
         else:
             emitted = (self.acc.emitted(live_dec, s.decode_steps[live_dec], s.generated[live_dec]) if live_dec.size
                        else np.zeros(0, np.int64))
-            dt = float(step_times_s(self.pack, k, np.array([dec.size]), np.array([ctx.sum()]),
-                                    np.array([pf.size]), np.array([c.sum()]), np.array([(c * c).sum()]),
-                                    np.array([(c * before).sum()]), np.array([before.sum()]),
-                                    np.array([ctx.max(initial=0)]))[0])
+            dt = step_time_s(self.pack, dec.size, int(ctx.sum()), int(ctx.max(initial=0)), pf.size, int(c.sum()),
+                             int((c * c).sum()), int((c * before).sum()), int(before.sum()))
         emitted = np.minimum(emitted, s.output_tokens[live_dec] - s.generated[live_dec])
         now, took = now + (dt + stall), dt + stall
         self._record(took, members.size)

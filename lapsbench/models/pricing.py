@@ -124,13 +124,13 @@ def pack_cost(cost: CostModel, k: int) -> CostPack:
 
 
 # ------------------------------------------------------------------------------------------------- phases
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _maximum(a, b):
     """np.maximum on one element: the first if larger or NaN, else the second."""
     return a if (a > b or a != a) else b
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _linear(pack, row, f):
     """Σ coef · feature over the row's terms, in the profile's order, from 0.0; `f` = the 8 features."""
     total = 0.0
@@ -160,7 +160,7 @@ def _phase_s(pack, slot, batch, tokens, context, tokens_sq, tokens_context, cont
     return ms / 1000.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _pow(x, e):
     if e == 0.5:
         return np.sqrt(x)
@@ -169,7 +169,7 @@ def _pow(x, e):
     return x ** e
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _padded(pack, n):
     """The CUDA-graph batch size a forward over `n` decoding requests runs at (n itself beyond the sizes)."""
     if n > 0:

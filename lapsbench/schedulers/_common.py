@@ -7,18 +7,18 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import CostModel, sd_step_s
 from lapsbench.models.predictors import Prediction, check_length_params, predict_lengths, quantile_cuts
+from lapsbench.schedulers.jit import njit
 
 UNITS = ("seconds", "steps", "tokens")
 UNIT_STEPS, UNIT_TOKENS, UNIT_SECONDS = 0, 1, 2
 UNIT_CODE = {"steps": UNIT_STEPS, "tokens": UNIT_TOKENS, "seconds": UNIT_SECONDS}
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def attained(R, unit, i):
     """Request i's attained service in `unit` (a UNIT_* code): steps, output tokens or GPU seconds."""
     if unit == UNIT_STEPS:
@@ -149,7 +149,7 @@ class TrueFuture:
 # ----------------------------------------------------------------------------- multi-level queues
 # Fields every level-queue packed tuple has: level, seq (entry sequence number), entry_attained, entry_s
 # (int64 / float64 per request) and counters (int64: [0] the sequence counter, then the policy's own).
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def enter_level(P, r, level, service, t):
     """Request r enters `level` at time t with `service` attained (a new entry sequence number)."""
     P.counters[0] += 1
@@ -159,7 +159,7 @@ def enter_level(P, r, level, service, t):
     P.entry_s[r] = t
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def promote_idle(P, R, unit, end, idle_s):
     """Requests present and idle for at least idle_s go back to level 0 (in index order)."""
     promoted = False

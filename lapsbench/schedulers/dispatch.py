@@ -30,8 +30,11 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from lapsbench.errors import LapsbenchError
+from lapsbench.schedulers import jit
 from lapsbench.schedulers.base import registry
 from lapsbench.schedulers.builtin import BUILTIN
+
+jit.enable()  # the schedulers' deferred njit functions (lapsbench.schedulers.jit) are typed as their dispatchers
 
 CODE = {cls.name: code for code, cls in enumerate(BUILTIN)}
 
@@ -100,13 +103,13 @@ def _three(x):
     raise TypingError(f"a scheduler's key must return a number or a tuple of 1 to 3 numbers, not {x}")
 
 
-@overload(_key, inline="always")
+@overload(_key)
 def _key_impl(code, P, R, i):
     f = _scheduler_of(code, P).key
     return lambda code, P, R, i: three(f(P, R, i))
 
 
-@overload(_prerank, inline="always")
+@overload(_prerank)
 def _prerank_impl(code, P, R, active, na, now):
     cls = _scheduler_of(code, P)
     if not hasattr(cls, "prerank"):
@@ -115,7 +118,7 @@ def _prerank_impl(code, P, R, active, na, now):
     return lambda code, P, R, active, na, now: f(P, R, active, na, now)
 
 
-@overload(_observe, inline="always")
+@overload(_observe)
 def _observe_impl(code, P, R, served, m, end):
     cls = _scheduler_of(code, P)
     if not hasattr(cls, "observe"):

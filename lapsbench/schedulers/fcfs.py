@@ -3,9 +3,8 @@
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from numba import njit
-
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class FCFSPacked(NamedTuple):
@@ -24,6 +23,6 @@ class FCFS(Scheduler):
         return FCFSPacked()
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         return R.arrival_s[i], 0.0, 0.0

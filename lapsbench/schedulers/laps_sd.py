@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from lapsbench.errors import LapsbenchError
 from lapsbench.schedulers._common import (
@@ -60,6 +59,7 @@ from lapsbench.schedulers._common import (
     warn,
 )
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 PLACEMENTS = ("perceived", "queue", "global-srpt")
 QUEUE, GLOBAL_SRPT, PERCEIVED = 0, 1, 2
@@ -86,7 +86,7 @@ class LAPSSDPacked(NamedTuple):
     ring_drafted: np.ndarray     # int64 (n, window + 1): draft tokens proposed by then
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def acceptance_so_far(generated, decode_steps, drafted):
     """Accepted draft tokens over drafted ones (0 before any draft)."""
     if drafted == 0:
@@ -94,7 +94,7 @@ def acceptance_so_far(generated, decode_steps, drafted):
     return max(generated - 1 - decode_steps, 0) / drafted
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def estimate(P, R, i):
     """(T seconds, the estimated remaining service in the ladder's unit) of request i."""
     generated = R.generated[i]
@@ -217,7 +217,7 @@ class LAPSSD(PredictorParams, Scheduler):
 
     # ------------------------------------------------------------------------------------ compiled
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         q = np.searchsorted(P.bounds, attained(R, P.unit, i), side="right")
         perceptible = P.perceptible[i]
@@ -234,7 +234,7 @@ class LAPSSD(PredictorParams, Scheduler):
         return float(q), 0.0, t
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def observe(P, R, served, m, end):
         """The stability rule, after each speculative step."""
         window = P.window

@@ -8,10 +8,9 @@ request), "tokens" (output tokens generated) or "seconds" (GPU time attained).""
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from numba import njit
-
 from lapsbench.schedulers._common import UNIT_CODE, attained, need_choice
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class LASPacked(NamedTuple):
@@ -33,6 +32,6 @@ class LAS(Scheduler):
         return LASPacked(UNIT_CODE[self.unit])
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         return attained(R, P.unit, i), 0.0, 0.0

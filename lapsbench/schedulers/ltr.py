@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from lapsbench.schedulers._common import PredictorParams, need_at_least
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class LTRPacked(NamedTuple):
@@ -49,7 +49,7 @@ class LTR(PredictorParams, Scheduler):
                          np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(2, np.int64))
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def prerank(P, R, active, na, now):
         it = P.counters[0]
         for j in range(na):
@@ -69,14 +69,14 @@ class LTR(PredictorParams, Scheduler):
         return fired
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         if P.boost_left[i] > 0:
             return 0.0, float(P.boost_seq[i]), P.score[i]
         return 1.0, 0.0, P.score[i]
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def observe(P, R, served, m, end):
         P.counters[0] += 1
         for j in range(m):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from lapsbench.schedulers._common import (
     UNIT_CODE,
@@ -29,6 +28,7 @@ from lapsbench.schedulers._common import (
     promote_idle,
 )
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class MLFQPacked(NamedTuple):
@@ -77,7 +77,7 @@ class MLFQ(Scheduler):
                           np.zeros(n), state.arrival_s.astype(np.float64), np.zeros(2, np.int64))
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         level, seq = P.level[i], P.seq[i]
         if P.fifo:
@@ -86,7 +86,7 @@ class MLFQ(Scheduler):
         return float(level), 1.0 if seq == 0 else 0.0, float(-seq)
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def observe(P, R, served, m, end):
         for j in range(m):
             r = served[j]

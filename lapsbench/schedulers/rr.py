@@ -6,9 +6,8 @@ joins the back of the rotation. Ties: arrival, then id."""
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from numba import njit
-
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class RoundRobinPacked(NamedTuple):
@@ -25,6 +24,6 @@ class RoundRobin(Scheduler):
         return RoundRobinPacked()
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         return R.last_service_s[i], 0.0, 0.0

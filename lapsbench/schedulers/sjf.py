@@ -3,9 +3,8 @@
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from numba import njit
-
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class SJFPacked(NamedTuple):
@@ -24,6 +23,6 @@ class SJF(Scheduler):
         return SJFPacked()
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         return float(R.output_tokens[i]), 0.0, 0.0

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from lapsbench.models.cost import sd_step_s
 from lapsbench.schedulers._common import (
@@ -31,6 +30,7 @@ from lapsbench.schedulers._common import (
     promote_idle,
 )
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class SkipJoinPacked(NamedTuple):
@@ -83,12 +83,12 @@ class SkipJoinMLFQ(Scheduler):
                               state.arrival_s.astype(np.float64), np.zeros(1, np.int64))
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         return float(P.level[i]), P.entry_s[i], float(P.seq[i])
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def observe(P, R, served, m, end):
         for j in range(m):
             r = served[j]

@@ -3,9 +3,8 @@
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from numba import njit
-
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class SRPTPacked(NamedTuple):
@@ -22,6 +21,6 @@ class SRPT(Scheduler):
         return SRPTPacked()
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         return float(R.output_tokens[i] - R.generated[i]), 0.0, 0.0

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from lapsbench.schedulers._common import TrueFuture
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class SRPTSDPacked(NamedTuple):
@@ -31,7 +31,7 @@ class SRPTSD(Scheduler):
                             np.ascontiguousarray(table.n_steps, np.int64), table.cum_ns.astype(np.float64))
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         s = min(R.steps[i], P.n_steps[i])
         first = P.first[i]

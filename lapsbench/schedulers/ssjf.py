@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from lapsbench.schedulers._common import PredictorParams, TrueFuture, decode_step_s, need_non_negative
 from lapsbench.schedulers.base import Scheduler, register
+from lapsbench.schedulers.jit import njit
 
 
 class SSJFPacked(NamedTuple):
@@ -61,7 +61,7 @@ class SSJF(PredictorParams, Scheduler):
                           np.asarray(service if has_service else np.zeros(state.n), np.float64), np.zeros(1, np.int64))
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def prerank(P, R, active, na, now):
         starving = 0
         if P.guard and na > 1:
@@ -79,6 +79,6 @@ class SSJF(PredictorParams, Scheduler):
         return changed
 
     @staticmethod
-    @njit(cache=True, inline="always")
+    @njit(cache=True)
     def key(P, R, i):
         return (R.arrival_s[i] if P.starving[0] != 0 else P.predicted[i]), 0.0, 0.0

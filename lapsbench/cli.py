@@ -81,11 +81,7 @@ def run(
     from rich.console import Console
 
     from lapsbench.config.scenario import load_scenario
-    from lapsbench.results.render import print_summary
-    from lapsbench.results.writer import command_line
     from lapsbench.run.compare import select_schedulers
-    from lapsbench.run.output import write_results
-    from lapsbench.run.runner import run_scenario
 
     spec = select_schedulers(load_scenario(scenario, overrides or ()), _scheduler_list(schedulers))
     if seed is not None:
@@ -94,6 +90,12 @@ def run(
         spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, dir=str(out)))
     console = Console(stderr=True)
     _check_results_dir(spec.out_dir, "--out" if out is not None else f"{scenario}: output.dir", quiet, console)
+    # the engines (numba) are imported once the input is known to be good: a bad scenario fails in a moment
+    from lapsbench.results.render import print_summary
+    from lapsbench.results.writer import command_line
+    from lapsbench.run.output import write_results
+    from lapsbench.run.runner import run_scenario
+
     result = run_scenario(spec) if quiet or not console.is_terminal else _run_with_progress(spec, console)
     summary, _ = write_results(spec.out_dir, spec, result, command_line())
     if plots:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 LIGHT = ("lapsbench.config.toml", "lapsbench.config.scenario", "lapsbench.run.sweep", "lapsbench.run.compare",
          "lapsbench.results.comparison", "lapsbench.results.writer", "lapsbench.results.render_compare",
-         "lapsbench.results.plots", "lapsbench.results.validate")
+         "lapsbench.results.plots", "lapsbench.results.validate", "lapsbench.schedulers.builtin")
 
 
 def test_config_and_results_modules_import_without_numba() -> None:

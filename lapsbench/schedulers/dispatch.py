@@ -14,8 +14,9 @@ and calls (all @njit; P = the scheduler's packed NamedTuple, R = a lapsbench.sch
 `code` is the scheduler's index in builtin.BUILTIN (`code_of`), passed as a plain int64 by every engine
 (a literal code would compile each scheduler's functions once more per engine). The scheduler's functions
 are found at compile time from P's type (each scheduler packs its own NamedTuple class), so every engine is
-compiled once per scheduler with that scheduler's functions alone, inlined into key / observe / prerank
-here. They are not passed as arguments or closures: numba's disk cache misses those in every new
+compiled once per scheduler with that scheduler's functions alone, called from key / observe / prerank here
+(plain calls that LLVM inlines: numba's own inlining of the whole chain made each scheduler compile slower).
+They are not passed as arguments or closures: numba's disk cache misses those in every new
 process (measured), while module-level functions reached from here are cached. A user's scheduler gets a
 generated copy of this interface and of each engine module (lapsbench.schedulers.user).
 """

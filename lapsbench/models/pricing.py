@@ -126,7 +126,7 @@ def pack_cost(cost: CostModel, k: int) -> CostPack:
 # ------------------------------------------------------------------------------------------------- phases
 # The leaf helpers are plain @njit functions, which LLVM inlines; the larger ones are inlined by numba
 # (inline="always"). numba runs its untyped pipeline again on, and deep-copies, an inline="always" callee at every
-# transitive call site, so inlining the leaves that way too tripled the compile of every price (benchmarks/README.md).
+# transitive call site, so inlining the leaves that way too made each price compile ~3x longer (benchmarks/README.md).
 @njit(cache=True, _nrt=False)
 def _maximum(a, b):
     """np.maximum on one element: the first if larger or NaN, else the second."""

@@ -14,6 +14,7 @@ from lapsbench.calibrate.forward import features
 from lapsbench.calibrate.models import MODELS
 from lapsbench.calibrate.profile_file import kv_capacity_tokens
 from lapsbench.config.toml import loads as toml_loads
+from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import FEATURES, load_profile_file
 
 from cli_helpers import lapsbench
@@ -95,6 +96,41 @@ def test_fit_with_noise_predicts_within_noise(tmp_path: Path) -> None:
     assert data["fit"]["llama2-7b"]["decode"]["n_test"] > 0
     rows = check_profile(out, csv, None)
     assert all(r["mape"] < 0.04 for r in rows)
+
+
+WIDE = {"const": 0.25, "batch": 0.004, "context": 9e-6, "context_max": 4e-5}  # llama-68m from 32 requests
+
+
+def test_fit_finds_a_wide_batch_regime(tmp_path: Path) -> None:
+    """A draft whose decode forward changes cost regime from batch 32 on (as llama-68m's does on an H200):
+    the fit chooses a form with a wide-batch regime from 32, writes it to the profile, and the profile's price
+    follows the truth on both sides (compiled pricing = these forms: tests/test_pricing.py); without that
+    regime the same rows fit clearly worse."""
+    rng = np.random.default_rng(5)
+    data = _synthetic(noise=0.0)
+    draft = data.filter((pl.col("model") == "llama-68m") & (pl.col("phase") == "decode"))
+    X = features(draft.with_columns(pl.col(c).cast(pl.Float64) for c in ("batch", "query_tokens", "context")))
+    wide = sum(v * X[:, FEATURES.index(k)] for k, v in WIDE.items())
+    ms = np.where(X[:, FEATURES.index("batch")] >= 32, wide, draft["ms_median"].to_numpy())
+    ms = ms * (1 + 0.005 * rng.standard_normal(ms.size))
+    data = pl.concat([data.filter((pl.col("model") != "llama-68m") | (pl.col("phase") != "decode")),
+                      draft.with_columns(ms_median=pl.Series(ms))])
+    csv = tmp_path / "m.csv"
+    data.write_csv(csv)
+    out = tmp_path / "p.toml"
+    st = _fit(csv, out)["llama-68m"]["decode"]
+    assert st["form"].endswith("+wide32") and st["mape"] < 0.01, st
+    assert min(v for k, v in st["cv_rmsre"].items() if "wide" not in k) > 3 * st["cv_rmsre"][st["form"]]
+    table = toml_loads(out.read_text())["models"]["llama-68m"]["decode"]["wide"]
+    assert table["from_batch"] == 32.0 and set(table) - {"from_batch"} <= set(WIDE)
+    cost = load_profile_file(out)
+    assert cost.draft.wide_from == 32.0
+    # one draft forward of n requests at 1000 cached tokens each
+    truth = {16: 0.03 * (6.0 + 0.02 * 16 + 0.01 * 16 + 0.0002 * 16000 + 0.0005 * 16),
+             64: 0.25 + 0.004 * 64 + 9e-6 * 64000 + 4e-5 * 1000}
+    for n, ms in truth.items():
+        got = cost.draft_s(np.array([float(n)]), np.array([1000.0 * n]), np.array([1000.0]))[0] * 1000
+        assert got == pytest.approx(ms, rel=0.03), n
 
 
 def test_fit_accepts_other_tool_same_schema(tmp_path: Path) -> None:
@@ -234,3 +270,18 @@ def test_shipped_profile_loads_and_meets_error_targets(path: Path) -> None:
     rows = check_profile(path, measured, None)
     by = {(r["model"], r["phase"]): r for r in rows}
     assert by[(data["target"], "decode")]["mape"] < TARGET_MAPE
+
+
+@pytest.mark.parametrize("bad", ["0", "-4.0", '"many"', "true", "nan"])
+def test_bad_wide_regime_is_one_line(tmp_path: Path, bad: str) -> None:
+    """A profile whose wide-batch regime has no valid batch threshold: one line naming the key, exit 2."""
+    base = (ROOT / "profiles" / "h100-llama2-7b.toml").read_text()
+    wide = f'[models."llama-68m".decode.wide]\nfrom_batch = {bad}\nconst = 0.3\n\n'
+    text = base.replace('[models."llama-68m".decode]', wide + '[models."llama-68m".decode]', 1)
+    assert text != base
+    profile = tmp_path / "p.toml"
+    profile.write_text(text)
+    with pytest.raises(LapsbenchError, match=r"llama-68m.*decode\.wide\.from_batch: .*expected a batch size >= 1"):
+        load_profile_file(profile)
+    r = _cli("check", str(profile), str(ROOT / "profiles" / "measured" / "h100.csv"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "wide.from_batch" in r.stderr, r.stderr

@@ -57,7 +57,21 @@ PADDED = CostModel("pad", target=PhaseModel({"const": 1.0, "batch": 0.1, "batch_
                                   batch_sizes=(1, 2, 4, 8, 16, 24, 32), span_multiple=128))
 
 
-@pytest.mark.parametrize("cost", [LINEAR, PADDED, fixed_profile(0.02, 0.0015, 3e-6),
+def _forward(model: PhaseModel, batch: float, tokens: float, context: float, context_max: float) -> float:
+    """PhaseModel.time_s (the numpy form) of one forward whose requests all have the same context."""
+    return float(model.time_s(batch=batch, tokens=tokens, context=context, tokens_sq=tokens * tokens / batch,
+                              tokens_context=tokens * context / batch, context_max=context_max,
+                              batch_context_max=batch * context_max))
+
+
+WIDE = CostModel("wide", target=PhaseModel({"const": 5.0, "tokens": 0.01, "context": 1e-4}, wide_from=32.0,
+                                           wide={"const": 6.0, "batch": 0.02, "context": 2e-4, "context_max": 1e-3}),
+                 target_prefill=PhaseModel({"const": 2.0, "tokens": 0.01}),
+                 draft=PhaseModel({"const": 0.2, "batch": 0.001, "context": 2e-6}, wide_from=32.0,
+                                  wide={"const": 0.3, "context": 4e-6, "context_max": 5e-5}))
+
+
+@pytest.mark.parametrize("cost", [LINEAR, PADDED, WIDE, fixed_profile(0.02, 0.0015, 3e-6),
                                   *(load_profile_file(p) for p in PROFILES)], ids=lambda c: c.name)
 def test_same_k_everywhere_is_step_time_s(cost: CostModel) -> None:
     """Every request drafting the pack's k: mixed_step_time_s is step_time_s bit for bit."""
@@ -113,3 +127,22 @@ def test_errors() -> None:
                       draft=PhaseModel({}), step=StepModel(k=4))
     with pytest.raises(LapsbenchError, match="k = 4"):
         pack_cost(whole, 2)
+
+
+@pytest.mark.parametrize("n", [1, 8, 31, 32, 40])
+def test_wide_batch_regime_by_hand(n: int) -> None:
+    """A forward over at least `wide_from` requests costs the linear `wide` part: the compiled step price of
+    n requests at context 1000 drafting k = 2 is the numpy forms' verify + two drafts, and from 32 requests
+    on it is the wide coefficients by hand."""
+    k, c = 2, 1000.0
+    verify = _forward(WIDE.target, n, n * (k + 1), n * c, c)
+    drafts = sum(_forward(WIDE.draft, n, n, n * (c + f), c + f) for f in range(k))
+    got = step_time_s(pack_cost(WIDE, k), n, int(n * c), int(c), 0, 0, 0, 0, 0)
+    assert got == pytest.approx(verify + drafts, rel=1e-12)
+    if n >= 32:
+        by_hand = (6.0 + 0.02 * n + 2e-4 * n * c + 1e-3 * c) / 1000
+        by_hand += sum(0.3 + 4e-6 * n * (c + f) + 5e-5 * (c + f) for f in range(k)) / 1000
+        assert got == pytest.approx(by_hand, rel=1e-12)
+    else:
+        assert got == pytest.approx((5.0 + 0.01 * n * (k + 1) + 1e-4 * n * c) / 1000
+                                    + sum(0.2 + 0.001 * n + 2e-6 * n * (c + f) for f in range(k)) / 1000, rel=1e-12)

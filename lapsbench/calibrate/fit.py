@@ -84,7 +84,7 @@ def _fit_measured(df: pl.DataFrame, measured: Path, target: str | None, drafts: 
                 raise LapsbenchError(f"{measured}: model {m} phase {phase} has {rows.height} rows; expected at "
                                      f"least {MIN_LOO_ROWS} to fit ({MIN_ROWS} to hold some out)")
             X, y = features(rows), rows["ms_median"].to_numpy().astype(np.float64)
-            cand, stats = fit_phase(X, y, rng, test_frac)
+            cand, stats = fit_phase(X, y, rng, test_frac, wide=phase == "decode")
             models.setdefault(m, {})[phase] = cand
             fits.setdefault(m, {})[phase] = stats
     return target, models, fits
@@ -115,6 +115,7 @@ def _provenance(measured: Path | None, df: pl.DataFrame | None, step_files: list
     prov.update({
         "seed": seed, "test_frac": test_frac,
         "form_selection": "4-fold CV on training rows (relative RMSE) among linear, max, pnorm p=2,4,8"
+        + ("; measured decode also with a wide-batch regime from 16, 32 or 64 requests" if df is not None else "")
         + ("; step-log prefill also with a short-prefill regime below 128..1024 tokens" if df is None else "")
         + ("; [step] terms among " + ", ".join(STEP_TERM_SETS) if df is not None and log is not None else "")
         + "; leave-one-out below 12 rows",

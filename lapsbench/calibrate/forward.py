@@ -4,6 +4,9 @@ Model forms (see docs/calibration.md for the residual evidence):
   linear  t = Σ coef·feature
   max     t = max(M, C), M = memory-bound part (const, batch, context), C = compute-bound part (all features)
   pnorm   t = (M^p + C^p)^(1/p), the smooth roofline: a forward is many kernels, each with its own knee.
+Regimes on top of a form: a short-forward regime below a token count (step-log prefill: engines run short
+prompts eagerly) and a wide-batch regime from a batch size (measured decode: attention kernels change strategy
+with the batch), each a linear part fitted on its own rows.
 All fits minimise squared *relative* error (rows span 0.1 ms to 500 ms) with non-negative coefficients (a
 negative term would price a larger batch below a smaller one outside the measured grid). The form is chosen
 per model and phase by 4-fold cross-validation on the training rows; the held-out rows (seeded 25%) are used
@@ -220,10 +223,13 @@ class Candidate:
     p: float = 0.0
     short_below: float = 0.0
     short: dict[str, float] | None = None
+    wide_from: float = 0.0
+    wide: dict[str, float] | None = None
 
     def model(self) -> PhaseModel:
         return PhaseModel(coef=self.coef, coef_compute=self.compute, form=self.form, p=self.p,
-                          short_below=self.short_below, short=self.short or {})
+                          short_below=self.short_below, short=self.short or {}, wide_from=self.wide_from,
+                          wide=self.wide or {})
 
     def predict_ms(self, X: np.ndarray) -> np.ndarray:
         return predict_ms(self.model(), X)
@@ -235,12 +241,17 @@ def predict_ms(model: PhaseModel, X: np.ndarray) -> np.ndarray:
 
 SHORT_FEATURES = ("const", "tokens")
 SHORT_BELOW = (128, 256, 512, 1024)  # candidate token thresholds of the short-forward regime
+# the wide-batch regime: linear in the batch, the cached tokens and the longest member's context (kernels that
+# split the KV by sequence length pay for the longest one)
+WIDE_FEATURES = ("const", "batch", "context", "context_max")
+WIDE_FROM = (16, 32, 64)  # candidate batch thresholds of the wide-batch regime
 
 
 def _fit_forms(X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = FORWARD_FEATURES,
-               short: bool = False) -> list[Candidate]:
+               short: bool = False, wide: bool = False) -> list[Candidate]:
     """Every form fitted to (X, y); with `short`, also each form above a token threshold with a linear
-    (const, tokens) short-forward regime below it."""
+    (const, tokens) short-forward regime below it; with `wide`, also each form below a batch threshold with
+    a linear (WIDE_FEATURES) wide-batch regime from it."""
     out = [Candidate("linear", _nn_rel_lstsq(X, y, names), {})]
     mx = _fit_max(X, y, names)
     if mx is not None:
@@ -257,19 +268,38 @@ def _fit_forms(X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = FORWARD_FE
             sc = _nn_rel_lstsq(X[lo], y[lo], SHORT_FEATURES)
             for cand in _fit_forms(X[~lo], y[~lo], names):
                 out.append(Candidate(cand.form, cand.coef, cand.compute, cand.p, float(below), sc))
+    if wide:
+        batch = X[:, FEATURES.index("batch")]
+        for start in WIDE_FROM:
+            hi = batch >= start
+            if hi.sum() < len(WIDE_FEATURES) or (~hi).sum() < len(names) + 2:
+                continue
+            wc = _nn_rel_lstsq(X[hi], y[hi], WIDE_FEATURES)
+            for cand in _fit_forms(X[~hi], y[~hi], names):
+                out.append(Candidate(cand.form, cand.coef, cand.compute, cand.p, wide_from=float(start), wide=wc))
     return out
 
 
 def _label(c: Candidate) -> str:
     base = f"pnorm{c.p:g}" if c.form == "pnorm" else c.form
-    return f"{base}+short{c.short_below:g}" if c.short_below > 0 else base
+    base = f"{base}+short{c.short_below:g}" if c.short_below > 0 else base
+    return f"{base}+wide{c.wide_from:g}" if c.wide_from > 0 else base
+
+
+def _stratified_folds(order: np.ndarray, batch: np.ndarray) -> list[np.ndarray]:
+    """CV_FOLDS folds of the rows `order` (a seeded permutation), each with a share of every batch size:
+    the rows sorted by batch (stably, so the permutation decides within a batch size) and dealt in turn. A
+    regime fitted on the large batches alone then keeps rows in every fold's training part."""
+    dealt = order[np.argsort(batch[order], kind="stable")]
+    return [dealt[i::CV_FOLDS] for i in range(CV_FOLDS)]
 
 
 def fit_phase(X: np.ndarray, y: np.ndarray, rng: np.random.Generator, test_frac: float,
-              names: tuple[str, ...] = FORWARD_FEATURES, short: bool = False) -> tuple[Candidate, dict[str, Any]]:
-    """Seeded train/test split; form chosen by 4-fold CV on train; refit on train; error on test.
-    Fewer than MIN_ROWS rows: every row is fitted, the form is chosen and the error reported by
-    leave-one-out (stats["validation"] says which)."""
+              names: tuple[str, ...] = FORWARD_FEATURES, short: bool = False,
+              wide: bool = False) -> tuple[Candidate, dict[str, Any]]:
+    """Seeded train/test split; form chosen by 4-fold CV on train (folds stratified by batch with `wide`);
+    refit on train; error on test. Fewer than MIN_ROWS rows: every row is fitted, the form is chosen and the
+    error reported by leave-one-out (stats["validation"] says which)."""
     n = len(y)
     idx = rng.permutation(n)
     loo = n < MIN_ROWS
@@ -281,19 +311,21 @@ def fit_phase(X: np.ndarray, y: np.ndarray, rng: np.random.Generator, test_frac:
         test, train = idx[:n_test], idx[n_test:]
         if train.size > MAX_FIT_ROWS:
             train = np.sort(rng.choice(train, MAX_FIT_ROWS, replace=False))
-        folds = np.array_split(rng.permutation(train), CV_FOLDS)
+        order = rng.permutation(train)
+        # the wide-batch candidates need large-batch rows in every fold: folds stratified by batch for them
+        folds = _stratified_folds(order, X[:, FEATURES.index("batch")]) if wide else np.array_split(order, CV_FOLDS)
     cv: dict[str, list[float]] = {}
     loo_ape: dict[str, list[float]] = {}
     for k in range(len(folds)):
         va = folds[k]
         tr = np.concatenate([folds[j] for j in range(len(folds)) if j != k])
-        for cand in _fit_forms(X[tr], y[tr], names, short):
+        for cand in _fit_forms(X[tr], y[tr], names, short, wide):
             err = np.abs(cand.predict_ms(X[va]) / y[va] - 1)
             cv.setdefault(_label(cand), []).append(float(np.mean(err ** 2)))
             loo_ape.setdefault(_label(cand), []).extend(err.tolist())
     scores = {k: float(np.mean(v)) for k, v in cv.items() if len(v) == len(folds)}
     chosen_label = min(scores, key=lambda k: scores[k])
-    final = {_label(c): c for c in _fit_forms(X[train], y[train], names, short)}
+    final = {_label(c): c for c in _fit_forms(X[train], y[train], names, short, wide)}
     if chosen_label not in final:
         chosen_label = "linear"
     chosen = final[chosen_label]

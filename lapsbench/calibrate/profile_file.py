@@ -96,6 +96,9 @@ def render_profile(top: dict[str, Any], models: dict[str, dict[str, Candidate]],
             if c.short_below > 0:
                 lines += ["", f"[models.{json.dumps(name)}.{phase}.short]", f"below_tokens = {c.short_below!r}"]
                 lines += [f"{k} = {v!r}" for k, v in (c.short or {}).items()]
+            if c.wide_from > 0:
+                lines += ["", f"[models.{json.dumps(name)}.{phase}.wide]", f"from_batch = {c.wide_from!r}"]
+                lines += [f"{k} = {v!r}" for k, v in (c.wide or {}).items()]
     for name, phases in fits.items():
         for phase, st in phases.items():
             lines += ["", f"[fit.{json.dumps(name)}.{phase}]"]

@@ -46,7 +46,9 @@ class PhaseModel:
 
     `short_below` > 0 adds the short-forward regime: a forward of fewer than `short_below` tokens costs the
     linear `short` instead (an engine that runs short prefills eagerly, not as CUDA graphs, is launch-bound
-    there)."""
+    there). `wide_from` > 0 adds the wide-batch regime: a forward over at least `wide_from` requests costs the
+    linear `wide` instead (attention kernels switch strategy at a batch size: a small draft's decode forward
+    on an H200 costs 2.6x more per cached token at batch 32 than at 16). Where both apply, `wide` does."""
 
     coef: dict[str, float]
     coef_compute: dict[str, float] = field(default_factory=dict)
@@ -54,6 +56,8 @@ class PhaseModel:
     p: float = 0.0
     short_below: float = 0.0
     short: dict[str, float] = field(default_factory=dict)
+    wide_from: float = 0.0
+    wide: dict[str, float] = field(default_factory=dict)
 
     def time_s(self, **features: np.ndarray | float) -> np.ndarray:
         def linear(coefs: dict[str, float]) -> np.ndarray:
@@ -72,6 +76,8 @@ class PhaseModel:
             ms = top * ((mem / top) ** self.p + (comp / top) ** self.p) ** (1.0 / self.p)
         if self.short_below > 0:
             ms = np.where(np.asarray(features["tokens"], np.float64) < self.short_below, linear(self.short), ms)
+        if self.wide_from > 0:
+            ms = np.where(np.asarray(features["batch"], np.float64) >= self.wide_from, linear(self.wide), ms)
         return ms / 1000.0
 
 
@@ -236,10 +242,16 @@ def _phase(raw: object, where: str) -> PhaseModel:
     below = short.pop("below_tokens", 0.0)
     if (short or below) and (not isinstance(below, (int, float)) or not math.isfinite(below) or below <= 0):
         raise LapsbenchError(f"{where}.short.below_tokens: {below!r}; expected a number of tokens > 0")
+    wide = dict(raw.pop("wide", {}))
+    start = wide.pop("from_batch", 0.0)
+    if (wide or start) and (not isinstance(start, (int, float)) or isinstance(start, bool)
+                            or not math.isfinite(start) or start < 1):
+        raise LapsbenchError(f"{where}.wide.from_batch: {start!r}; expected a batch size >= 1")
     for key in ("fit",):
         raw.pop(key, None)
     return PhaseModel(coef=_coefs(raw, where), coef_compute=_coefs(compute, f"{where}.compute"), form=form,
-                      p=float(p), short_below=float(below), short=_coefs(short, f"{where}.short"))
+                      p=float(p), short_below=float(below), short=_coefs(short, f"{where}.short"),
+                      wide_from=float(start), wide=_coefs(wide, f"{where}.wide"))
 
 
 def _step(raw: object, where: str) -> StepModel | None:

@@ -44,11 +44,12 @@ from lapsbench.models.cost import FEATURES, CostModel, PhaseModel
 __all__ = ["CostPack", "pack_cost", "step_time_s", "mixed_step_time_s", "step_times_s", "draft_forward_s",
            "assemble_step_s", "draft_forward_call", "assemble_call", "verify_span", "draft_rebuild_s"]
 
-# Phase-model slots; term rows: 2 * slot (memory / linear part), 2 * slot + 1 (compute part), 8 + slot (short)
+# Phase-model slots; term rows: 2 * slot (memory / linear part), 2 * slot + 1 (compute part), 8 + slot (short),
+# 12 + slot (wide)
 TARGET, TARGET_PREFILL, DRAFT, DRAFT_PREFILL = range(4)
 FORMS = {"max": 1, "pnorm": 2}  # anything else is priced as "linear" (0), as PhaseModel.time_s does
 MAX_TERMS = len(FEATURES)
-ROWS = 12
+ROWS = 16
 MAX_BATCH_SIZES = 128
 
 
@@ -61,9 +62,10 @@ class CostPack(NamedTuple):
     form: np.ndarray      # int64[4]: 0 linear, 1 max, 2 pnorm
     p: np.ndarray         # float64[4]: pnorm exponent, and (next 4) its inverse
     short_below: np.ndarray  # float64[4]: the short-forward regime below that many tokens (0: none)
-    nterms: np.ndarray    # int64[12]: terms per row
-    feat: np.ndarray      # int64[12, 8]: feature index of each term
-    vals: np.ndarray      # float64[12, 8]: coefficient of each term (ms)
+    wide_from: np.ndarray    # float64[4]: the wide-batch regime from that many requests (0: none)
+    nterms: np.ndarray    # int64[16]: terms per row
+    feat: np.ndarray      # int64[16, 8]: feature index of each term
+    vals: np.ndarray      # float64[16, 8]: coefficient of each term (ms)
     step: np.ndarray      # float64[7]: [step] sd_factor, decode_ms, prefill_ms, mixed_ms, context, context_max,
     #                       batch_context_max (all 0 but sd_factor 1 without a [step] table)
     has_step: bool
@@ -82,6 +84,9 @@ def _pack_phase(model: PhaseModel | None, slot: int, pack: dict, where: str) -> 
     if model.short_below > 0:
         pack["short_below"][slot] = model.short_below
         parts.append((8 + slot, model.short))
+    if model.wide_from > 0:
+        pack["wide_from"][slot] = model.wide_from
+        parts.append((12 + slot, model.wide))
     for row, coefs in parts:
         for j, (name, value) in enumerate(coefs.items()):
             if name not in FEATURES:
@@ -98,7 +103,8 @@ def pack_cost(cost: CostModel, k: int) -> CostPack:
     """`cost` for the compiled pricing at draft length `k` (LapsbenchError when the profile cannot price it)."""
     k = int(k)
     pack = dict(present=np.zeros(4, np.int64), form=np.zeros(4, np.int64), p=np.zeros(8),
-                short_below=np.zeros(4), nterms=np.zeros(ROWS, np.int64), feat=np.zeros((ROWS, MAX_TERMS), np.int64),
+                short_below=np.zeros(4), wide_from=np.zeros(4), nterms=np.zeros(ROWS, np.int64),
+                feat=np.zeros((ROWS, MAX_TERMS), np.int64),
                 vals=np.zeros((ROWS, MAX_TERMS)), step=np.array([1.0, 0, 0, 0, 0, 0, 0]), has_step=False, span=0,
                 batch_sizes=np.zeros(0, np.int64), fixed_s=np.zeros(3))
     if cost.is_fixed:
@@ -160,6 +166,8 @@ def _phase_s(pack, slot, batch, tokens, context, tokens_sq, tokens_context, cont
         ms = top * _pow(_pow(mem / top, p) + _pow(comp / top, p), inv_p)
     if pack.short_below[slot] > 0 and tokens < pack.short_below[slot]:
         ms = _linear(pack, 8 + slot, f)
+    if pack.wide_from[slot] > 0 and batch >= pack.wide_from[slot]:
+        ms = _linear(pack, 12 + slot, f)
     return ms / 1000.0
 
 

@@ -104,18 +104,21 @@ def fit(
     fits, top = fit_profile(measured, out, target, list(draft or []), name, gpu, gpu_memory_gb, host_link_gb_s,
                             list(model_config or []), test_frac, seed, _command(), steps, sizes, span_multiple)
     console = _console if _console.is_terminal else Console(width=140)  # a log: one line per row
-    table = Table(title=f"{out}: held-out error ({top['gpu']})")
-    for col in ("model", "phase", "form", "train", "test", "validation", "MAPE", "worst APE"):
-        table.add_column(col, justify="left" if col in ("model", "phase", "form", "validation") else "right")
-    for m, phases in fits.items():
-        for phase, st in phases.items():
-            table.add_row(m if m != STEP_LOG else f"{STEP_LOG} ({top['target']})", phase, st["form"],
-                          str(st["n_train"]), str(st["n_test"]), st.get("validation", "held-out"),
-                          f"{100 * st['mape']:.2f}%", f"{100 * st['max_ape']:.2f}%")
+    table = Table(title=f"{out}: held-out error ({top['gpu']})", collapse_padding=True)
+    rows = [(m if m != STEP_LOG else f"{STEP_LOG} ({top['target']})", phase, st["form"], str(st["n_train"]),
+             str(st["n_test"]), "LOO" if st.get("validation") == "leave-one-out" else "held-out",
+             f"{100 * st['mape']:.2f}%", f"{100 * st['max_ape']:.2f}%")
+            for m, phases in fits.items() for phase, st in phases.items()]
+    for j, col in enumerate(("model", "phase", "form", "train", "test", "error on", "MAPE", "worst APE")):
+        # no cell is cut short in a narrow terminal (a form such as "pnorm4+wide32" is the point)
+        table.add_column(col, justify="left" if col in ("model", "phase", "form", "error on") else "right",
+                         min_width=max(len(r[j]) for r in rows))
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     if any(st.get("validation") == "leave-one-out" for phases in fits.values() for st in phases.values()):
-        console.print("leave-one-out: phases with fewer than 12 rows are fitted on every row; their error is "
-                       "each row's error when it is left out of the fit")
+        console.print("LOO, leave-one-out: phases with fewer than 12 rows are fitted on every row; their error "
+                       "is each row's error when it is left out of the fit")
     console.print(f"kv_capacity_tokens = {top['kv_capacity_tokens']}  (target {top['target']}"
                    + (f", draft {top['draft']})" if "draft" in top else ")"))
 

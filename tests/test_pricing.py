@@ -57,13 +57,6 @@ PADDED = CostModel("pad", target=PhaseModel({"const": 1.0, "batch": 0.1, "batch_
                                   batch_sizes=(1, 2, 4, 8, 16, 24, 32), span_multiple=128))
 
 
-def _forward(model: PhaseModel, batch: float, tokens: float, context: float, context_max: float) -> float:
-    """PhaseModel.time_s (the numpy form) of one forward whose requests all have the same context."""
-    return float(model.time_s(batch=batch, tokens=tokens, context=context, tokens_sq=tokens * tokens / batch,
-                              tokens_context=tokens * context / batch, context_max=context_max,
-                              batch_context_max=batch * context_max))
-
-
 WIDE = CostModel("wide", target=PhaseModel({"const": 5.0, "tokens": 0.01, "context": 1e-4}, wide_from=32.0,
                                            wide={"const": 6.0, "batch": 0.02, "context": 2e-4, "context_max": 1e-3}),
                  target_prefill=PhaseModel({"const": 2.0, "tokens": 0.01}),
@@ -135,8 +128,8 @@ def test_wide_batch_regime_by_hand(n: int) -> None:
     n requests at context 1000 drafting k = 2 is the numpy forms' verify + two drafts, and from 32 requests
     on it is the wide coefficients by hand."""
     k, c = 2, 1000.0
-    verify = _forward(WIDE.target, n, n * (k + 1), n * c, c)
-    drafts = sum(_forward(WIDE.draft, n, n, n * (c + f), c + f) for f in range(k))
+    verify = float(WIDE.verify_s(n, n * (k + 1), n * c, c))  # the numpy forms, every request at context c
+    drafts = sum(float(WIDE.draft_s(n, n * (c + f), c + f)) for f in range(k))
     got = step_time_s(pack_cost(WIDE, k), n, int(n * c), int(c), 0, 0, 0, 0, 0)
     assert got == pytest.approx(verify + drafts, rel=1e-12)
     if n >= 32:

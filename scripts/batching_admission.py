@@ -159,6 +159,8 @@ def main() -> None:
     toml = scenario(out / "all-swap-guarded.toml", trace, every, "swap", "guarded", out / "all")
     case = with_fcfs_ratio(compare(toml, top, out / "all-compare"))
     azure = Path("scenarios/azure-conv-load.toml").read_text().split("[[scheduler]]")[0]
+    # the copy lives in OUT: its trace path, relative to scenarios/, made absolute
+    azure = azure.replace('path = "../traces/', f'path = "{Path("scenarios").resolve().parent / "traces"}/')
     azure_toml = out / "azure-conv-load-all.toml"
     azure_toml.write_text(azure + "".join(f'[[scheduler]]\nname = "{s}"\n' for s in every)
                           + f'[output]\ndir = "{out / "azure-all"}"\n')

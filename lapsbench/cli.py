@@ -370,6 +370,8 @@ def replay(
                                       "NAME:hidden=..,...; default: the profile's target)"),
     draft: str | None = typer.Option(None, "--draft", help="draft model shape (default: the profile's draft)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
+    cpu: int | None = typer.Option(None, "--cpu", help="pin the replay to this CPU (its threads too): the host "
+                                   "time per step then does not move with the OS's choice of core"),
 ) -> None:
     """Run a scenario on a real speculative-decoding engine (PyTorch, random weights) in wall-clock time, with
     the simulator's decisions and acceptance draws; write `run`'s results plus steps.parquet (docs/replay.md)."""
@@ -387,6 +389,10 @@ def replay(
         spec = dataclasses.replace(spec, seed=seed)
     out_dir = out if out is not None else Path(f"{spec.out_dir}-replay")
     check_replayable(spec)
+    if cpu is not None:
+        from lapsbench.replay.run import pin_to_cpu
+
+        pin_to_cpu(cpu)  # before torch starts its threads, which inherit it
     if executor == "simulated":
         from lapsbench.engine.executor import SimulatedExecutor
 

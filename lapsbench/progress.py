@@ -81,10 +81,12 @@ class Throttled:
 
 
 @contextmanager
-def on_compile(notify: Callable[[bool], None]) -> Iterator[None]:
+def on_compile(notify: Callable[[bool], None], loads: bool = False) -> Iterator[None]:
     """Within the block, `notify(True)` when numba starts compiling (a cache miss: the first run after
     installing or changing lapsbench) and `notify(False)` when it is done; nothing on a warm cache, where
-    numba only loads. Nested compilations (callees) count as one."""
+    numba only loads. With `loads`, also around each load from the cache (a few ms per function on the
+    first call of each signature), which a wall-clock replay keeps off its clock. Nested compilations
+    (callees) count as one."""
     from numba.core import event
 
     class Listener(event.Listener):
@@ -100,5 +102,6 @@ def on_compile(notify: Callable[[bool], None]) -> Iterator[None]:
             if self.depth == 0:
                 notify(False)
 
-    with event.install_listener("numba:compile", Listener()):
+    # numba takes its compiler lock (re-entrantly) to compile or to load a signature, and only then
+    with event.install_listener("numba:compiler_lock" if loads else "numba:compile", Listener()):
         yield

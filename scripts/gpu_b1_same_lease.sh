@@ -8,6 +8,9 @@
 # Run from the repository root with torch and CUDA. Without polars, the wheels carried in .gpu/slim (made by
 # scripts/slim_polars.sh; the plain wheels in .gpu/whl no longer fit the device's 64 MiB tree limit) or else in
 # .gpu/whl are unpacked into /tmp/site and put on PYTHONPATH.
+# PIN=auto first times the replay's decode step on every CPU (scripts/host_overhead.py, ~1 min, into
+# OUT_DIR/host_overhead.csv) and pins both replays to the CPU with the lowest median host time (--cpu);
+# PIN=N pins them to CPU N; unset, the OS places them.
 set -u
 if (( $# < 2 )); then
   echo "usage: scripts/gpu_b1_same_lease.sh OUT_DIR NAME [CALIB]" >&2
@@ -35,5 +38,14 @@ if ! python3 -c "import polars" 2>/dev/null; then
   done
   export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
+mkdir -p "$out"
+pin=${PIN:-}
+if [[ $pin == auto ]]; then
+  python3 scripts/host_overhead.py --out "$out/host_overhead.csv" | tee "$out/host_overhead.log"
+  pin=$(python3 -c "import csv, sys; rows = [r for r in csv.DictReader(open(sys.argv[1])) if r['cpus'] != 'all']
+print(min(rows, key=lambda r: float(r['host_ms_median']))['cpus'])" "$out/host_overhead.csv")
+  echo "pinned to CPU $pin" | tee -a "$out/host_overhead.log"
+fi
+export REPLAY_ARGS=${pin:+--cpu $pin}
 # a large budget: both replays run (the device call's own limit is the real bound)
 "$(dirname "$0")/gpu_validation.sh" "$out" 100000 "$calib" "$name"

@@ -4,6 +4,7 @@
 # scenario is started only while less than BUDGET_S seconds have passed (the rest are listed in
 # OUT_DIR/skipped.txt). After each, OUT_DIR is packed into $PACK (default OUT_DIR.tar.gz), so a cut-off run keeps
 # what finished.
+# $REPLAY_ARGS (e.g. "--cpu 3") is passed on to every `lapsbench replay`.
 # Run from the repository root with lapsbench importable and torch with CUDA installed (the `gpu` extra).
 set -u
 out=$1
@@ -19,7 +20,9 @@ for name in "$@"; do
     continue
   fi
   t0=$(date +%s)
-  python3 -m lapsbench replay "scenarios/validation/$name.toml" --out "$out/$name" --quiet 2>&1 | tee "$out/$name.log"
+  # shellcheck disable=SC2086  # REPLAY_ARGS is a list of words
+  python3 -m lapsbench replay "scenarios/validation/$name.toml" --out "$out/$name" --quiet ${REPLAY_ARGS:-} 2>&1 \
+    | tee "$out/$name.log"
   echo "$name: $(( $(date +%s) - t0 ))s" | tee -a "$out/times.txt"
   tar czf "$pack" -C "$(dirname "$out")" "$(basename "$out")"
 done

@@ -137,22 +137,24 @@ def test_replay_progress_is_throttled():
 
 
 def test_compile_notice_only_on_a_cache_miss(tmp_path: Path):
-    """on_compile reports a compilation (cold cache), and nothing when numba loads from its cache."""
+    """on_compile reports a compilation (cold cache), and nothing when numba loads from its cache; with
+    `loads` (the replay's clock) it reports the load too, once per signature."""
     (tmp_path / "jitted.py").write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
     script = textwrap.dedent("""
+        import sys
         import jitted
         from lapsbench.progress import on_compile
         events = []
-        with on_compile(events.append):
+        with on_compile(events.append, loads=sys.argv[1] == "loads"):
             jitted.f(1)
             jitted.f(2)
         print(events)
     """)
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-            for _ in range(2)]
-    assert [r.stdout.strip() for r in runs] == ["[True, False]", "[]"], [r.stderr for r in runs]
+    runs = [subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, env=env,
+                           timeout=120) for mode in ("compiles", "compiles", "loads")]
+    assert [r.stdout.strip() for r in runs] == ["[True, False]", "[]", "[True, False]"], [r.stderr for r in runs]
 
 
 # ------------------------------------------------------------------------------------ as a user, in a terminal

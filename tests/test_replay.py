@@ -151,6 +151,33 @@ def test_cli_replay_without_torch_or_cuda_is_one_line(tmp_path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_replay_pins_to_a_cpu(tmp_path) -> None:
+    """--cpu N runs the replay on CPU N (meta.json says so); a CPU the process may not use is one line, exit 2,
+    before any work."""
+    import json
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    toml = tmp_path / "s.toml"
+    toml.write_text(f"""name = "t"
+[trace]
+path = "{REPO}/traces/azure_conv_2023.parquet"
+max_requests = 8
+[model]
+profile = "{REPO}/profiles/h100-llama3-8b.toml"
+[[scheduler]]
+name = "fcfs"
+""")
+    r = lapsbench("replay", str(toml), "--out", str(tmp_path / "bad"), "--executor", "simulated", "--cpu",
+                  str(max(allowed) + 1000))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--cpu" in r.stderr and str(max(allowed) + 1000) in r.stderr and not (tmp_path / "bad").exists()
+    r = lapsbench("replay", str(toml), "--out", str(tmp_path / "ok"), "--executor", "simulated", "--quiet",
+                  "--cpu", str(allowed[-1]))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "ok" / "meta.json").read_text())["replay"]["cpus"] == [allowed[-1]]
+
+
 def test_prefill_buckets_cover_every_prompt_length_once() -> None:
     """The warm list is the distinct padded prompt lengths: every chunk a batch-1 replay runs is in it."""
     from lapsbench.replay.torch_engine import PREFILL_TOKENS, prefill_bucket, prefill_buckets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,17 @@ def check_replayable(s: Scenario) -> None:
                              "preemption only; expected 'recompute'")
 
 
+def pin_to_cpu(cpu: int) -> None:
+    """Run this process (and the threads it starts later) on one CPU, or one line (exit 2) if it cannot."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise LapsbenchError(f"--cpu: {cpu} — this platform cannot pin a process to a CPU (no sched_setaffinity)")
+    allowed = sorted(os.sched_getaffinity(0))
+    if cpu not in allowed:
+        raise LapsbenchError(f"--cpu: {cpu} — expected one of the CPUs this process may use: "
+                             f"{', '.join(map(str, allowed))}")
+    os.sched_setaffinity(0, {cpu})
+
+
 def replay_scenario(s: Scenario, executor: SimulatedExecutor,
                     progress: Progress | None = None) -> tuple[RunResult, pl.DataFrame]:
     """Every scheduler of `s`, each step run by `executor`; the per-request results and the step log."""
@@ -44,7 +56,8 @@ def replay_scenario(s: Scenario, executor: SimulatedExecutor,
                      batching.max_batch if batching is not None else 1, s.engine.block_size)
     from lapsbench.progress import on_compile
 
-    with on_compile(executor.compiling):  # a fresh machine compiles each scheduler's decision on first use
+    # a fresh machine compiles each scheduler's decision on first use, a warm one loads it from numba's cache
+    with on_compile(executor.compiling, loads=True):
         result = run_scenario(s, progress, executor)
     return result, executor.log.frame()
 
@@ -54,6 +67,7 @@ def write_replay(out_dir: Path, s: Scenario, result: RunResult, steps: pl.DataFr
     """`run`'s results layout plus steps.parquet; meta.json names the executor (and GPU, torch, CUDA)."""
     from lapsbench.run.output import write_results
 
-    summary, _ = write_results(out_dir, s, result, command, extra_meta={"replay": executor.meta()},
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    summary, _ = write_results(out_dir, s, result, command, extra_meta={"replay": {**executor.meta(), "cpus": cpus}},
                                extra_files=lambda tmp: write_steplog(tmp / "steps.parquet", steps))
     return summary

@@ -1,6 +1,6 @@
 """Host time of one replay decode step on each CPU: does the core the replay runs on change its step time?
 
-    python scripts/host_overhead.py --out host.csv [--steps 200] [--context 1100] [--device cuda]
+    python scripts/host_overhead.py --out host.csv [--steps 100] [--context 1100] [--device cuda]
 
 Builds the replay engine (lapsbench.replay.torch_engine) for one request of `--context` cached tokens at
 batch 1, then times TorchExecutor.execute on that decode step `--steps` times while pinned to each CPU in turn
@@ -42,7 +42,7 @@ def time_steps(ex: TorchExecutor, step: BatchStep, n: int) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--context", type=int, default=1100)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--target", default="llama3-8b")

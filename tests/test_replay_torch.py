@@ -114,3 +114,22 @@ def test_padded_prefill_writes_and_predicts_what_an_unpadded_one_does(monkeypatc
     assert plain[:2] == padded[:2]
     assert torch.allclose(plain[2], padded[2], atol=1e-2)
     assert not torch.equal(plain[3], padded[3])   # the padding rows did write somewhere: the scratch block
+
+
+def test_host_overhead_times_the_decode_step_on_every_cpu(tmp_path) -> None:
+    """scripts/host_overhead.py (PIN=auto's CPU choice): one row per CPU this process may use, between two
+    unpinned rows, each with a positive host time."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "host.csv"
+    r = subprocess.run([sys.executable, "scripts/host_overhead.py", "--out", str(out), "--steps", "5", "--device",
+                        "cpu", "--target", "tiny-test", "--draft", "tiny-test", "--context", "300"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [x["cpus"] for x in rows] == ["all", *map(str, sorted(os.sched_getaffinity(0))), "all"]
+    assert all(float(x["host_ms_median"]) > 0 and float(x["host_ms_p90"]) >= float(x["host_ms_median"])
+               for x in rows)

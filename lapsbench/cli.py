@@ -372,6 +372,9 @@ def replay(
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
     cpu: int | None = typer.Option(None, "--cpu", help="pin the replay to this CPU (its threads too): the host "
                                    "time per step then does not move with the OS's choice of core"),
+    prefill_graphs: bool = typer.Option(False, "--prefill-graphs", help="run each prompt chunk from an empty "
+                                        "cache as its bucket's CUDA graph (captured off the clock) instead of "
+                                        "eagerly, launch by launch"),
 ) -> None:
     """Run a scenario on a real speculative-decoding engine (PyTorch, random weights) in wall-clock time, with
     the simulator's decisions and acceptance draws; write `run`'s results plus steps.parquet (docs/replay.md)."""
@@ -401,7 +404,7 @@ def replay(
         from lapsbench.replay.torch_engine import TorchExecutor
         from lapsbench.run.assembly import build_cost
 
-        runner = TorchExecutor.for_scenario(build_cost(spec), target, draft, device)
+        runner = TorchExecutor.for_scenario(build_cost(spec), target, draft, device, prefill_graphs)
     else:
         raise LapsbenchError(f"--executor: {executor!r} — expected 'torch' or 'simulated'")
     console = Console(stderr=True)

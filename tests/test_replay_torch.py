@@ -133,3 +133,46 @@ def test_host_overhead_times_the_decode_step_on_every_cpu(tmp_path) -> None:
     assert [x["cpus"] for x in rows] == ["all", *map(str, sorted(os.sched_getaffinity(0))), "all"]
     assert all(float(x["host_ms_median"]) > 0 and float(x["host_ms_p90"]) >= float(x["host_ms_median"])
                for x in rows)
+
+
+def test_a_prefill_with_a_tensor_length_is_the_int_one() -> None:
+    """padded_prefill with the real length as a device tensor (a prefill graph's static input) writes the same
+    KV and predicts the same token as with the length as an int."""
+    from lapsbench.calibrate.models import MODELS
+    from lapsbench.replay.torch_engine import PagedLlama, prefill_bucket
+
+    def run(length):
+        torch.manual_seed(1)
+        m = PagedLlama(MODELS["tiny-test"], torch.device("cpu"), blocks=16, block_size=16, max_positions=512)
+        ids = torch.randint(0, 256, (128,))
+        blocks = torch.tensor([3, 7, 1, 12, 5, 9, 2, 4])
+        token = m.padded_prefill(ids[: prefill_bucket(100)], 0, length, blocks)
+        return int(token[0]), m.k[0][blocks].clone(), m.v[1][blocks].clone()
+
+    a, b = run(100), run(torch.tensor([100]))
+    assert a[0] == b[0] and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batching", ["none", "continuous"])
+def test_prefill_graphs_run_what_the_eager_prefill_runs(batching: str, device: str) -> None:
+    """--prefill-graphs: each chunk from an empty cache goes through its bucket's static inputs (on the CPU the
+    static path runs eagerly; on CUDA it is the captured graph) and leaves every request's KV as the eager
+    prefill does; the replay serves the same steps."""
+    from lapsbench.calibrate.models import parse_model_spec
+    from lapsbench.replay.torch_engine import TorchExecutor
+
+    engine = {"batching": batching} if batching == "none" else {
+        "batching": "continuous", "max_batch": 4, "max_batch_tokens": 256, "kv_capacity_tokens": 4000,
+        "preemption": "recompute"}
+    s = scenario(engine, ["fcfs"], n=6, rate_scale=50.0)
+    runs = []
+    for graphs in (False, True):
+        ex = TorchExecutor(parse_model_spec("tiny-test"), parse_model_spec("tiny-test"), device, prefill_graphs=graphs)
+        real, steps = replay_scenario(s, ex)
+        runs.append((real.requests, steps, ex))
+    (req_e, steps_e, eager), (req_g, steps_g, graphed) = runs
+    assert req_e["steps"].equals(req_g["steps"]) and steps_e.height == steps_g.height
+    assert graphed.prefill_graph and not eager.prefill_graph
+    for a, b in zip(eager.target.k + eager.draft.v, graphed.target.k + graphed.draft.v, strict=True):
+        assert torch.equal(a[1:], b[1:])  # block 0 is scratch: padding rows (zeros or not) land there

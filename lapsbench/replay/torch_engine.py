@@ -128,12 +128,18 @@ class PagedLlama:
         tokens; `blocks` [nb] its block ids. The chunk runs padded to prefill_bucket(c) tokens (the padding
         rows come last, so causal attention keeps them out of the real rows, and write the scratch block 0).
         Returns the argmax token after the chunk's last real position."""
-        torch, net, cfg = self.torch, self.net, self.cfg
-        F = torch.nn.functional
         c = ids.shape[0]
         cp = prefill_bucket(c)
         if cp > c:
-            ids = F.pad(ids, (0, cp - c))
+            ids = self.torch.nn.functional.pad(ids, (0, cp - c))
+        return self.padded_prefill(ids, start, c, blocks)
+
+    def padded_prefill(self, ids: Any, start: int, c: int | Any, blocks: Any) -> Any:
+        """`prefill` of a chunk already padded to its bucket (ids [cp]) whose first `c` tokens are real: `c` an
+        int, or a device tensor [1] so that the shapes do not depend on it (a prefill graph's static input)."""
+        torch, net, cfg = self.torch, self.net, self.cfg
+        F = torch.nn.functional
+        cp = ids.shape[0]
         H, K, D = cfg.heads, cfg.kv_heads, cfg.head_dim
         S = start + cp
         pos = torch.arange(start, S, device=ids.device)
@@ -161,7 +167,8 @@ class PagedLlama:
             o = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), kc, vc, attn_mask=mask,
                                                is_causal=not start)
             x = self._mlp_and_residual(x, o.transpose(1, 2).reshape(cp, H * D), lw)
-        return F.linear(net._norm(x[c - 1:c], net.final_norm), net.lm_head).argmax(-1)
+        last = x[c - 1:c] if isinstance(c, int) else x.index_select(0, c - 1)
+        return F.linear(net._norm(last, net.final_norm), net.lm_head).argmax(-1)
 
 
 def _model(spec: str | None, fallback: str, what: str) -> tuple[str, LlamaConfig] | None:
@@ -180,7 +187,7 @@ class TorchExecutor(SimulatedExecutor):
     name = "torch"
 
     def __init__(self, target: tuple[str, LlamaConfig], draft: tuple[str, LlamaConfig] | None,
-                 device: str = "cuda") -> None:
+                 device: str = "cuda", prefill_graphs: bool = False) -> None:
         super().__init__()
         torch = import_torch()
         if device == "cuda" and not torch.cuda.is_available():
@@ -191,19 +198,22 @@ class TorchExecutor(SimulatedExecutor):
         self.torch, self.device, self.cuda = torch, torch.device(device), device == "cuda"
         self.target_spec, self.draft_spec = target, draft
         self.graphs: dict[tuple[int, int], SimpleNamespace] = {}
+        self.prefill_graphs = prefill_graphs  # a chunk from an empty cache runs as its bucket's graph
+        self.prefill_graph: dict[int, SimpleNamespace] = {}
         self.capture_ns = 0
         self.compile_ns = self.compile_t = 0
         self.unit_ns = True
         self.t0, self.paused = time.perf_counter_ns(), 0
 
     @classmethod
-    def for_scenario(cls, cost: CostModel, target: str | None, draft: str | None, device: str) -> TorchExecutor:
+    def for_scenario(cls, cost: CostModel, target: str | None, draft: str | None, device: str,
+                     prefill_graphs: bool = False) -> TorchExecutor:
         """Model shapes from the options, else from the scenario's profile (its target and draft names)."""
         t = _model(target, cost.meta.get("target", ""), "target")
         if t is None:
             raise LapsbenchError(f"model.profile: {cost.name!r} names no target model; give --target "
                                  "(a `calibrate measure` model name or NAME:hidden=..,intermediate=..,...)")
-        return cls(t, _model(draft, cost.meta.get("draft", ""), "draft"), device)
+        return cls(t, _model(draft, cost.meta.get("draft", ""), "draft"), device, prefill_graphs)
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, prompt: np.ndarray, output: np.ndarray, k: int, kv_capacity_tokens: float,
@@ -245,6 +255,9 @@ class TorchExecutor(SimulatedExecutor):
         self._sync()
         self.warm_ns = time.perf_counter_ns() - t
         self.pool_tokens = pool_tokens
+        if self.prefill_graphs:
+            for cp in self.warm_buckets:
+                self._capture_prefill(cp)
 
     def begin(self, state: EngineState, label: str, replication: int, unit_ns: bool) -> None:
         super().begin(state, label, replication, unit_ns)
@@ -271,6 +284,7 @@ class TorchExecutor(SimulatedExecutor):
             "numba_compile_s": round(self.compile_ns / NS, 3),
             "prefill_tokens_multiple": PREFILL_TOKENS, "prefill_buckets_warmed": len(self.warm_buckets),
             "prefill_warm_s": round(self.warm_ns / NS, 3),
+            "prefill_graphs": len(self.prefill_graph) if self.prefill_graphs else None,
         }
 
     # ------------------------------------------------------------------ clock
@@ -320,12 +334,17 @@ class TorchExecutor(SimulatedExecutor):
             if cached == 0:  # a new prefill (or a recompute after eviction) starts from an empty cache
                 self._free_kv(i)
             self._reserve(i, cached + c + k + 1)
-            prefills.append((c, cached, torch.tensor(self.blocks[i], dtype=torch.long).to(self.device)))
+            graphed = self.prefill_graphs and cached == 0
+            prefills.append((c, cached, self.blocks[i] if graphed else
+                             torch.tensor(self.blocks[i], dtype=torch.long).to(self.device)))
         graph = self._decode_inputs(step) if step.decode.size else None
         with torch.inference_mode(), self._attention():
             if self.cuda:
                 self.events[0].record()
             for c, cached, blocks in prefills:
+                if isinstance(blocks, list):
+                    self._graph_prefill(c, blocks)
+                    continue
                 self.target.prefill(self.ids[:c], cached, blocks)
                 if self.draft is not None:
                     self.draft.prefill(self.ids[:c], cached, blocks)
@@ -403,6 +422,53 @@ class TorchExecutor(SimulatedExecutor):
                 g.graph.replay()  # a graph's first launch uploads it (0.4-6 ms of host time): not on the clock
             torch.cuda.synchronize()
         self.graphs[(batch, blocks)] = g
+        took = time.perf_counter_ns() - t
+        self.paused += took
+        self.capture_ns += took
+        return g
+
+    def _graph_prefill(self, c: int, blocks: list[int]) -> None:
+        """A chunk of c tokens from an empty cache, as its bucket's graph: its blocks and length are copied into
+        the graph's static inputs first (a blocking copy, in stream order: two chunks of one bucket in a step
+        each see their own)."""
+        cp = prefill_bucket(c)
+        g = self.prefill_graph.get(cp) or self._capture_prefill(cp)
+        nb = g.blocks.shape[0]
+        staged = np.zeros(nb + 1, np.int64)
+        mine = blocks[:nb]
+        staged[: len(mine)], staged[nb] = mine, c
+        g.inputs.copy_(self.torch.from_numpy(staged))
+        if g.graph is not None:
+            g.graph.replay()
+        else:
+            self._padded_prefills(g)
+
+    def _padded_prefills(self, g: SimpleNamespace) -> None:
+        for model in [self.target] + ([self.draft] if self.draft is not None else []):
+            model.padded_prefill(self.ids[: g.blocks.shape[0] * self.bs], 0, g.length, g.blocks)
+
+    def _capture_prefill(self, cp: int) -> SimpleNamespace:
+        """Static inputs (block ids, real length) for a prefill bucket of cp tokens and, on CUDA, the graph of
+        both models' prefill from an empty cache (off the clock). The inputs start at the scratch block 0."""
+        torch = self.torch
+        t = time.perf_counter_ns()
+        nb = cp // self.bs
+        inputs = torch.zeros(nb + 1, dtype=torch.long, device=self.device)
+        inputs[nb] = cp
+        g = SimpleNamespace(inputs=inputs, blocks=inputs[:nb], length=inputs[nb:], graph=None)
+        if self.cuda:
+            with torch.inference_mode(), self._attention():
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._padded_prefills(g)
+                torch.cuda.current_stream().wait_stream(side)
+                g.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g.graph, pool=self.graph_pool):
+                    self._padded_prefills(g)
+                g.graph.replay()
+            torch.cuda.synchronize()
+        self.prefill_graph[cp] = g
         took = time.perf_counter_ns() - t
         self.paused += took
         self.capture_ns += took

@@ -51,7 +51,7 @@ def main() -> None:
     k = 4
     ex = TorchExecutor(parse_model_spec(a.target), parse_model_spec(a.draft), a.device)
     ex.prepare(np.array([a.context]), np.array([8]), k, np.inf, 1, 16)
-    ex.free, ex.blocks, ex.holding = list(range(ex.pool_blocks - 1, 0, -1)), [[]], np.zeros(1, bool)
+    ex.reset_kv(1)
     step = decode_step(a.context, k)
     time_steps(ex, step, 20)  # capture + warm-up
     cpus = sorted(os.sched_getaffinity(0))

@@ -44,7 +44,7 @@ def main() -> None:
     ex.prepare(np.array(buckets), np.full(len(buckets), 8), k, np.inf, 1, 16)
     print(f"warm-up {ex.warm_ns / 1e9:.1f} s, {len(ex.prefill_graph)} prefill graphs, "
           f"set-up {time.perf_counter() - t:.1f} s", flush=True)
-    ex.free, ex.blocks, ex.holding = list(range(ex.pool_blocks - 1, 0, -1)), [[]], np.zeros(1, bool)
+    ex.reset_kv(1)
     rows = []
     for cp in buckets:
         step = prefill_step(cp, k)

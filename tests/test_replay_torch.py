@@ -154,25 +154,48 @@ def test_a_prefill_with_a_tensor_length_is_the_int_one() -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("batching", ["none", "continuous"])
-def test_prefill_graphs_run_what_the_eager_prefill_runs(batching: str, device: str) -> None:
+def test_prefill_graphs_run_what_the_eager_prefill_runs(device: str) -> None:
     """--prefill-graphs: each chunk from an empty cache goes through its bucket's static inputs (on the CPU the
     static path runs eagerly; on CUDA it is the captured graph) and leaves every request's KV as the eager
-    prefill does; the replay serves the same steps."""
+    prefill does, also with two chunks of one bucket in one step and a chunk after cached tokens (eager in
+    both) beside them; the decode step after them reads the same caches."""
+    from lapsbench.calibrate.models import parse_model_spec
+    from lapsbench.engine.context import BatchStep
+    from lapsbench.replay.torch_engine import TorchExecutor
+
+    def step(prefill, chunk, cached, decode=(), context=()):
+        ints = lambda v: np.array(v, np.int64)  # noqa: E731
+        return BatchStep(k=3, decode=ints(decode), context=ints(context), emitted=ints([1] * len(decode)),
+                         prefill=ints(prefill), chunk=ints(chunk), cached=ints(cached),
+                         completes=np.ones(len(prefill), bool), resident=np.ones(3, bool))
+
+    script = [step([0], [100], [0]),
+              step([1, 2], [90, 70], [0, 0]),                          # two chunks of the 128-token bucket
+              step([0], [60], [100], decode=[1, 2], context=[90, 70]),  # a chunk after cached tokens + decode
+              step([], [], [], decode=[0, 1, 2], context=[160, 94, 74])]
+    pools = []
+    for graphs in (False, True):
+        ex = TorchExecutor(parse_model_spec("tiny-test"), parse_model_spec("tiny-test"), device, prefill_graphs=graphs)
+        ex.prepare(np.array([160, 90, 70]), np.array([20, 20, 20]), 3, np.inf, 4, 16)
+        ex.reset_kv(3)
+        for st in script:
+            ex.execute(st)
+        assert bool(ex.prefill_graph) == graphs
+        pools.append([t[1:] for t in ex.target.k + ex.target.v + ex.draft.k + ex.draft.v])  # block 0: scratch
+    assert all(torch.equal(a, b) for a, b in zip(*pools, strict=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_replay_with_prefill_graphs_serves_the_simulated_steps(device: str) -> None:
+    """The replay loop with --prefill-graphs under continuous batching (chunked prefills: the first chunk as a
+    graph, the rest eager): every request completes with its simulated output."""
     from lapsbench.calibrate.models import parse_model_spec
     from lapsbench.replay.torch_engine import TorchExecutor
 
-    engine = {"batching": batching} if batching == "none" else {
-        "batching": "continuous", "max_batch": 4, "max_batch_tokens": 256, "kv_capacity_tokens": 4000,
-        "preemption": "recompute"}
-    s = scenario(engine, ["fcfs"], n=6, rate_scale=50.0)
-    runs = []
-    for graphs in (False, True):
-        ex = TorchExecutor(parse_model_spec("tiny-test"), parse_model_spec("tiny-test"), device, prefill_graphs=graphs)
-        real, steps = replay_scenario(s, ex)
-        runs.append((real.requests, steps, ex))
-    (req_e, steps_e, eager), (req_g, steps_g, graphed) = runs
-    assert req_e["steps"].equals(req_g["steps"]) and steps_e.height == steps_g.height
-    assert graphed.prefill_graph and not eager.prefill_graph
-    for a, b in zip(eager.target.k + eager.draft.v, graphed.target.k + graphed.draft.v, strict=True):
-        assert torch.equal(a[1:], b[1:])  # block 0 is scratch: padding rows (zeros or not) land there
+    s = scenario({"batching": "continuous", "max_batch": 4, "max_batch_tokens": 256, "kv_capacity_tokens": 4000,
+                  "preemption": "recompute"}, ["fcfs"], n=6, rate_scale=50.0)
+    sim = replay_scenario(s, SimulatedExecutor())[0].requests
+    ex = TorchExecutor(parse_model_spec("tiny-test"), parse_model_spec("tiny-test"), device, prefill_graphs=True)
+    real = replay_scenario(s, ex)[0].requests
+    assert real["finish_s"].is_not_null().all() and real["output_tokens"].equals(sim["output_tokens"])
+    assert ex.prefill_graph and ex.meta()["prefill_graphs"] == len(ex.prefill_graph)

@@ -262,13 +262,17 @@ class TorchExecutor(SimulatedExecutor):
     def begin(self, state: EngineState, label: str, replication: int, unit_ns: bool) -> None:
         super().begin(state, label, replication, unit_ns)
         self.unit_ns = unit_ns
-        self.free = list(range(self.pool_blocks - 1, 0, -1))
-        self.blocks: list[list[int]] = [[] for _ in range(state.n)]
-        self.holding = np.zeros(state.n, bool)
+        self.reset_kv(state.n)
         self._sync()
         gc.collect()
         gc.freeze()  # what exists now (models, graphs, the workload) is never scanned by a collection on the clock
         self.t0, self.paused = time.perf_counter_ns(), 0
+
+    def reset_kv(self, n: int) -> None:
+        """Every KV block free, for n requests none held (each scheduler's run starts so; the timing scripts too)."""
+        self.free = list(range(self.pool_blocks - 1, 0, -1))
+        self.blocks: list[list[int]] = [[] for _ in range(n)]
+        self.holding = np.zeros(n, bool)
 
     def meta(self) -> dict:
         torch = self.torch
@@ -329,21 +333,23 @@ class TorchExecutor(SimulatedExecutor):
         torch, k = self.torch, self.k
         for i in np.flatnonzero(self.holding & ~step.resident).tolist():
             self._free_kv(i)
-        prefills = []
+        prefills, owners = [], []
         for i, c, cached in zip(step.prefill.tolist(), step.chunk.tolist(), step.cached.tolist(), strict=True):
             if cached == 0:  # a new prefill (or a recompute after eviction) starts from an empty cache
                 self._free_kv(i)
             self._reserve(i, cached + c + k + 1)
-            graphed = self.prefill_graphs and cached == 0
-            prefills.append((c, cached, self.blocks[i] if graphed else
-                             torch.tensor(self.blocks[i], dtype=torch.long).to(self.device)))
+            if self.prefill_graphs and cached == 0:
+                prefills.append((c, cached, None))  # its graph's inputs are filled just before it runs
+            else:
+                prefills.append((c, cached, torch.tensor(self.blocks[i], dtype=torch.long).to(self.device)))
+            owners.append(i)
         graph = self._decode_inputs(step) if step.decode.size else None
         with torch.inference_mode(), self._attention():
             if self.cuda:
                 self.events[0].record()
-            for c, cached, blocks in prefills:
-                if isinstance(blocks, list):
-                    self._graph_prefill(c, blocks)
+            for i, (c, cached, blocks) in zip(owners, prefills, strict=True):
+                if blocks is None:
+                    self._graph_prefill(c, self.blocks[i])
                     continue
                 self.target.prefill(self.ids[:c], cached, blocks)
                 if self.draft is not None:
@@ -409,22 +415,9 @@ class TorchExecutor(SimulatedExecutor):
         staged = torch.zeros(inputs.shape, dtype=torch.long, pin_memory=self.cuda)
         g = SimpleNamespace(ids=self.ids[:batch].clone(), inputs=inputs, table=inputs[: batch * blocks].view(
             batch, blocks), lens=inputs[batch * blocks:], staged=staged, staged_np=staged.numpy(), graph=None)
-        if self.cuda:
-            with torch.inference_mode(), self._attention():
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self._speculate(g)
-                torch.cuda.current_stream().wait_stream(side)
-                g.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g.graph, pool=self.graph_pool):
-                    self._speculate(g)
-                g.graph.replay()  # a graph's first launch uploads it (0.4-6 ms of host time): not on the clock
-            torch.cuda.synchronize()
+        g.graph = self._graph_of(lambda: self._speculate(g))
         self.graphs[(batch, blocks)] = g
-        took = time.perf_counter_ns() - t
-        self.paused += took
-        self.capture_ns += took
+        self._off_clock(t)
         return g
 
     def _graph_prefill(self, c: int, blocks: list[int]) -> None:
@@ -456,23 +449,36 @@ class TorchExecutor(SimulatedExecutor):
         inputs = torch.zeros(nb + 1, dtype=torch.long, device=self.device)
         inputs[nb] = cp
         g = SimpleNamespace(inputs=inputs, blocks=inputs[:nb], length=inputs[nb:], graph=None)
-        if self.cuda:
-            with torch.inference_mode(), self._attention():
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self._padded_prefills(g)
-                torch.cuda.current_stream().wait_stream(side)
-                g.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g.graph, pool=self.graph_pool):
-                    self._padded_prefills(g)
-                g.graph.replay()
-            torch.cuda.synchronize()
+        g.graph = self._graph_of(lambda: self._padded_prefills(g))
         self.prefill_graph[cp] = g
-        took = time.perf_counter_ns() - t
+        self._off_clock(t)
+        return g
+
+    def _graph_of(self, work: Any) -> Any:
+        """On CUDA, `work` (over static inputs) captured as a graph into the shared pool, after one warm-up run
+        on a side stream, and launched once: a graph's first launch uploads it (0.4-6 ms of host time seen on
+        the H200), which is not a step's cost. None on the CPU, where `work` runs eagerly instead."""
+        torch = self.torch
+        if not self.cuda:
+            return None
+        with torch.inference_mode(), self._attention():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                work()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.graph_pool):
+                work()
+            graph.replay()
+        torch.cuda.synchronize()
+        return graph
+
+    def _off_clock(self, since_ns: int) -> None:
+        """Graph capture since `since_ns` is a start-up cost: take it off the replay's clock."""
+        took = time.perf_counter_ns() - since_ns
         self.paused += took
         self.capture_ns += took
-        return g
 
     def compiling(self, started: bool) -> None:
         """numba compiling a scheduler's decision on first use (the machine's cache is cold), or loading it from

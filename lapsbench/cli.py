@@ -233,7 +233,7 @@ def validate(
     from rich.console import Console
 
     from lapsbench.fsutil import check_output
-    from lapsbench.results.validate import markdown, write_validation
+    from lapsbench.results.validate import estimates_line, markdown, write_validation
     from lapsbench.results.validate import validate as run_validate
     from lapsbench.results.writer import command_line
 
@@ -241,6 +241,8 @@ def validate(
     result = run_validate(real, sim)
     write_validation(out, result, command_line(), plots=plots)
     Console(width=160).print(markdown(result), highlight=False, markup=False)
+    if result.estimates["same"] is False:
+        Console(stderr=True).print(f"warning: {estimates_line(result)}", highlight=False, markup=False)
     Console(stderr=True).print(f"validation in {out}/")
 
 
@@ -372,9 +374,9 @@ def replay(
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
     cpu: int | None = typer.Option(None, "--cpu", help="pin the replay to this CPU (its threads too): the host "
                                    "time per step then does not move with the OS's choice of core"),
-    prefill_graphs: bool = typer.Option(False, "--prefill-graphs", help="run each prompt chunk from an empty "
-                                        "cache as its bucket's CUDA graph (captured off the clock) instead of "
-                                        "eagerly, launch by launch"),
+    prefill_graphs: bool = typer.Option(True, "--prefill-graphs/--eager-prefill", help="run each prompt chunk "
+                                        "from an empty cache as its bucket's CUDA graph (captured off the clock; "
+                                        "the default), or eagerly, launch by launch"),
 ) -> None:
     """Run a scenario on a real speculative-decoding engine (PyTorch, random weights) in wall-clock time, with
     the simulator's decisions and acceptance draws; write `run`'s results plus steps.parquet (docs/replay.md)."""

@@ -10,7 +10,8 @@
 # .gpu/whl are unpacked into /tmp/site and put on PYTHONPATH.
 # PIN=auto first times the replay's decode step on every CPU (scripts/host_overhead.py, ~1 min, into
 # OUT_DIR/host_overhead.csv) and pins both replays to the CPU with the lowest median host time (--cpu);
-# PIN=N pins them to CPU N; unset, the OS places them.
+# PIN=N pins them to CPU N; unset, the OS places them. $REPLAY_ARGS (e.g. --eager-prefill) is passed on to both
+# replays, with --cpu appended.
 set -u
 if (( $# < 2 )); then
   echo "usage: scripts/gpu_b1_same_lease.sh OUT_DIR NAME [CALIB]" >&2
@@ -46,6 +47,6 @@ if [[ $pin == auto ]]; then
 print(min(rows, key=lambda r: float(r['host_ms_median']))['cpus'])" "$out/host_overhead.csv")
   echo "pinned to CPU $pin" | tee -a "$out/host_overhead.log"
 fi
-export REPLAY_ARGS=${pin:+--cpu $pin}
+export REPLAY_ARGS="${REPLAY_ARGS:-}${pin:+ --cpu $pin}"
 # a large budget: both replays run (the device call's own limit is the real bound)
 "$(dirname "$0")/gpu_validation.sh" "$out" 100000 "$calib" "$name"

@@ -96,6 +96,28 @@ def test_wall_clock_decisions_follow_the_clock() -> None:
     check_steplog(steps, slow.requests)
 
 
+def test_the_collector_is_off_while_the_clock_runs_and_restored_after() -> None:
+    import gc
+
+    seen = []
+
+    class Watch(SimulatedExecutor):
+        def execute(self, step):
+            seen.append(gc.isenabled())
+
+    s = scenario({"batching": "none"}, ["fcfs", "las"], n=10)
+    assert gc.isenabled()
+    replay_scenario(s, Watch())
+    assert seen and not any(seen)
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        replay_scenario(s, Watch())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize(("engine", "key"), [
     ({"batching": "static"}, "engine.batching"),
     ({"batching": "continuous", "preemption": "swap"}, "engine.preemption"),

@@ -18,6 +18,7 @@ from test_calibrate_fit import TRUE, _synthetic
 
 from lapsbench.calibrate.fit import fit_profile
 from lapsbench.calibrate.profile_file import STEP_LOG
+from lapsbench.config.toml import read_toml
 from lapsbench.engine.context import BatchConfig
 from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import CostModel, PhaseModel, StepModel, load_profile_file, sd_step_s
@@ -295,3 +296,18 @@ def test_shipped_profiles_price_exactly_as_before() -> None:
                 assert np.array_equal(sd_step_s(new_cost, k, nd, cd), old.sd_step_s(old_cost, k, nd, cd))
                 assert np.array_equal(sd_step_s(new_cost, k, z, z, one, prompt, prompt * prompt, z, z),
                                       old_cost.prefill_s(one, prompt, prompt * prompt, z, z, with_draft=k > 0))
+
+
+def test_a_phase_with_no_held_out_step_says_so(tmp_path: Path) -> None:
+    """validation/h200-graphs/cb64/calib-cb64 (a real continuous-batching window) has one prefill-only step:
+    the prefill model is still fitted (on the mixed steps too), but no error is claimed for that phase."""
+    out = tmp_path / "p.toml"
+    r = lapsbench("calibrate", "fit", "--steps", "validation/h200-graphs/cb64/calib-cb64/steps.parquet",
+                  "--out", str(out), "--target", "llama3-8b", "--draft", "llama-68m",
+                  "--batch-sizes", "1,2,4,8,16,32,64", "--span-multiple", "256")
+    assert r.returncode == 0, r.stderr
+    fit = read_toml(out, "profile")["fit"][STEP_LOG]
+    assert fit["prefill"]["n_test"] == 0 and fit["prefill"]["validation"] == "none held out"
+    assert fit["mixed"]["validation"] == "held-out" and 0 < fit["mixed"]["mape"] < 0.1
+    row = next(line for line in r.stdout.splitlines() if "│prefill" in line.replace(" ", ""))
+    assert "none held out" in row and "nan" not in row and "–" in row

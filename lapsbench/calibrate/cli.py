@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -57,6 +58,14 @@ def measure(
     _console.print(f"wrote {len(rows)} rows to {out} (provenance in {out}.json)")
 
 
+_ERROR_ON = {"leave-one-out": "LOO", "held-out": "held-out", "none held out": "none held out"}
+
+
+def _pct(x: float) -> str:
+    """A fit error for the table: "–" where none was measured (no held-out step of that phase)."""
+    return f"{100 * x:.2f}%" if math.isfinite(x) else "–"
+
+
 @app.command()
 def fit(
     out: Annotated[Path, typer.Option(help="Profile TOML to write, e.g. profiles/h100-llama2-7b.toml.")],
@@ -106,8 +115,8 @@ def fit(
     console = _console if _console.is_terminal else Console(width=140)  # a log: one line per row
     table = Table(title=f"{out}: held-out error ({top['gpu']})", collapse_padding=True)
     rows = [(m if m != STEP_LOG else f"{STEP_LOG} ({top['target']})", phase, st["form"], str(st["n_train"]),
-             str(st["n_test"]), "LOO" if st.get("validation") == "leave-one-out" else "held-out",
-             f"{100 * st['mape']:.2f}%", f"{100 * st['max_ape']:.2f}%")
+             str(st["n_test"]), _ERROR_ON.get(st.get("validation", ""), "held-out"), _pct(st["mape"]),
+             _pct(st["max_ape"]))
             for m, phases in fits.items() for phase, st in phases.items()]
     for j, col in enumerate(("model", "phase", "form", "train", "test", "error on", "MAPE", "worst APE")):
         # no cell is cut short in a narrow terminal (a form such as "pnorm4+wide32" is the point)

@@ -89,9 +89,12 @@ def _split(n: int, rng: np.random.Generator, test_frac: float) -> tuple[np.ndarr
 
 
 def _ape_stats(ape: np.ndarray, n_train: int, loo: bool, form: str) -> dict[str, Any]:
+    """A phase's error; with no held-out step of it (a phase of one or two steps in the log: under continuous
+    batching nearly every prefill shares its step with decodes), validation = "none held out" and NaN errors."""
+    validation = "leave-one-out" if loo else "held-out" if ape.size else "none held out"
     return {"form": form, "mape": round(float(ape.mean()), 5) if ape.size else float("nan"),
             "max_ape": round(float(ape.max()), 5) if ape.size else float("nan"), "n_train": n_train,
-            "n_test": int(ape.size), "validation": "leave-one-out" if loo else "held-out"}
+            "n_test": int(ape.size), "validation": validation}
 
 
 def _fit_offset(t: np.ndarray, base: np.ndarray) -> float:

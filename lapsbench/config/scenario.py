@@ -83,6 +83,9 @@ class FixedProfileSpec:
 class ModelSpec:
     profile: str | FixedProfileSpec = _f("h100-llama2-7b", "profile name, TOML path, or a fixed-profile table")
     draft: str = _f("", "draft model in the profile (default: the profile's own)")
+    scheduler_profile: str = _f("", "profile the schedulers estimate step times with (name or TOML path; default: "
+                                "profile, which prices the steps): what a cost-aware policy believes, when it is not "
+                                "the true cost — e.g. the profile a real replay's policies used")
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ class EngineState:
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     k: int
-    cost: CostModel
+    cost: CostModel  # the cost model the schedulers estimate with ([model] scheduler_profile, else the pricing one)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # optional trace columns (alpha, predictions)
     seed: int = 0         # scenario seed and replication: policies derive their random streams from these
     replication: int = 0  # (rng.stream_key(seed, replication, stream)), shared by every scheduler
     cache: dict[str, np.ndarray] = field(default_factory=dict)  # derived per-request arrays (policy helpers)
     acceptance: Any = None  # the replication's acceptance process; oracle policies (srpt-sd) read true draws
-    step_table: Any = None  # the replication's step table (lapsbench.engine.steptable), for oracle policies
+    step_table: Any = None  # the replication's step table (lapsbench.engine.steptable) priced by `cost`, for oracles
     view: RequestView = field(init=False)
     out: Results = field(init=False)
 

@@ -109,6 +109,17 @@ def build_step_table(request_id: np.ndarray, prompt: np.ndarray, output: np.ndar
     return StepTable(offset, cum_tokens, price)
 
 
+def repriced(table: StepTable, prompt: np.ndarray, output: np.ndarray, k: int, cost: CostModel,
+             acceptance) -> StepTable:
+    """`table`'s steps (the same tokens) priced by another cost model: the steps as a scheduler that estimates
+    with `cost` believes them to cost (`[model] scheduler_profile`). Fixed-k tables only."""
+    assert table.k_steps is None
+    expected = _expected_tokens(acceptance, len(output)) if k > 0 else np.ones(len(output))
+    bounds = _chunks(output, expected)
+    return StepTable(table.offset, table.cum_tokens,
+                     lambda offset, cum_tokens: _price(offset, cum_tokens, bounds, prompt, output, k, cost))
+
+
 def _expected_tokens(acceptance, n: int) -> np.ndarray:
     """Expected tokens per step: sizes the pre-drawing and the chunks only; exactness does not depend on it."""
     if hasattr(acceptance, "mean_tokens"):

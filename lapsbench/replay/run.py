@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,21 @@ def pin_to_cpu(cpu: int) -> None:
     os.sched_setaffinity(0, {cpu})
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the replay's clock runs, and back as it was after. Its
+    collections are triggered by allocations, i.e. inside steps: a middle-generation one took ~0.5 ms (a
+    twentieth of a batch-1 decode step) in a CPU replay of calib-b1-lease, a cost of the harness's language, not
+    of serving. Each run still starts with a full collection and a freeze (TorchExecutor.begin)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def replay_scenario(s: Scenario, executor: SimulatedExecutor,
                     progress: Progress | None = None) -> tuple[RunResult, pl.DataFrame]:
     """Every scheduler of `s`, each step run by `executor`; the per-request results and the step log."""
@@ -57,17 +76,34 @@ def replay_scenario(s: Scenario, executor: SimulatedExecutor,
     from lapsbench.progress import on_compile
 
     # a fresh machine compiles each scheduler's decision on first use, a warm one loads it from numba's cache
-    with on_compile(executor.compiling, loads=True):
+    with on_compile(executor.compiling, loads=True), collector_paused():
         result = run_scenario(s, progress, executor)
     return result, executor.log.frame()
 
 
 def write_replay(out_dir: Path, s: Scenario, result: RunResult, steps: pl.DataFrame, executor: SimulatedExecutor,
                  command: str) -> pl.DataFrame:
-    """`run`'s results layout plus steps.parquet; meta.json names the executor (and GPU, torch, CUDA)."""
+    """`run`'s results layout plus steps.parquet and scheduler_profile.toml (the profile its cost-aware policies
+    estimated with, a copy); meta.json names the executor (and GPU, torch, CUDA)."""
     from lapsbench.run.output import write_results
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    believed = scheduler_profile_file(s)
+
+    def extra_files(tmp: Path) -> None:
+        write_steplog(tmp / "steps.parquet", steps)
+        if believed is not None:  # a simulation of this replay estimates with it (model.scheduler_profile)
+            shutil.copyfile(believed, tmp / "scheduler_profile.toml")
+
     summary, _ = write_results(out_dir, s, result, command, extra_meta={"replay": {**executor.meta(), "cpus": cpus}},
-                               extra_files=lambda tmp: write_steplog(tmp / "steps.parquet", steps))
+                               extra_files=extra_files)
     return summary
+
+
+def scheduler_profile_file(s: Scenario) -> Path | None:
+    """The profile file the replay's schedulers estimate with (None for a fixed-profile table)."""
+    from lapsbench.run.assembly import profile_path
+
+    if s.model.scheduler_profile:
+        return profile_path(s, "scheduler_profile")
+    return profile_path(s) if isinstance(s.model.profile, str) else None

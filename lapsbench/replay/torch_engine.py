@@ -1,8 +1,10 @@
 """The real engine: a Llama-shaped target and draft (random bf16 weights) serving speculative decoding on a GPU.
 
-Per step (lapsbench.engine.context.BatchStep): the prompt chunks of prefilling requests run eagerly, one forward
+Per step (lapsbench.engine.context.BatchStep): the prompt chunks of prefilling requests run first, one forward
 of each model per request (flash attention, causal; a chunk after cached tokens attends them too), padded to
-a multiple of PREFILL_TOKENS; every bucket of the workload's prompt lengths is warmed in `prepare`; then
+a multiple of PREFILL_TOKENS; a chunk from an empty cache runs as its bucket's CUDA graph (`prefill_graphs`,
+the default; chunks after cached tokens run eagerly); every bucket of the workload's prompt lengths is warmed
+(and captured) in `prepare`; then
 every decoding request takes one speculative step as ONE CUDA graph: k draft forwards (one token each,
 each fed the previous draft's argmax) and one target forward verifying k + 1 tokens per request. Which
 tokens are accepted comes from the simulator's draws (the loop passes them), so only the KV lengths
@@ -187,7 +189,7 @@ class TorchExecutor(SimulatedExecutor):
     name = "torch"
 
     def __init__(self, target: tuple[str, LlamaConfig], draft: tuple[str, LlamaConfig] | None,
-                 device: str = "cuda", prefill_graphs: bool = False) -> None:
+                 device: str = "cuda", prefill_graphs: bool = True) -> None:
         super().__init__()
         torch = import_torch()
         if device == "cuda" and not torch.cuda.is_available():
@@ -207,7 +209,7 @@ class TorchExecutor(SimulatedExecutor):
 
     @classmethod
     def for_scenario(cls, cost: CostModel, target: str | None, draft: str | None, device: str,
-                     prefill_graphs: bool = False) -> TorchExecutor:
+                     prefill_graphs: bool = True) -> TorchExecutor:
         """Model shapes from the options, else from the scenario's profile (its target and draft names)."""
         t = _model(target, cost.meta.get("target", ""), "target")
         if t is None:
@@ -264,8 +266,8 @@ class TorchExecutor(SimulatedExecutor):
         self.unit_ns = unit_ns
         self.reset_kv(state.n)
         self._sync()
-        gc.collect()
-        gc.freeze()  # what exists now (models, graphs, the workload) is never scanned by a collection on the clock
+        gc.collect()  # the previous run's garbage (collections are off on the clock: run.collector_paused)
+        gc.freeze()  # what exists now (models, graphs, the workload) is never scanned by a later collection
         self.t0, self.paused = time.perf_counter_ns(), 0
 
     def reset_kv(self, n: int) -> None:

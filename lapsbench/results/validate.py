@@ -35,6 +35,22 @@ class Validation:
     rows: list[dict[str, Any]]       # one per scheduler
     ranking: dict[str, Any]
     pairs: pl.DataFrame              # matched requests: KEY, real_*, sim_*
+    estimates: dict[str, Any]        # the profile each run's schedulers estimated with (meta.json), and if same
+
+
+def _estimates(real: Path, sim: Path) -> dict[str, Any]:
+    """`scheduler_profile_sha256` of both runs' meta.json (None where absent: an older or a foreign run). When
+    they differ, cost-aware policies (srpt-sd, laps-sd, skip-join) decided on different estimates, so the runs
+    differ in policy as well as in step time."""
+    shas = {}
+    for role, d in (("real", real), ("sim", sim)):
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        shas[role] = meta.get("scheduler_profile_sha256") if isinstance(meta, dict) else None
+    known = shas["real"] is not None and shas["sim"] is not None
+    return {**shas, "same": shas["real"] == shas["sim"] if known else None}
 
 
 def _requests(d: Path, role: str) -> pl.DataFrame:
@@ -122,7 +138,7 @@ def validate(real: Path, sim: Path) -> Validation:
     sim_order = _ranks({x["scheduler"]: x["jct_s_mean_sim"] for x in rows})
     ranking = {"real": real_order, "sim": sim_order, "same": real_order == sim_order,
                "kendall_tau": _kendall_tau(real_order, sim_order)}
-    return Validation(real, sim, rows, ranking, pairs)
+    return Validation(real, sim, rows, ranking, pairs, _estimates(real, sim))
 
 
 def _pct(x: float) -> str:
@@ -168,8 +184,22 @@ def markdown(v: Validation, command: str = "") -> str:
     for r in v.rows:
         out.append(f"| {r['scheduler']} | {_pct(r['jct_s_mean_err'])} | {_pct(r['jct_s_p99_err'])} | "
                    f"{_pct(r['ttft_s_mean_err'])} | {'yes' if r['targets_met'] else 'no'} |")
-    out += ["", "![simulated vs real per-request JCT](plots/validation_jct.svg)", ""]
+    out += ["", "## Scheduler estimates", "", estimates_line(v), "",
+            "![simulated vs real per-request JCT](plots/validation_jct.svg)", ""]
     return "\n".join(out)
+
+
+def estimates_line(v: Validation) -> str:
+    """Whether both runs' schedulers estimated step times with the same profile (meta.json)."""
+    e = v.estimates
+    if e["same"] is None:
+        return ("Unknown whether both runs' schedulers estimated with the same profile (no scheduler_profile_sha256 "
+                "in a meta.json).")
+    if e["same"]:
+        return f"Both runs' schedulers estimated with the same profile (sha256 {e['real'][:12]}…)."
+    return (f"**The schedulers estimated with different profiles** (real sha256 {e['real'][:12]}…, simulated "
+            f"{e['sim'][:12]}…): cost-aware policies decided on different estimates. Simulate with "
+            "`--set model.scheduler_profile=...` naming the profile the real run's schedulers used.")
 
 
 def plot(v: Validation, out: Path) -> list[Path]:
@@ -206,7 +236,8 @@ def plot(v: Validation, out: Path) -> list[Path]:
 def write_validation(out: Path, v: Validation, command: str, plots: bool = True) -> None:
     """validation.md, validation.json and the plot, into `out` (replaced only when complete)."""
     payload = {"real": str(v.real), "sim": str(v.sim), "command": command, "targets": {
-        f"{m}_{st}": tol for (m, st), tol in TARGETS.items()}, "schedulers": v.rows, "ranking": v.ranking}
+        f"{m}_{st}": tol for (m, st), tol in TARGETS.items()}, "schedulers": v.rows, "ranking": v.ranking,
+        "scheduler_estimates": v.estimates}
     with atomic_dir(out) as tmp:
         (tmp / "validation.md").write_text(markdown(v, command))
         (tmp / "validation.json").write_text(json.dumps(json_safe(payload), indent=2) + "\n")

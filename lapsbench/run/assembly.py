@@ -190,19 +190,34 @@ def trace_identity(s: Scenario) -> dict[str, str]:
     return {"trace_path": path, "trace_sha256": trace_sha256(s)}
 
 
+def model_identity(s: Scenario) -> dict[str, str]:
+    """meta.json's `profile_sha256` (the profile pricing the steps) and `scheduler_profile_sha256` (the one the
+    schedulers estimate with: the same unless `[model] scheduler_profile`): `lapsbench validate` checks that a
+    real run's policies and its simulation's estimated alike. A fixed-profile table hashes its parameters."""
+    profile = s.model.profile
+    if isinstance(profile, FixedProfileSpec):
+        priced = hashlib.sha256(json.dumps(dataclasses.asdict(profile), sort_keys=True).encode()).hexdigest()
+    else:
+        priced = trace_hash(profile_path(s))
+    believed = trace_hash(profile_path(s, "scheduler_profile")) if s.model.scheduler_profile else priced
+    return {"profile_sha256": priced, "scheduler_profile_sha256": believed}
+
+
 def _is_profile_path(profile: str) -> bool:
     return profile.endswith(".toml") or "/" in profile or os.sep in profile
 
 
-def profile_path(s: Scenario) -> Path:
-    """The profile file of a named or path profile: a value ending in .toml or holding a directory is a path
-    (resolved like every scenario path), anything else a name looked up by `find_profile`."""
-    profile = s.model.profile
+def profile_path(s: Scenario, key: str = "profile") -> Path:
+    """The profile file of a named or path profile (`[model] profile`, or the `key` one): a value ending in
+    .toml or holding a directory is a path (resolved like every scenario path), anything else a name looked up
+    by `find_profile`."""
+    profile = getattr(s.model, key)
     assert isinstance(profile, str)
     if _is_profile_path(profile):
         path = s.resolve(profile)
         if not path.is_file():
-            raise LapsbenchError(f"model.profile: {profile!r} — no such profile file")
+            raise LapsbenchError(f"model.{key}: {profile!r} — no such profile file ({path}: a relative path is "
+                                 "read from the scenario's folder)")
         return path
     return find_profile(profile)
 
@@ -216,8 +231,10 @@ def with_absolute_paths(s: Scenario) -> Scenario:
     else:
         trace = dataclasses.replace(s.trace, path=str(s.resolve(s.trace.path).resolve()))
     model = s.model
-    if isinstance(model.profile, str) and _is_profile_path(model.profile):
-        model = dataclasses.replace(model, profile=str(profile_path(s).resolve()))
+    for key in ("profile", "scheduler_profile"):
+        value = getattr(model, key)
+        if isinstance(value, str) and value and _is_profile_path(value):
+            model = dataclasses.replace(model, **{key: str(profile_path(s, key).resolve())})
     acceptance = s.speculation.acceptance
     if isinstance(acceptance, EmpiricalAcceptanceSpec) and acceptance.path:
         acceptance = dataclasses.replace(acceptance, path=str(s.resolve(acceptance.path).resolve()))
@@ -233,14 +250,24 @@ def build_cost(s: Scenario) -> CostModel:
     if isinstance(profile, FixedProfileSpec):
         cost = fixed_profile(profile.step_s, profile.draft_step_s, profile.prefill_s_per_token)
     else:
-        path = profile_path(s)
-        cost = load_profile_file(path, draft=s.model.draft or None)
-        if s.speculation.k > 0 and cost.draft is None:
-            raise LapsbenchError(f"model.profile: {path} has no draft model, but speculation.k = {s.speculation.k}")
+        cost = _load_profile(s, "profile")
     if frees_draft_memory(s.speculation.adaptive):
         from lapsbench.engine.adaptive import draft_kv_bytes
 
         draft_kv_bytes(cost)  # the memory SD off returns must be known
+    return cost
+
+
+def build_scheduler_cost(s: Scenario, cost: CostModel) -> CostModel:
+    """The cost model the schedulers estimate with: `[model] scheduler_profile`, else `cost` itself."""
+    return _load_profile(s, "scheduler_profile") if s.model.scheduler_profile else cost
+
+
+def _load_profile(s: Scenario, key: str) -> CostModel:
+    path = profile_path(s, key)
+    cost = load_profile_file(path, draft=s.model.draft or None)
+    if s.speculation.k > 0 and cost.draft is None:
+        raise LapsbenchError(f"model.{key}: {path} has no draft model, but speculation.k = {s.speculation.k}")
     return cost
 
 

@@ -11,7 +11,7 @@ from lapsbench import __version__
 from lapsbench.config.scenario import Scenario, scenario_to_toml
 from lapsbench.results.metrics import summarize, summarize_replications
 from lapsbench.results.writer import environment, write_results_dir
-from lapsbench.run.assembly import trace_identity, with_absolute_paths
+from lapsbench.run.assembly import model_identity, trace_identity, with_absolute_paths
 from lapsbench.run.runner import RunResult
 
 
@@ -31,6 +31,7 @@ def write_results(out_dir: Path, scenario: Scenario, result: RunResult, command:
         "schedulers": [s.label for s in scenario.scheduler],
         "requests": result.workload.n,
         **trace_identity(scenario),
+        **model_identity(scenario),
         "wall_s": round(result.wall_s, 3),
         # parameters schedulers fixed from the workload once per run (LAPS-SD's ladder, SSJF's bucket cuts)
         "derived": result.derived or {},

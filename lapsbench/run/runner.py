@@ -16,13 +16,15 @@ from lapsbench.engine.batch1_goodput import build_goodput_step_table
 from lapsbench.engine.context import RunContext, StepExecutor
 from lapsbench.engine.executor import SimulatedExecutor, replay_single
 from lapsbench.engine.state import EngineState
-from lapsbench.engine.steptable import build_step_table
+from lapsbench.engine.steptable import build_step_table, repriced
+from lapsbench.errors import LapsbenchError
 from lapsbench.models.kchoice import pack_adaptive
 from lapsbench.run.assembly import (
     Workload,
     build_acceptance,
     build_batch_config,
     build_cost,
+    build_scheduler_cost,
     check_workload,
     held_out_output_tokens,
     load_workload,
@@ -92,10 +94,14 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
         s = dataclasses.replace(s, speculation=dataclasses.replace(s.speculation, k=k1, adaptive=None))
     per_step_table = adaptive and batching is None and k1 is None  # goodput at batch 1: K per step in the table
     packed = pack_adaptive(s.speculation.adaptive, s.speculation.k) if s.speculation.adaptive else None
+    believed = build_scheduler_cost(s, cost)  # what the schedulers estimate with (usually `cost` itself)
+    if per_step_table and believed is not cost:
+        raise LapsbenchError("model.scheduler_profile: not available with [speculation] adaptive goodput at batch "
+                             "1 (each step's K is chosen by the pricing profile); expected no scheduler_profile")
     frames = []
     stats = []
-    params, derived = derived_parameters(s, workload, cost)
-    check_user_schedulers(s, workload, cost, params)
+    params, derived = derived_parameters(s, workload, believed)
+    check_user_schedulers(s, workload, believed, params)
     for replication in range(s.replications):
         if s.trace.synth and replication > 0:  # synthetic traces are drawn afresh per replication
             workload = load_workload(s, replication)
@@ -110,11 +116,14 @@ def run_scenario(s: Scenario, progress: Progress | None = None, executor: Simula
             table = build_step_table(workload.request_id, workload.prompt_tokens, workload.output_tokens,
                                      s.speculation.k, cost, acceptance)
         ctx = RunContext(s.speculation.k, cost, table, batching, acceptance, packed)
+        believed_table = table if believed is cost else repriced(
+            table, workload.prompt_tokens, workload.output_tokens, s.speculation.k, believed, acceptance)
         for spec in s.scheduler:
             policy = make_policy(spec.name, params[spec.label], f"scheduler {spec.label}", s.base_dir)
             state = EngineState(workload.request_id, workload.arrival_s, workload.prompt_tokens,
-                                workload.output_tokens, s.speculation.k, cost, columns=dict(workload.columns),
-                                seed=s.seed, replication=replication, acceptance=acceptance, step_table=table)
+                                workload.output_tokens, s.speculation.k, believed, columns=dict(workload.columns),
+                                seed=s.seed, replication=replication, acceptance=acceptance,
+                                step_table=believed_table)
             callback = None
             if progress is not None:
                 def callback(done: int, _label: str = spec.label, _rep: int = replication,

@@ -242,7 +242,8 @@ def validate(
     write_validation(out, result, command_line(), plots=plots)
     Console(width=160).print(markdown(result), highlight=False, markup=False)
     if result.estimates["same"] is False:
-        Console(stderr=True).print(f"warning: {estimates_line(result)}", highlight=False, markup=False)
+        warning = estimates_line(result).replace("**", "")  # Markdown bold, for validation.md only
+        Console(stderr=True).print(f"warning: {warning}", highlight=False, markup=False)
     Console(stderr=True).print(f"validation in {out}/")
 
 

@@ -4,6 +4,9 @@ continuous batching with recompute preemption — and its step log must follow d
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
@@ -163,6 +166,11 @@ name = "fcfs"
     assert pq.read_schema(out / "steps.parquet").metadata[b"lapsbench.steplog"] == b"1"
     steps = pl.read_parquet(out / "steps.parquet")
     assert steps.height > 12 and np.all(steps["prefill_requests"].to_numpy()[:1] == 1)
+    # what its policies estimated with, for a simulation of it (model.scheduler_profile), named in meta.json
+    copy = (out / "scheduler_profile.toml").read_bytes()
+    assert copy == (REPO / "profiles" / "h100-llama3-8b.toml").read_bytes()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["scheduler_profile_sha256"] == meta["profile_sha256"] == hashlib.sha256(copy).hexdigest()
 
 
 def test_cli_replay_without_torch_or_cuda_is_one_line(tmp_path) -> None:

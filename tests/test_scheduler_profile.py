@@ -129,7 +129,7 @@ name = "srpt-sd"
     assert same.returncode == 0 and "warning" not in same.stderr
     assert "Both runs' schedulers estimated with the same profile" in (tmp_path / "vab" / "validation.md").read_text()
     differ = lapsbench("validate", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "vac"))
-    assert differ.returncode == 0 and "warning: **The schedulers estimated with different profiles**" in differ.stderr
+    assert differ.returncode == 0 and "warning: The schedulers estimated with different profiles" in differ.stderr
     data = json.loads((tmp_path / "vac" / "validation.json").read_text())
     assert data["scheduler_estimates"]["same"] is False
 
@@ -140,6 +140,8 @@ def test_a_missing_scheduler_profile_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(r.returncode, r.stderr, "model.scheduler_profile", "nope.toml")
     assert not (tmp_path / "out").exists()
     assert_no_partial_output(tmp_path)
+    r = lapsbench("run", str(s), "--set", 'model.scheduler_profile="h100-llama3-8bb"', "--out", str(tmp_path / "out"))
+    assert_one_line_error(r.returncode, r.stderr, "model.scheduler_profile: no profile 'h100-llama3-8bb'")
 
 
 def test_goodput_at_batch_1_refuses_a_scheduler_profile() -> None:

@@ -311,3 +311,25 @@ def test_a_phase_with_no_held_out_step_says_so(tmp_path: Path) -> None:
     assert fit["mixed"]["validation"] == "held-out" and 0 < fit["mixed"]["mape"] < 0.1
     row = next(line for line in r.stdout.splitlines() if "│prefill" in line.replace(" ", ""))
     assert "none held out" in row and "nan" not in row and "–" in row
+
+
+def test_the_fit_table_cuts_no_number_in_a_narrow_terminal(tmp_path: Path, monkeypatch) -> None:
+    """80 columns: too narrow for the table's longest words, so a line per row, each error whole."""
+    import io
+
+    from rich.console import Console
+
+    import lapsbench.calibrate.cli as calibrate_cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(calibrate_cli, "_console", Console(file=screen, width=80, force_terminal=True,
+                                                           color_system=None))
+    r = lapsbench("calibrate", "fit", "--steps", "validation/h200-graphs/cb16/calib-cb16/steps.parquet",
+                  "--out", str(tmp_path / "p.toml"), "--target", "llama3-8b", "--draft", "llama-68m",
+                  "--batch-sizes", "1,2,4,8,16,32,64", "--span-multiple", "256")
+    assert r.returncode == 0, r.stderr
+    fit = read_toml(tmp_path / "p.toml", "profile")["fit"][STEP_LOG]
+    text = " ".join(screen.getvalue().split())
+    for phase in ("decode", "mixed"):
+        assert f"MAPE {100 * fit[phase]['mape']:.2f}%, worst {100 * fit[phase]['max_ape']:.2f}%" in text
+    assert "prefill: " in text and "(none held out); MAPE –, worst –" in text

@@ -118,13 +118,22 @@ def fit(
              str(st["n_test"]), _ERROR_ON.get(st.get("validation", ""), "held-out"), _pct(st["mape"]),
              _pct(st["max_ape"]))
             for m, phases in fits.items() for phase, st in phases.items()]
-    for j, col in enumerate(("model", "phase", "form", "train", "test", "error on", "MAPE", "worst APE")):
-        # no cell is cut short in a narrow terminal (a form such as "pnorm4+wide32" is the point)
-        table.add_column(col, justify="left" if col in ("model", "phase", "form", "error on") else "right",
-                         min_width=max(len(r[j]) for r in rows))
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    columns = ("model", "phase", "form", "train", "test", "error on", "MAPE", "worst APE")
+    # a cell may wrap at its spaces, but no word (a form such as "pnorm4+wide32", a number) is cut short: each
+    # column is at least as wide as its longest word, and a terminal too narrow even for that gets a line per row
+    widths = [max(len(w) for r in (columns, *rows) for w in [*r[j].split(), ""]) for j in range(len(columns))]
+    if sum(widths) + 3 * len(columns) + 1 > console.width:
+        console.print(table.title, highlight=False)
+        for r in rows:
+            console.print(f"  {r[0]} {r[1]}: {r[2]}; train {r[3]}, test {r[4]} ({r[5]}); MAPE {r[6]}, worst {r[7]}",
+                          highlight=False)
+    else:
+        for col, width in zip(columns, widths, strict=True):
+            table.add_column(col, justify="left" if col in ("model", "phase", "form", "error on") else "right",
+                             min_width=width)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
     if any(st.get("validation") == "leave-one-out" for phases in fits.values() for st in phases.values()):
         console.print("LOO, leave-one-out: phases with fewer than 12 rows are fitted on every row; their error "
                        "is each row's error when it is left out of the fit")

@@ -328,12 +328,13 @@ def profile_dirs() -> list[Path]:
     return [*dirs, Path("profiles"), config / "lapsbench" / "profiles", PROFILES_DIR]
 
 
-def find_profile(name: str) -> Path:
-    """The file of the profile called `name`: NAME.toml in the first of `profile_dirs()` that has it."""
+def find_profile(name: str, key: str = "model.profile") -> Path:
+    """The file of the profile called `name`: NAME.toml in the first of `profile_dirs()` that has it (`key`: the
+    scenario key that named it, for the error)."""
     dirs = profile_dirs()
     for d in dirs:
         if (d / f"{name}.toml").is_file():
             return d / f"{name}.toml"
     known = sorted({p.stem for d in dirs for p in d.glob("*.toml")})
-    raise LapsbenchError(f"model.profile: no profile {name!r} in {', '.join(str(d) for d in dirs)}; expected "
+    raise LapsbenchError(f"{key}: no profile {name!r} in {', '.join(str(d) for d in dirs)}; expected "
                          f"a .toml path or one of {known}")

@@ -219,7 +219,7 @@ def profile_path(s: Scenario, key: str = "profile") -> Path:
             raise LapsbenchError(f"model.{key}: {profile!r} — no such profile file ({path}: a relative path is "
                                  "read from the scenario's folder)")
         return path
-    return find_profile(profile)
+    return find_profile(profile, f"model.{key}")
 
 
 def with_absolute_paths(s: Scenario) -> Scenario:

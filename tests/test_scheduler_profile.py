@@ -14,10 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lapsbench.config.scenario import parse_scenario
+from lapsbench.config.scenario import parse_scenario, scenario_to_toml
 from lapsbench.engine.steptable import build_step_table
 from lapsbench.errors import LapsbenchError
-from lapsbench.run.assembly import build_acceptance, build_cost, build_scheduler_cost, load_workload, model_identity
+from lapsbench.run.assembly import (
+    build_acceptance,
+    build_cost,
+    build_scheduler_cost,
+    load_workload,
+    model_identity,
+    with_absolute_paths,
+)
 from lapsbench.run.runner import run_scenario
 from lapsbench.schedulers.srpt_sd import SRPTSD
 
@@ -102,24 +109,8 @@ def test_meta_names_both_profiles_and_validate_says_when_they_differ(tmp_path: P
     s = scenario(schedulers=("fcfs", "srpt-sd"))
     assert len(set(model_identity(s).values())) == 1
     assert len(set(model_identity(scenario(believed=BELIEVED)).values())) == 2
-    toml = tmp_path / "s.toml"
-    toml.write_text(f"""name = "believed"
-seed = 5
-[trace]
-path = "{REPO}/traces/azure_conv_2023.parquet"
-start_s = 600.0
-max_requests = 30
-rate_scale = 0.15
-[model]
-profile = "{PRICED}"
-[speculation]
-k = 4
-acceptance = {{ kind = "fixed", alpha = 0.7 }}
-[[scheduler]]
-name = "fcfs"
-[[scheduler]]
-name = "srpt-sd"
-""")
+    toml = tmp_path / "s.toml"  # the same scenario as a file, as a user runs it
+    toml.write_text(scenario_to_toml(with_absolute_paths(s)))
     for name, extra in (("a", []), ("b", []), ("c", ["--set", f'model.scheduler_profile="{REPO / BELIEVED}"'])):
         r = lapsbench("run", str(toml), "--out", str(tmp_path / name), "--quiet", *extra)
         assert r.returncode == 0, r.stderr

@@ -58,7 +58,9 @@ def measure(
     _console.print(f"wrote {len(rows)} rows to {out} (provenance in {out}.json)")
 
 
-_ERROR_ON = {"leave-one-out": "LOO", "held-out": "held-out", "none held out": "none held out"}
+def _error_on(validation: str) -> str:
+    """What a phase's error is measured on: held-out, LOO (leave-one-out) or "none held out"."""
+    return "LOO" if validation == "leave-one-out" else validation
 
 
 def _pct(x: float) -> str:
@@ -115,7 +117,7 @@ def fit(
     console = _console if _console.is_terminal else Console(width=140)  # a log: one line per row
     table = Table(title=f"{out}: held-out error ({top['gpu']})", collapse_padding=True)
     rows = [(m if m != STEP_LOG else f"{STEP_LOG} ({top['target']})", phase, st["form"], str(st["n_train"]),
-             str(st["n_test"]), _ERROR_ON.get(st.get("validation", ""), "held-out"), _pct(st["mape"]),
+             str(st["n_test"]), _error_on(st.get("validation", "held-out")), _pct(st["mape"]),
              _pct(st["max_ape"]))
             for m, phases in fits.items() for phase, st in phases.items()]
     columns = ("model", "phase", "form", "train", "test", "error on", "MAPE", "worst APE")

@@ -16,7 +16,7 @@ from lapsbench.config.scenario import Scenario
 from lapsbench.engine.executor import SimulatedExecutor
 from lapsbench.engine.steplog import write_steplog
 from lapsbench.errors import LapsbenchError
-from lapsbench.run.assembly import build_batch_config, build_cost, load_workload
+from lapsbench.run.assembly import build_batch_config, build_cost, load_workload, scheduler_profile_file
 from lapsbench.run.runner import Progress, RunResult, run_scenario
 
 
@@ -99,11 +99,3 @@ def write_replay(out_dir: Path, s: Scenario, result: RunResult, steps: pl.DataFr
                                extra_files=extra_files)
     return summary
 
-
-def scheduler_profile_file(s: Scenario) -> Path | None:
-    """The profile file the replay's schedulers estimate with (None for a fixed-profile table)."""
-    from lapsbench.run.assembly import profile_path
-
-    if s.model.scheduler_profile:
-        return profile_path(s, "scheduler_profile")
-    return profile_path(s) if isinstance(s.model.profile, str) else None

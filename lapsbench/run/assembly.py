@@ -199,8 +199,16 @@ def model_identity(s: Scenario) -> dict[str, str]:
         priced = hashlib.sha256(json.dumps(dataclasses.asdict(profile), sort_keys=True).encode()).hexdigest()
     else:
         priced = trace_hash(profile_path(s))
-    believed = trace_hash(profile_path(s, "scheduler_profile")) if s.model.scheduler_profile else priced
+    believed = trace_hash(scheduler_profile_file(s)) if s.model.scheduler_profile else priced
     return {"profile_sha256": priced, "scheduler_profile_sha256": believed}
+
+
+def scheduler_profile_file(s: Scenario) -> Path | None:
+    """The profile file the schedulers estimate with: `[model] scheduler_profile`, else the pricing profile's
+    file (None for a fixed-profile table)."""
+    if s.model.scheduler_profile:
+        return profile_path(s, "scheduler_profile")
+    return profile_path(s) if isinstance(s.model.profile, str) else None
 
 
 def _is_profile_path(profile: str) -> bool:

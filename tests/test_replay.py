@@ -12,11 +12,13 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from lapsbench.calibrate.step_fit import price_steps
 from lapsbench.config.scenario import parse_scenario
 from lapsbench.engine.executor import SimulatedExecutor
 from lapsbench.engine.steplog import SCHEMA
 from lapsbench.errors import LapsbenchError
 from lapsbench.replay.run import replay_scenario
+from lapsbench.run.assembly import build_cost
 from lapsbench.run.runner import run_scenario
 
 from cli_helpers import lapsbench
@@ -80,6 +82,12 @@ def test_continuous_replay_is_the_simulator_with_recompute() -> None:
     assert requests["preemptions"].sum() > 0
     assert steps["decode_requests"].max() == 4
     assert steps.filter((pl.col("prefill_requests") > 0) & (pl.col("prefill_context_tokens") > 0)).height > 0
+    # the log's chunk sums are the engine's: priced from the log, every step costs what the engine charged, bit
+    # for bit; from the v1 sums alone (equal chunks assumed) steps with unequal chunks would not
+    priced, charged = price_steps(build_cost(s), steps), steps["wall_ms"].to_numpy()
+    np.testing.assert_array_equal(priced, charged)
+    equal_chunks = price_steps(build_cost(s), steps.drop("prefill_tokens_sq", "prefill_tokens_context"))
+    assert (equal_chunks != charged).any()
 
 
 def test_wall_clock_decisions_follow_the_clock() -> None:

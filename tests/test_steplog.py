@@ -44,6 +44,36 @@ def test_reads_csv_and_parquet_with_defaults(tmp_path: Path) -> None:
     assert step_phase(a).tolist() == ["prefill", "decode", "decode", "decode", "mixed"]
 
 
+def with_chunk_sums(sq1: int = 0, sq4: int = 256 * 256, tc0: int = 0, tc4: int = 256 * 512) -> pl.DataFrame:
+    """good_log with its chunk sums (one chunk per prefill step: Σ chunk² = chunk², Σ chunk × cached = chunk ×
+    cached), some of them replaced."""
+    return good_log().with_columns(pl.Series("prefill_tokens_sq", [300 * 300, sq1, 0, 0, sq4]),
+                                   pl.Series("prefill_tokens_context", [tc0, 0, 0, 0, tc4]))
+
+
+def test_chunk_sums_read_or_null(tmp_path: Path) -> None:
+    """Logged chunk sums are kept (and priced from); a log without them, or a row left empty, reads as null,
+    which the fit and the step prices fill in as equal chunks (lapsbench.calibrate.step_fit.chunk_sums)."""
+    from lapsbench.calibrate.step_fit import chunk_sums
+
+    def read(df: pl.DataFrame, name: str) -> pl.DataFrame:
+        df.write_csv(tmp_path / name)
+        return read_steplog(tmp_path / name)
+
+    logged = read(with_chunk_sums().with_columns(pl.Series("prefill_tokens_sq", [300 * 300, 0, 0, 0, None])),
+                  "a.csv")
+    bare = read(good_log(), "b.csv")
+    assert logged["prefill_tokens_sq"].to_list() == [90000, 0, 0, 0, None]
+    assert logged["prefill_tokens_context"].to_list() == [0, 0, 0, 0, 256 * 512]
+    assert bare["prefill_tokens_sq"].null_count() == bare.height == bare["prefill_tokens_context"].null_count()
+    sq, tc = chunk_sums(logged)
+    assert sq.tolist() == [90000, 0, 0, 0, 256 * 256] and tc.tolist() == [0, 0, 0, 0, 256 * 512]
+    two = pl.DataFrame({"prefill_requests": [2, 2], "prefill_tokens": [300, 300], "prefill_context_tokens": [0, 80],
+                        "prefill_tokens_sq": [100 ** 2 + 200 ** 2, None], "prefill_tokens_context": [0, None]})
+    sq, tc = chunk_sums(two)
+    assert sq.tolist() == [50000, 45000] and tc.tolist() == [0, 12000]  # row 1: two chunks of 150 assumed
+
+
 def _edit(column: str, row: int, value: object) -> pl.DataFrame:
     df = good_log()
     values = df[column].to_list()
@@ -69,6 +99,14 @@ BAD = {  # case: (log, column in the message, row, expectation fragment)
         pl.Series("context_tokens", [0, 0, 305, 309, 600]), pl.Series("context_max", [0, 0, 305, 309, 313])),
         "decode_requests", 1, ">= 1"),
     "time_goes_back": (_edit("start_s", 3, 0.001), "start_s", 3, "non-decreasing"),
+    "squares_below_equal_chunks": (with_chunk_sums(sq4=30000), "prefill_tokens_sq", 4, "prefill_tokens²"),
+    "squares_above_one_chunk": (with_chunk_sums(sq4=256 * 256 + 1), "prefill_tokens_sq", 4, "prefill_tokens²"),
+    "squares_without_prefill": (with_chunk_sums(sq1=9), "prefill_tokens_sq", 1, "prefill_requests is 0"),
+    "negative_squares": (with_chunk_sums(sq4=-1), "prefill_tokens_sq", 4, ">= 0"),
+    "chunk_context_above_product": (with_chunk_sums(tc4=256 * 512 + 1), "prefill_tokens_context", 4,
+                                    "prefill_tokens × prefill_context_tokens"),
+    "chunk_context_without_context": (with_chunk_sums(tc0=300), "prefill_tokens_context", 0,
+                                      "between prefill_context_tokens"),
     "no_rows": (good_log().head(0), None, None, "no rows"),
 }
 

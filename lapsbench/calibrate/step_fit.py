@@ -34,21 +34,32 @@ def _log_columns(log: pl.DataFrame) -> tuple[np.ndarray, ...]:
         np.float64),)
 
 
+def chunk_sums(log: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(Σ chunk², Σ chunk × tokens cached before it) of each step's prefills, as float64: the logged sums
+    (prefill_tokens_sq, prefill_tokens_context), or where a row has none, those of equal chunks (T²/n, T·C/n;
+    exact for one prefill per step, e.g. at batch 1)."""
+    n = np.maximum(log["prefill_requests"].to_numpy(), 1).astype(np.float64)
+    tok = log["prefill_tokens"].to_numpy().astype(np.float64)
+    ctx = log["prefill_context_tokens"].to_numpy().astype(np.float64)
+    out = []
+    for name, equal in (("prefill_tokens_sq", tok * tok / n), ("prefill_tokens_context", tok * ctx / n)):
+        logged = log[name].cast(pl.Float64).to_numpy() if name in log.columns else np.full(log.height, np.nan)
+        out.append(np.where(np.isnan(logged), equal, logged))
+    return out[0], out[1]
+
+
 def price_steps(cost: CostModel, log: pl.DataFrame, decode_only: bool = False) -> np.ndarray:
     """Every logged step priced by the simulator's own `sd_step_s`, in ms (`decode_only`: its decode part
-    alone). The log has Σ prompt tokens of a step's prefills, not Σq² nor Σq·c: those are taken as if the
-    chunks were equal (exact for one prefill per step)."""
+    alone), with the prefills' chunk sums of `chunk_sums`."""
     k, n, c, m, npf, tok, pc, _ = _log_columns(log)
+    sq, tc = chunk_sums(log)
     out = np.zeros(log.height)
     for kk in np.unique(k):
         r = k == kk
         if decode_only:
             out[r] = sd_step_s(cost, int(kk), n[r], c[r], context_max=m[r])
             continue
-        per = np.maximum(npf[r], 1).astype(np.float64)
-        t = tok[r].astype(np.float64)
-        out[r] = sd_step_s(cost, int(kk), n[r], c[r], npf[r], tok[r], t * t / per, t * pc[r] / per, pc[r],
-                           context_max=m[r])
+        out[r] = sd_step_s(cost, int(kk), n[r], c[r], npf[r], tok[r], sq[r], tc[r], pc[r], context_max=m[r])
     return out * 1000.0
 
 
@@ -68,9 +79,9 @@ def _decode_step_features(log: pl.DataFrame, pad: StepModel) -> np.ndarray:
 def _prefill_step_features(log: pl.DataFrame) -> np.ndarray:
     """Features of each step's prefill forward, as `price_steps` passes them."""
     *_, npf, tok, pc, _ = (a.astype(np.float64) for a in _log_columns(log))
-    per = np.maximum(npf, 1)
-    cols = {"const": np.ones_like(npf), "batch": npf, "tokens": tok, "context": pc, "tokens_sq": tok * tok / per,
-            "tokens_context": tok * pc / per, "context_max": np.zeros_like(npf),
+    sq, tc = chunk_sums(log)
+    cols = {"const": np.ones_like(npf), "batch": npf, "tokens": tok, "context": pc, "tokens_sq": sq,
+            "tokens_context": tc, "context_max": np.zeros_like(npf),
             "batch_context_max": np.zeros_like(npf)}
     return np.stack([cols[f] for f in FEATURES], axis=1)
 

@@ -18,7 +18,8 @@ METADATA_KEY = "lapsbench.steplog"
 INT_COLUMNS = ("k", "decode_requests", "context_tokens", "context_max", "prefill_requests", "prefill_tokens",
                "prefill_context_tokens")
 REQUIRED = ("start_s", "wall_ms", *INT_COLUMNS)
-OPTIONAL = ("scheduler", "replication", "step", "gpu_ms", "emitted_tokens")
+CHUNK_COLUMNS = ("prefill_tokens_sq", "prefill_tokens_context")  # Σ chunk², Σ chunk × tokens cached before it
+OPTIONAL = ("scheduler", "replication", "step", "gpu_ms", *CHUNK_COLUMNS, "emitted_tokens")
 STEP_PHASES = ("decode", "prefill", "mixed")  # decode-only, prefill-only and mixed steps
 
 
@@ -55,8 +56,9 @@ def _first_bad(path: Path, log: pl.DataFrame, bad: pl.Series, column: str, want:
 
 def read_steplog(path: Path) -> pl.DataFrame:
     """The validated step log: required columns as float64 (times) and int64 (counts), `scheduler` (str),
-    `replication` (int64) and `step` (int64, default: the row's order within its run) always present,
-    `gpu_ms` and `emitted_tokens` kept when given."""
+    `replication` (int64) and `step` (int64, default: the row's order within its run) always present, the
+    chunk sums (CHUNK_COLUMNS, int64) always present and null where not logged, `gpu_ms` and `emitted_tokens`
+    kept when given."""
     df = _read(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -71,7 +73,7 @@ def read_steplog(path: Path) -> pl.DataFrame:
             cast = df[c].cast(pl.Float64, strict=False)
             _first_bad(path, raw, cast.is_null() & raw[c].is_not_null(), c, "a number")
             cols.append(cast.alias(c))
-    for c in (*INT_COLUMNS, "replication", "step", "emitted_tokens"):
+    for c in (*INT_COLUMNS, *CHUNK_COLUMNS, "replication", "step", "emitted_tokens"):
         if c in df.columns:
             cast = df[c].cast(pl.Float64, strict=False)
             _first_bad(path, raw, cast.is_null() & raw[c].is_not_null(), c, "an integer")
@@ -85,10 +87,10 @@ def read_steplog(path: Path) -> pl.DataFrame:
         _first_bad(path, raw, (log["gpu_ms"] <= 0).fill_null(False), "gpu_ms", "> 0 ms (or empty)")
     _first_bad(path, raw, log["wall_ms"] <= 0, "wall_ms", "> 0 ms")
     _first_bad(path, raw, log["start_s"] < 0, "start_s", ">= 0 s")
-    for c in (*INT_COLUMNS, "replication", "emitted_tokens"):
+    for c in (*INT_COLUMNS, *CHUNK_COLUMNS, "replication", "emitted_tokens"):
         if c in log.columns:
-            _first_bad(path, raw, log[c] < 0, c, "a count >= 0")
-    log = log.with_columns([pl.col(c).cast(pl.Int64) for c in (*INT_COLUMNS, "replication", "step",
+            _first_bad(path, raw, (log[c] < 0).fill_null(False), c, "a count >= 0")
+    log = log.with_columns([pl.col(c).cast(pl.Int64) for c in (*INT_COLUMNS, *CHUNK_COLUMNS, "replication", "step",
                                                                "emitted_tokens") if c in log.columns])
     dec, pf = log["decode_requests"], log["prefill_requests"]
     _first_bad(path, raw, (dec + pf) < 1, "decode_requests",
@@ -102,6 +104,7 @@ def read_steplog(path: Path) -> pl.DataFrame:
     _first_bad(path, raw, (dec == 0) & (log["context_tokens"] > 0), "context_tokens", "0 when decode_requests is 0")
     _first_bad(path, raw, log["context_max"] * dec < log["context_tokens"], "context_max",
                ">= context_tokens / decode_requests (the longest context is at least the mean)")
+    _check_chunk_sums(path, raw, log)
     if "scheduler" not in log.columns:
         log = log.with_columns(pl.lit("").alias("scheduler"))
     if "replication" not in log.columns:
@@ -112,6 +115,25 @@ def read_steplog(path: Path) -> pl.DataFrame:
     back = log.with_row_index("_row").with_columns(
         (pl.col("start_s").diff().over("scheduler", "replication") < 0).fill_null(False).alias("_back"))
     _first_bad(path, raw, back["_back"], "start_s", "non-decreasing within a (scheduler, replication) run")
-    keep = ["scheduler", "replication", "step", *REQUIRED] + [c for c in ("gpu_ms", "emitted_tokens")
-                                                             if c in log.columns]
+    log = log.with_columns([pl.lit(None, pl.Int64).alias(c) for c in CHUNK_COLUMNS if c not in log.columns])
+    keep = ["scheduler", "replication", "step", *REQUIRED, *CHUNK_COLUMNS] + [
+        c for c in ("gpu_ms", "emitted_tokens") if c in log.columns]
     return log.select(keep)
+
+
+def _check_chunk_sums(path: Path, raw: pl.DataFrame, log: pl.DataFrame) -> None:
+    """The chunk sums, where given, are those of some chunks: n chunks of Σ tokens T have T²/n <= Σ chunk² <=
+    T², and with Σ cached C (each chunk at least one token), C <= Σ chunk × cached <= T·C."""
+    n, tok, ctx = log["prefill_requests"], log["prefill_tokens"], log["prefill_context_tokens"]
+    if "prefill_tokens_sq" in log.columns:
+        sq = log["prefill_tokens_sq"]
+        _first_bad(path, raw, ((n == 0) & (sq > 0)).fill_null(False), "prefill_tokens_sq",
+                   "0 when prefill_requests is 0")
+        _first_bad(path, raw, ((n > 0) & ((sq * n < tok * tok) | (sq > tok * tok))).fill_null(False),
+                   "prefill_tokens_sq", "between prefill_tokens² / prefill_requests and prefill_tokens² "
+                   "(the sum of the chunks' squares)")
+    if "prefill_tokens_context" in log.columns:
+        tc = log["prefill_tokens_context"]
+        _first_bad(path, raw, ((tc < ctx) | (tc > tok * ctx)).fill_null(False), "prefill_tokens_context",
+                   "between prefill_context_tokens and prefill_tokens × prefill_context_tokens (Σ chunk × tokens "
+                   "cached before it)")

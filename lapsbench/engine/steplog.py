@@ -15,7 +15,8 @@ SCHEMA: dict[str, pl.DataType] = {
     "scheduler": pl.String(), "replication": pl.Int32(), "step": pl.Int64(), "start_s": pl.Float64(),
     "wall_ms": pl.Float64(), "gpu_ms": pl.Float64(), "k": pl.Int32(), "decode_requests": pl.Int32(),
     "context_tokens": pl.Int64(), "context_max": pl.Int64(), "prefill_requests": pl.Int32(),
-    "prefill_tokens": pl.Int64(), "prefill_context_tokens": pl.Int64(), "emitted_tokens": pl.Int64(),
+    "prefill_tokens": pl.Int64(), "prefill_context_tokens": pl.Int64(), "prefill_tokens_sq": pl.Int64(),
+    "prefill_tokens_context": pl.Int64(), "emitted_tokens": pl.Int64(),
 }
 
 
@@ -45,6 +46,9 @@ class StepLog:
         r["prefill_requests"].append(step.prefill.size)
         r["prefill_tokens"].append(int(step.chunk.sum()))
         r["prefill_context_tokens"].append(int(step.cached.sum()))
+        chunk = step.chunk.astype(np.int64)
+        r["prefill_tokens_sq"].append(int(np.dot(chunk, chunk)))
+        r["prefill_tokens_context"].append(int(np.dot(chunk, step.cached.astype(np.int64))))
         r["emitted_tokens"].append(int(step.emitted.sum()) + int(np.count_nonzero(step.completes)))
 
     def end(self) -> None:

@@ -4,7 +4,7 @@
 # replays the calibration window scenarios/validation/CALIB.toml and then each validation scenario
 # scenarios/validation/NAME.toml into OUT_DIR/CALIB and OUT_DIR/NAME (scripts/gpu_validation.sh; packed into
 # $PACK, default OUT_DIR.tar.gz, after each). Then, on any machine, for each NAME:
-# scripts/validate_b1_same_lease.sh OUT_DIR/CALIB OUT_DIR/NAME NAME RESULT_DIR.
+# scripts/validate_same_call.sh OUT_DIR/CALIB OUT_DIR/NAME NAME RESULT_DIR.
 # Run from the repository root with torch and CUDA. Without polars, the wheels carried in .gpu/slim (made by
 # scripts/slim_polars.sh; the plain wheels in .gpu/whl no longer fit the device's 64 MiB tree limit) or else in
 # .gpu/whl are unpacked into /tmp/site and put on PYTHONPATH.

@@ -3,7 +3,7 @@
 #   scripts/slim_polars.sh [WHEEL_DIR] [OUT_DIR]      (defaults .gpu/whl and .gpu/slim, both git-ignored)
 # The runtime wheel's shared library (~178 MB, 54 MB as a wheel) is stored xz-compressed (~31 MB) as OUT_DIR/rt.xz,
 # its path inside the wheel in OUT_DIR/rt.path, the rest of that wheel as OUT_DIR/rest.tar; the small polars wheel
-# is copied. scripts/gpu_b1_same_lease.sh unpacks OUT_DIR into /tmp/site (carry it instead of .gpu/whl).
+# is copied. scripts/gpu_same_call.sh unpacks OUT_DIR into /tmp/site (carry it instead of .gpu/whl).
 set -eu
 src=${1:-.gpu/whl}
 out=${2:-.gpu/slim}

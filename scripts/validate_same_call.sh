@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CPU half of scripts/gpu_b1_same_lease.sh:
-#   scripts/validate_b1_same_lease.sh CALIB_REPLAY VALIDATION_REPLAY NAME OUT_DIR
+# The CPU half of scripts/gpu_same_call.sh, for each validation replay:
+#   scripts/validate_same_call.sh CALIB_REPLAY VALIDATION_REPLAY NAME OUT_DIR
 # fits a profile from the calibration replay's step log (OUT_DIR/profile.toml, the fit of docs/validation.md),
 # simulates scenarios/validation/NAME.toml with it (same scenario, seed and draws as the replay; only the
 # profile pricing the steps differs: the schedulers estimate with the replay's own, VALIDATION_REPLAY/
@@ -9,7 +9,7 @@
 # Run from the repository root with lapsbench importable (PYTHONPATH=$PWD or installed).
 set -eu
 if (( $# != 4 )); then
-  echo "usage: scripts/validate_b1_same_lease.sh CALIB_REPLAY VALIDATION_REPLAY NAME OUT_DIR" >&2
+  echo "usage: scripts/validate_same_call.sh CALIB_REPLAY VALIDATION_REPLAY NAME OUT_DIR" >&2
   exit 2
 fi
 calib=$1
@@ -18,14 +18,14 @@ name=$3
 out=$4
 for f in "$calib/steps.parquet" "$real/requests.parquet" "scenarios/validation/$name.toml"; do
   if [[ ! -f $f ]]; then
-    echo "scripts/validate_b1_same_lease.sh: $f: no such file" >&2
+    echo "scripts/validate_same_call.sh: $f: no such file" >&2
     exit 2
   fi
 done
 # the schedulers estimate with what the replay's schedulers used (its scheduler_profile.toml), not the new fit
 believed=${SCHEDULER_PROFILE:-$real/scheduler_profile.toml}
 if [[ ! -f $believed ]]; then
-  echo "scripts/validate_b1_same_lease.sh: $believed: no such file; expected the replay's scheduler_profile.toml" \
+  echo "scripts/validate_same_call.sh: $believed: no such file; expected the replay's scheduler_profile.toml" \
     "or SCHEDULER_PROFILE=the profile its schedulers estimated with" >&2
   exit 2
 fi

@@ -1,4 +1,4 @@
-"""scripts/validate_b1_same_lease.sh end to end on the CPU, with committed H200 replays standing in for a
+"""scripts/validate_same_call.sh end to end on the CPU, with committed H200 replays standing in for a
 same-lease pair (validation/h200/calib-b1 as the calibration window, b1-eagle as the validation replay): the
 fit → simulate → validate chain runs and reports every scheduler of the scenario against its replay."""
 
@@ -20,7 +20,7 @@ BEFORE_REFIT = "validation/scheduler-profiles/h100-llama3-8b-before-refit.toml"
 def test_fit_simulate_validate_from_a_calibration_replay(tmp_path: Path):
     """(slow: a fit, a four-scheduler simulation and a comparison, ~15 s)"""
     out = tmp_path / "b1"
-    run = subprocess.run(["bash", "scripts/validate_b1_same_lease.sh", "validation/h200/calib-b1",
+    run = subprocess.run(["bash", "scripts/validate_same_call.sh", "validation/h200/calib-b1",
                           "validation/h200/b1-eagle", "b1-eagle", str(out)], cwd=REPO, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(REPO),
                                                  # what that replay's schedulers estimated with
@@ -38,7 +38,7 @@ def test_fit_simulate_validate_from_a_calibration_replay(tmp_path: Path):
 
 
 def test_a_missing_replay_is_one_line_and_exit_2(tmp_path: Path):
-    run = subprocess.run(["bash", "scripts/validate_b1_same_lease.sh", str(tmp_path / "nope"),
+    run = subprocess.run(["bash", "scripts/validate_same_call.sh", str(tmp_path / "nope"),
                           "validation/h200/b1-eagle", "b1-eagle", str(tmp_path / "out")], cwd=REPO,
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "nope/steps.parquet" in run.stderr
@@ -48,7 +48,7 @@ def test_a_missing_replay_is_one_line_and_exit_2(tmp_path: Path):
 def test_a_replay_without_its_scheduler_profile_is_one_line_and_exit_2(tmp_path: Path):
     """validation/h200/b1-eagle predates scheduler_profile.toml: without SCHEDULER_PROFILE the script says so."""
     env = {k: v for k, v in os.environ.items() if k != "SCHEDULER_PROFILE"}
-    run = subprocess.run(["bash", "scripts/validate_b1_same_lease.sh", "validation/h200/calib-b1",
+    run = subprocess.run(["bash", "scripts/validate_same_call.sh", "validation/h200/calib-b1",
                           "validation/h200/b1-eagle", "b1-eagle", str(tmp_path / "out")], cwd=REPO,
                          capture_output=True, text=True, env=env)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "SCHEDULER_PROFILE" in run.stderr

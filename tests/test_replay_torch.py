@@ -199,3 +199,26 @@ def test_a_replay_with_prefill_graphs_serves_the_simulated_steps(device: str) ->
     real = replay_scenario(s, ex)[0].requests
     assert real["finish_s"].is_not_null().all() and real["output_tokens"].equals(sim["output_tokens"])
     assert ex.prefill_graph and ex.meta()["prefill_graphs"] == len(ex.prefill_graph)
+
+
+def test_prefill_graphs_are_captured_before_the_step_runs(monkeypatch) -> None:
+    """A capture synchronizes the device: begun after some of a step's prefills were queued, it would take their
+    GPU time off the clock with it (seen on the H200: steps that met a new bucket timed 40-250 ms short). So
+    every new bucket of a step is captured before any of its work runs."""
+    from lapsbench.calibrate.models import parse_model_spec
+    from lapsbench.engine.context import BatchStep
+    from lapsbench.replay.torch_engine import TorchExecutor
+
+    ex = TorchExecutor(parse_model_spec("tiny-test"), parse_model_spec("tiny-test"), "cpu", prefill_graphs=True)
+    ex.prepare(np.array([600, 600, 600]), np.array([5, 5, 5]), 3, np.inf, 4, 16)  # captures the 640 bucket
+    ex.reset_kv(3)
+    events = []
+    capture, run = ex._capture_prefill, ex._padded_prefills
+    monkeypatch.setattr(ex, "_capture_prefill", lambda cp: (events.append(("capture", cp)), capture(cp))[1])
+    monkeypatch.setattr(ex, "_padded_prefills", lambda g: (events.append(("run", g.blocks.shape[0])), run(g))[1])
+    ints = lambda v: np.array(v, np.int64)  # noqa: E731
+    ex.execute(BatchStep(k=3, decode=ints([]), context=ints([]), emitted=ints([]), prefill=ints([0, 1, 2]),
+                         chunk=ints([100, 200, 40]), cached=ints([0, 0, 0]), completes=np.ones(3, bool),
+                         resident=np.ones(3, bool)))
+    # chunks of new buckets (as a recompute's are): each captured (on the CPU: its static inputs made), then run
+    assert events == [("capture", 128), ("capture", 256), ("capture", 64), ("run", 8), ("run", 16), ("run", 4)]

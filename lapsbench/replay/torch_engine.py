@@ -346,6 +346,11 @@ class TorchExecutor(SimulatedExecutor):
                 prefills.append((c, cached, torch.tensor(self.blocks[i], dtype=torch.long).to(self.device)))
             owners.append(i)
         graph = self._decode_inputs(step) if step.decode.size else None
+        # capture first: a capture synchronizes the device, so one begun after this step's work was queued
+        # would take that work's GPU time off the clock with it
+        for c, _, blocks in prefills:
+            if blocks is None and prefill_bucket(c) not in self.prefill_graph:
+                self._capture_prefill(prefill_bucket(c))
         with torch.inference_mode(), self._attention():
             if self.cuda:
                 self.events[0].record()
@@ -426,8 +431,7 @@ class TorchExecutor(SimulatedExecutor):
         """A chunk of c tokens from an empty cache, as its bucket's graph: its blocks and length are copied into
         the graph's static inputs first (a blocking copy, in stream order: two chunks of one bucket in a step
         each see their own)."""
-        cp = prefill_bucket(c)
-        g = self.prefill_graph.get(cp) or self._capture_prefill(cp)
+        g = self.prefill_graph[prefill_bucket(c)]  # captured before the step began (execute)
         nb = g.blocks.shape[0]
         staged = np.zeros(nb + 1, np.int64)
         mine = blocks[:nb]

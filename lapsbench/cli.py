@@ -366,8 +366,11 @@ def replay(
     scenario: Path = typer.Argument(..., help="scenario TOML (batching 'none' or 'continuous' + recompute)"),
     out: Path | None = typer.Option(None, "--out", help="results directory (default: [output] dir + '-replay')"),
     seed: int | None = typer.Option(None, "--seed", help="override the scenario's seed"),
-    executor: str = typer.Option("torch", "--executor", help="torch (run the steps on a GPU, wall clock) or "
-                                 "simulated (the cost model's step times: reproduces `run`)"),
+    executor: str = typer.Option("torch", "--executor", help="torch (run the steps on a GPU, wall clock), "
+                                 "simulated (the cost model's step times: reproduces `run`) or logged (the step "
+                                 "times of --steps, each step checked against it)"),
+    steps_log: Path | None = typer.Option(None, "--steps", help="with --executor logged: the step log whose times "
+                                          "the steps take (a replay's steps.parquet, with its scenario.toml)"),
     device: str = typer.Option("cuda", "--device", help="torch device: cuda, or cpu for a debug run"),
     target: str | None = typer.Option(None, "--target", help="target model shape (a `calibrate measure` name or "
                                       "NAME:hidden=..,...; default: the profile's target)"),
@@ -399,17 +402,26 @@ def replay(
         from lapsbench.replay.run import pin_to_cpu
 
         pin_to_cpu(cpu)  # before torch starts its threads, which inherit it
+    if (steps_log is not None) != (executor == "logged"):
+        raise LapsbenchError("--steps: goes with --executor logged (the step log whose times the steps take); "
+                             f"got --executor {executor}{' and no --steps' if steps_log is None else ''}")
     if executor == "simulated":
         from lapsbench.engine.executor import SimulatedExecutor
 
         runner = SimulatedExecutor()
+    elif executor == "logged":
+        from lapsbench.calibrate.steplog import read_steplog
+        from lapsbench.replay.logged import LoggedExecutor
+
+        runner = LoggedExecutor(read_steplog(steps_log), steps_log)
+        runner.check_runs([sc.label for sc in spec.scheduler], spec.replications)
     elif executor == "torch":
         from lapsbench.replay.torch_engine import TorchExecutor
         from lapsbench.run.assembly import build_cost
 
         runner = TorchExecutor.for_scenario(build_cost(spec), target, draft, device, prefill_graphs)
     else:
-        raise LapsbenchError(f"--executor: {executor!r} — expected 'torch' or 'simulated'")
+        raise LapsbenchError(f"--executor: {executor!r} — expected 'torch', 'simulated' or 'logged'")
     console = Console(stderr=True)
 
     def progress(label: str, replication: int, done: int, total: int) -> None:
@@ -417,6 +429,8 @@ def replay(
             console.print(f"  {label} (rep {replication}) done", highlight=False)
 
     result, steps = replay_scenario(spec, runner, progress)
+    if executor == "logged":
+        runner.finish()
     summary = write_replay(out_dir, spec, result, steps, runner, command_line())
     print_summary(summary, f"{spec.name} (replay, {runner.name}): {result.workload.n} requests, "
                   f"k = {spec.speculation.k}")

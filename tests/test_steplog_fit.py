@@ -333,3 +333,24 @@ def test_the_fit_table_cuts_no_number_in_a_narrow_terminal(tmp_path: Path, monke
     for phase in ("decode", "mixed"):
         assert f"MAPE {100 * fit[phase]['mape']:.2f}%, worst {100 * fit[phase]['max_ape']:.2f}%" in text
     assert "prefill: " in text and "(none held out); MAPE –, worst –" in text
+
+
+def test_chunks_after_cached_tokens_are_priced_by_their_attention(tmp_path: Path) -> None:
+    """A step-log prefill model charges cached tokens through chunk × cached (tokens_context), not by
+    themselves: fitted on the H200 calibration window of docs/validation.md §0.9 (5 of its 1,287 steps prefill
+    a chunk after cached tokens, at most 1,172 of them), it prices the validation window's steps that prefill
+    chunks after ~3,100-3,700 cached tokens within 10% (with Σ cached as a feature of its own: 40-65% high)."""
+    from lapsbench.calibrate.step_fit import STEP_PREFILL_FEATURES, price_steps
+    from lapsbench.calibrate.steplog import read_steplog
+
+    replays = REPO / "validation" / "h200-chunks" / "cb64"
+    out = tmp_path / "p.toml"
+    fit_profile(None, out, "llama3-8b", ["llama-68m"], None, "NVIDIA H200", None, None, [], 0.25, 0, "test",
+                [replays / "calib-cb64" / "steps.parquet"], batch_sizes=(1, 2, 4, 8, 16, 32, 64), span_multiple=256)
+    cost = load_profile_file(out)
+    assert "context" not in STEP_PREFILL_FEATURES
+    assert set(cost.target_prefill.coef) | set(cost.target_prefill.coef_compute) <= set(STEP_PREFILL_FEATURES)
+    log = read_steplog(replays / "cb64-high" / "steps.parquet").filter(pl.col("prefill_context_tokens") > 3000)
+    assert log.height >= 8
+    ape = np.abs(price_steps(cost, log) / log["wall_ms"].to_numpy() - 1)
+    assert ape.mean() <= 0.10, ape

@@ -14,7 +14,6 @@ import polars as pl
 
 from lapsbench.calibrate.forward import (
     CV_FOLDS,
-    FORWARD_FEATURES,
     MIN_LOO_ROWS,
     MIN_ROWS,
     Candidate,
@@ -88,6 +87,12 @@ def _prefill_step_features(log: pl.DataFrame) -> np.ndarray:
 
 # A decode step at one k: tokens, tokens_sq and tokens_context are multiples of batch and context.
 STEP_DECODE_FEATURES = ("const", "batch", "context", "context_max", "batch_context_max")
+# A step's prefill chunks: what a chunk after cached tokens adds is its attention over them, chunk × cached
+# (tokens_context); Σ cached alone (context) costs only the read of their KV, a few µs per thousand tokens. With
+# both, a window with few chunked steps (a handful under continuous batching) charges the cached tokens by
+# themselves, tens of µs each (fitted on calib-cb64: 36 µs), and prices a chunk after 3,000 cached tokens 40-65%
+# high (docs/validation.md §0.9).
+STEP_PREFILL_FEATURES = ("const", "batch", "tokens", "tokens_sq", "tokens_context")
 
 
 def _split(n: int, rng: np.random.Generator, test_frac: float) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -157,7 +162,7 @@ def fit_from_steps(log: pl.DataFrame, path: Path, target: str, drafts: list[str]
         use = mixed[rest > 0.25 * t[mixed]]  # where the prefill is a fair share of the step
         pr = np.concatenate([rows["prefill"], use])
         y = np.concatenate([t[rows["prefill"]], t[use] - dpart[use] - mixed_ms])
-        pre, pre_stats = fit_phase(Xp[pr], y, rng, 0.0, FORWARD_FEATURES, short=True)
+        pre, pre_stats = fit_phase(Xp[pr], y, rng, 0.0, STEP_PREFILL_FEATURES, short=True)
         if mixed.size:
             mixed_ms = _fit_offset(t[mixed], dpart[mixed] + pre.predict_ms(Xp[mixed]))
     step = replace(step, mixed_ms=mixed_ms)

@@ -402,6 +402,8 @@ def replay(
         from lapsbench.replay.run import pin_to_cpu
 
         pin_to_cpu(cpu)  # before torch starts its threads, which inherit it
+    if executor not in ("torch", "simulated", "logged"):
+        raise LapsbenchError(f"--executor: {executor!r} — expected 'torch', 'simulated' or 'logged'")
     if (steps_log is not None) != (executor == "logged"):
         raise LapsbenchError("--steps: goes with --executor logged (the step log whose times the steps take); "
                              f"got --executor {executor}{' and no --steps' if steps_log is None else ''}")
@@ -415,13 +417,11 @@ def replay(
 
         runner = LoggedExecutor(read_steplog(steps_log), steps_log)
         runner.check_runs([sc.label for sc in spec.scheduler], spec.replications)
-    elif executor == "torch":
+    else:
         from lapsbench.replay.torch_engine import TorchExecutor
         from lapsbench.run.assembly import build_cost
 
         runner = TorchExecutor.for_scenario(build_cost(spec), target, draft, device, prefill_graphs)
-    else:
-        raise LapsbenchError(f"--executor: {executor!r} — expected 'torch', 'simulated' or 'logged'")
     console = Console(stderr=True)
 
     def progress(label: str, replication: int, done: int, total: int) -> None:

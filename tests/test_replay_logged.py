@@ -81,6 +81,8 @@ acceptance = { kind = "fixed", alpha = 0.7 }\n[[scheduler]]\nname = "fcfs"\n""".
     assert pl.read_parquet(again / "requests.parquet").equals(pl.read_parquet(sim / "requests.parquet"))
     for args, want in ((["--executor", "logged"], "no --steps"),
                        (["--steps", str(sim / "steps.parquet")], "--executor torch"),
+                       (["--executor", "logd", "--steps", str(sim / "steps.parquet")],
+                        "'torch', 'simulated' or 'logged'"),
                        (["--executor", "logged", "--steps", str(tmp_path / "nope.parquet")], "no such step log")):
         bad = tmp_path / "bad"
         r = lapsbench("replay", str(toml), *args, "--out", str(bad), "--quiet")

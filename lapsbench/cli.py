@@ -429,8 +429,6 @@ def replay(
             console.print(f"  {label} (rep {replication}) done", highlight=False)
 
     result, steps = replay_scenario(spec, runner, progress)
-    if executor == "logged":
-        runner.finish()
     summary = write_replay(out_dir, spec, result, steps, runner, command_line())
     print_summary(summary, f"{spec.name} (replay, {runner.name}): {result.workload.n} requests, "
                   f"k = {spec.speculation.k}")

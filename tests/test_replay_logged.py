@@ -57,6 +57,12 @@ def test_a_log_of_another_run_is_one_line(tmp_path) -> None:
     with pytest.raises(LapsbenchError, match=rf"scheduler 'las' replication 0 step {step}: the loop scheduled "
                                              r"context_tokens = \d+, the log has \d+"):
         replay_scenario(s, LoggedExecutor(read_steplog(path), path))
+    last = log.filter(pl.col("scheduler") == "las").tail(1)  # las's run logged one step longer
+    longer = last.with_columns(pl.col("step") + 1, pl.col("start_s") + pl.col("wall_ms") / 1000)
+    pl.concat([log, longer]).write_parquet(path)
+    with pytest.raises(LapsbenchError, match=rf"scheduler 'las' replication 0: the loop ran {last['step'][0] + 1} "
+                                             rf"steps, the log has {last['step'][0] + 2}"):
+        replay_scenario(s, LoggedExecutor(read_steplog(path), path))
     log.filter(pl.col("step") < 5).write_parquet(path)  # a shorter run
     with pytest.raises(LapsbenchError, match="more than the log's 5 steps"):
         replay_scenario(s, LoggedExecutor(read_steplog(path), path))

@@ -339,7 +339,7 @@ def test_chunks_after_cached_tokens_are_priced_by_their_attention(tmp_path: Path
     """A step-log prefill model charges cached tokens through chunk × cached (tokens_context), not by
     themselves: fitted on the H200 calibration window of docs/validation.md §0.9 (5 of its 1,287 steps prefill
     a chunk after cached tokens, at most 1,172 of them), it prices the validation window's steps that prefill
-    chunks after ~3,100-3,700 cached tokens within 10% (with Σ cached as a feature of its own: 40-65% high)."""
+    chunks after ~3,100-3,700 cached tokens within 10% (with Σ cached as a feature of its own: 38-66% high)."""
     from lapsbench.calibrate.step_fit import STEP_PREFILL_FEATURES, price_steps
     from lapsbench.calibrate.steplog import read_steplog
 

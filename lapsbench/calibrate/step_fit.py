@@ -90,7 +90,7 @@ STEP_DECODE_FEATURES = ("const", "batch", "context", "context_max", "batch_conte
 # A step's prefill chunks: what a chunk after cached tokens adds is its attention over them, chunk × cached
 # (tokens_context); Σ cached alone (context) costs only the read of their KV, a few µs per thousand tokens. With
 # both, a window with few chunked steps (a handful under continuous batching) charges the cached tokens by
-# themselves, tens of µs each (fitted on calib-cb64: 36 µs), and prices a chunk after 3,000 cached tokens 40-65%
+# themselves, tens of µs each (fitted on calib-cb64: 36 µs), and prices a chunk after 3,000 cached tokens 38-66%
 # high (docs/validation.md §0.9).
 STEP_PREFILL_FEATURES = ("const", "batch", "tokens", "tokens_sq", "tokens_context")
 

@@ -61,6 +61,9 @@ class SimulatedExecutor:
     def wait_until(self, t: float) -> float:
         return t
 
+    def finish(self) -> None:
+        """After the last run: check or release what the runs left (a LapsbenchError if they left it wrong)."""
+
     def compiling(self, started: bool) -> None:
         """numba starts (True) or ends (False) compiling during the run: a real clock leaves that time out, as a
         real engine's scheduler is compiled before it serves."""

@@ -78,6 +78,7 @@ def replay_scenario(s: Scenario, executor: SimulatedExecutor,
     # a fresh machine compiles each scheduler's decision on first use, a warm one loads it from numba's cache
     with on_compile(executor.compiling, loads=True), collector_paused():
         result = run_scenario(s, progress, executor)
+    executor.finish()
     return result, executor.log.frame()
 
 

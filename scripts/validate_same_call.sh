@@ -6,6 +6,8 @@
 # profile pricing the steps differs: the schedulers estimate with the replay's own, VALIDATION_REPLAY/
 # scheduler_profile.toml, or $SCHEDULER_PROFILE for replays older than that file) into OUT_DIR/sim, and
 # compares (lapsbench validate) into OUT_DIR/compare.
+# PREFILL_BUCKET (default 64, the replay's prefill padding) is passed to calibrate fit as --prefill-bucket; 0
+# fits without the per-length correction (docs/validation.md §0.9 and earlier).
 # Run from the repository root with lapsbench importable (PYTHONPATH=$PWD or installed).
 set -eu
 if (( $# != 4 )); then
@@ -33,7 +35,8 @@ believed=$(cd "$(dirname "$believed")" && pwd)/$(basename "$believed")
 mkdir -p "$out"
 profile=$(cd "$out" && pwd)/profile.toml
 python -m lapsbench calibrate fit --steps "$calib/steps.parquet" --out "$profile" \
-  --target llama3-8b --draft llama-68m --batch-sizes 1,2,4,8,16,32,64 --span-multiple 256
+  --target llama3-8b --draft llama-68m --batch-sizes 1,2,4,8,16,32,64 --span-multiple 256 \
+  --prefill-bucket "${PREFILL_BUCKET:-64}"
 python -m lapsbench run "scenarios/validation/$name.toml" --set "model.profile=\"$profile\"" \
   --set "model.scheduler_profile=\"$believed\"" --out "$out/sim" --quiet
 python -m lapsbench validate "$real" "$out/sim" --out "$out/compare"

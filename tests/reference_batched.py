@@ -23,7 +23,14 @@ from lapsbench.models.kchoice import (
     choose_shared_k,
     goodput_per_request_k,
 )
-from lapsbench.models.pricing import draft_rebuild_s, mixed_step_time_s, pack_cost, step_time_s
+from lapsbench.models.pricing import (
+    bucket_ms_of_chunks,
+    chunk_bucket_ms,
+    draft_rebuild_s,
+    mixed_step_time_s,
+    pack_cost,
+    step_time_s,
+)
 from lapsbench.progress import Throttled
 from lapsbench.schedulers.base import Scheduler
 from lapsbench.schedulers.stepwise import Bound
@@ -233,7 +240,7 @@ class ReferenceBatched:
         s = self.s
         done_prefill = self.prefilled[v] >= self.target[v]
         lost = int(s.prompt_tokens[v] + s.generated[v]) if done_prefill else int(self.prefilled[v])
-        return step_time_s(self.pack, 0, 0, 0, 1, lost, lost * lost, 0, 0)
+        return step_time_s(self.pack, 0, 0, 0, 1, lost, lost * lost, 0, 0, chunk_bucket_ms(self.pack, lost))
 
     def _displaceable(self, i: int, pos: int, victims: list[int], position: dict[int, int],
                       short: int) -> list[int] | None:
@@ -337,13 +344,15 @@ class ReferenceBatched:
         ctx = s.prompt_tokens[dec] + s.generated[dec]
         before = self.prefilled[pf]
         if self.adaptive is not None:
-            prefill = (pf.size, int(c.sum()), int((c * c).sum()), int((c * before).sum()), int(before.sum()))
+            prefill = (pf.size, int(c.sum()), int((c * c).sum()), int((c * before).sum()), int(before.sum()),
+                       sum(bucket_ms_of_chunks(self.pack.bucket_tokens, self.pack.bucket_ms, c).tolist(), 0.0))
             k, dt, emitted = self._adaptive_step(dec, live_dec, ctx, prefill, pf, before)
         else:
             emitted = (self.acc.emitted(live_dec, s.decode_steps[live_dec], s.generated[live_dec]) if live_dec.size
                        else np.zeros(0, np.int64))
             dt = step_time_s(self.pack, dec.size, int(ctx.sum()), int(ctx.max(initial=0)), pf.size, int(c.sum()),
-                             int((c * c).sum()), int((c * before).sum()), int(before.sum()))
+                             int((c * c).sum()), int((c * before).sum()), int(before.sum()),
+                             sum(bucket_ms_of_chunks(self.pack.bucket_tokens, self.pack.bucket_ms, c).tolist(), 0.0))
         emitted = np.minimum(emitted, s.output_tokens[live_dec] - s.generated[live_dec])
         now, took = now + (dt + stall), dt + stall
         self._record(took, members.size)

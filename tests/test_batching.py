@@ -15,7 +15,7 @@ from reference_batched import ReferenceBatched, _roundup
 from lapsbench.config.scenario import parse_scenario
 from lapsbench.engine.context import BatchConfig
 from lapsbench.errors import LapsbenchError
-from lapsbench.models.cost import CostModel, PhaseModel, fixed_profile
+from lapsbench.models.cost import CostModel, PhaseModel, StepModel, fixed_profile
 from lapsbench.run.runner import run_scenario
 from lapsbench.schedulers import make_policy, registry
 
@@ -38,6 +38,13 @@ def linear_cost(kv_capacity: int = 0) -> CostModel:
         target_prefill=PhaseModel(coef={"const": 2.0, "tokens": 0.02}),
         draft=PhaseModel(coef={"const": 0.3, "tokens": 0.001}),
         kv_capacity_tokens=kv_capacity, kv_bytes_per_token=131072, host_link_gb_s=20.0)
+
+
+def with_prefill_table(cost: CostModel) -> CostModel:
+    """`cost` with a per-length prefill correction ([step] prefill_bucket_ms) over chunks of 1..208 tokens, in
+    steps of 16, entries of both signs: the engine sums it per chunk, the reference from the same table."""
+    table = tuple(float(x) for x in np.round(np.random.default_rng(5).uniform(-1.5, 3.0, 13), 3))
+    return dataclasses.replace(cost, step=StepModel(prefill_bucket_tokens=16, prefill_bucket_ms=table))
 
 
 def random_case(seed: int, n: int = 30):
@@ -90,7 +97,7 @@ def test_fast_equals_stepwise_reference(policy: str, mode: str, admission: str, 
     config = BatchConfig(mode=mode, max_batch=[4, 8, 16][seed], max_batch_tokens=[64, 128, 512][seed],
                          kv_capacity_tokens=capacity, preemption=["swap", "recompute", "swap"][seed],
                          admission=admission, admission_share=2.0)
-    cost = linear_cost()
+    cost = linear_cost() if seed != 1 else with_prefill_table(linear_cost())  # recompute: chunks of every length
     fast, fast_engine = run(case, policy, config, cost, reference=False)
     slow, engine = run(case, policy, config, cost, reference=True)
     assert fast.done.all() and np.array_equal(fast.generated, fast.output_tokens)

@@ -77,7 +77,7 @@ def test_goodput_shared_hand_cases() -> None:
 # a fitted-form profile small enough to price by hand (ms): verify 1 + 0.1·tokens, draft forward 0.2 + 0.05·batch
 HAND = CostModel(name="hand", target=PhaseModel({"const": 1.0, "tokens": 0.1}),
                  draft=PhaseModel({"const": 0.2, "batch": 0.05}))
-NO_PREFILL = (0, 0, 0, 0, 0)
+NO_PREFILL = (0, 0, 0, 0, 0, 0.0)
 
 
 def per_request(pack, alpha, rem, ctx, k_max: int, prefill=NO_PREFILL) -> tuple[np.ndarray, float]:
@@ -149,7 +149,7 @@ def test_goodput_per_request_exact_at_one_position() -> None:
         alpha = g.uniform(0.05, 0.95, n)
         rem, ctx = g.integers(1, 5, n), g.integers(1, 500, n)
         chunk = int(g.integers(0, 3)) * 50
-        prefill = (int(chunk > 0), chunk, chunk * chunk, 0, 0)
+        prefill = (int(chunk > 0), chunk, chunk * chunk, 0, 0, 0.0)
         out, got = per_request(pack, alpha, rem, ctx, 1, prefill)
         best = max(rate(pack, ks, alpha, rem, ctx, prefill) for ks in itertools.product(range(2), repeat=n))
         assert got == pytest.approx(rate(pack, out, alpha, rem, ctx, prefill), rel=1e-12)

@@ -24,7 +24,8 @@ LINEAR = CostModel("hand", target=PhaseModel({"const": 1.0, "tokens": 0.1, "cont
 
 def mixed(cost, k, ks, contexts, n_prefill=0, tokens=0):
     ks, contexts = np.asarray(ks, np.int64), np.asarray(contexts, np.int64)
-    return mixed_step_time_s(pack_cost(cost, k), ks, contexts, ks.size, n_prefill, tokens, tokens * tokens, 0, 0)
+    return mixed_step_time_s(pack_cost(cost, k), ks, contexts, ks.size, n_prefill, tokens, tokens * tokens, 0, 0,
+                             0.0)
 
 
 def test_mixed_k_by_hand() -> None:
@@ -76,8 +77,9 @@ def test_same_k_everywhere_is_step_time_s(cost: CostModel) -> None:
             contexts = g.integers(0, 5000, n)
             npf = int(g.integers(0, 3))
             tok = int(g.integers(npf, 3000)) if npf else 0
-            want = step_time_s(pack, n, int(contexts.sum()), int(contexts.max(initial=0)), npf, tok, tok * tok, 0, 0)
-            got = mixed_step_time_s(pack, np.full(n, k, np.int64), contexts, n, npf, tok, tok * tok, 0, 0)
+            want = step_time_s(pack, n, int(contexts.sum()), int(contexts.max(initial=0)), npf, tok, tok * tok, 0, 0,
+                               0.0)
+            got = mixed_step_time_s(pack, np.full(n, k, np.int64), contexts, n, npf, tok, tok * tok, 0, 0, 0.0)
             assert got == want, (cost.name, k, n)
 
 
@@ -85,9 +87,9 @@ def test_graph_padding_prices_the_padded_shape() -> None:
     """batch_sizes / span_multiple: 5 decoding requests cost what 8 cost; the span is max context + k + 1
     rounded up to 128."""
     pack = pack_cost(PADDED, 4)
-    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0) == step_time_s(pack, 8, 5000, 300, 0, 0, 0, 0, 0)
-    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0) == step_time_s(pack, 5, 5000, 379, 0, 0, 0, 0, 0)
-    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0) != step_time_s(pack, 5, 5000, 380, 0, 0, 0, 0, 0)
+    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0, 0.0) == step_time_s(pack, 8, 5000, 300, 0, 0, 0, 0, 0, 0.0)
+    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0, 0.0) == step_time_s(pack, 5, 5000, 379, 0, 0, 0, 0, 0, 0.0)
+    assert step_time_s(pack, 5, 5000, 300, 0, 0, 0, 0, 0, 0.0) != step_time_s(pack, 5, 5000, 380, 0, 0, 0, 0, 0, 0.0)
 
 
 def test_vectorised_and_compiled_callers_agree() -> None:
@@ -101,7 +103,8 @@ def test_vectorised_and_compiled_callers_agree() -> None:
     def each(pack, n, c, out):
         for i in range(n.size):
             none = np.int64(0)  # literal arguments would compile another specialisation (~20 s)
-            out[i] = step_time_s(pack, n[i], c[i], c[i] // n[i], np.int64(1), np.int64(16), np.int64(256), none, none)
+            out[i] = step_time_s(pack, n[i], c[i], c[i] // n[i], np.int64(1), np.int64(16), np.int64(256), none, none,
+                                 0.0)
 
     out = np.empty(n.size)
     each(pack, n, c, out)
@@ -130,7 +133,7 @@ def test_wide_batch_regime_by_hand(n: int) -> None:
     k, c = 2, 1000.0
     verify = float(WIDE.verify_s(n, n * (k + 1), n * c, c))  # the numpy forms, every request at context c
     drafts = sum(float(WIDE.draft_s(n, n * (c + f), c + f)) for f in range(k))
-    got = step_time_s(pack_cost(WIDE, k), n, int(n * c), int(c), 0, 0, 0, 0, 0)
+    got = step_time_s(pack_cost(WIDE, k), n, int(n * c), int(c), 0, 0, 0, 0, 0, 0.0)
     assert got == pytest.approx(verify + drafts, rel=1e-12)
     if n >= 32:
         by_hand = (6.0 + 0.02 * n + 2e-4 * n * c + 1e-3 * c) / 1000
@@ -139,3 +142,53 @@ def test_wide_batch_regime_by_hand(n: int) -> None:
     else:
         assert got == pytest.approx((5.0 + 0.01 * n * (k + 1) + 1e-4 * n * c) / 1000
                                     + sum(0.2 + 0.001 * n + 2e-6 * n * (c + f) for f in range(k)) / 1000, rel=1e-12)
+
+
+TABLE = CostModel("table", target=PhaseModel({"const": 1.0}), target_prefill=PhaseModel({"const": 2.0, "tokens": 0.01}),
+                  step=StepModel(prefill_bucket_tokens=64, prefill_bucket_ms=(1.0, -2.0, 0.0, 3.5)))
+
+
+def test_prefill_bucket_table_by_hand() -> None:
+    """[step] prefill_bucket_ms: entry i is added for each chunk of 64·i + 1 … 64·(i + 1) tokens, nothing past the
+    table or for no chunk; a step's price is the smooth one plus the Σ of its chunks' entries; the numpy lookup
+    is the compiled one, and a step of one prefill needs no Σ passed."""
+    from lapsbench.models.pricing import bucket_ms_of_chunks, chunk_bucket_ms
+
+    pack = pack_cost(TABLE, 0)
+    chunks = [0, 1, 64, 65, 128, 129, 192, 193, 256, 257, 10_000]
+    want = [0.0, 1.0, 1.0, -2.0, -2.0, 0.0, 0.0, 3.5, 3.5, 0.0, 0.0]
+    assert [chunk_bucket_ms(pack, np.int64(c)) for c in chunks] == want
+    assert bucket_ms_of_chunks(pack.bucket_tokens, pack.bucket_ms, np.array(chunks)).tolist() == want
+    smooth = pack_cost(CostModel("smooth", target=TABLE.target, target_prefill=TABLE.target_prefill), 0)
+    none = np.int64(0)
+    for chunk_a, chunk_b in ((30, 100), (200, 300), (64, 65)):
+        tok = np.int64(chunk_a + chunk_b)
+        sq = np.int64(chunk_a * chunk_a + chunk_b * chunk_b)
+        extra = chunk_bucket_ms(pack, np.int64(chunk_a)) + chunk_bucket_ms(pack, np.int64(chunk_b))
+        got = step_time_s(pack, none, none, none, np.int64(2), tok, sq, none, none, extra)
+        base = step_time_s(smooth, none, none, none, np.int64(2), tok, sq, none, none, 0.0)
+        assert got == pytest.approx(base + extra / 1000, rel=1e-12)
+        assert got == pytest.approx((2.0 + 0.01 * float(tok) + extra) / 1000, rel=1e-12)
+    one = step_times_s(TABLE, 0, [0, 0, 0], [0, 0, 0], [1, 1, 1], [50, 100, 250], [2500, 10_000, 62_500], [0] * 3,
+                       [0] * 3)
+    np.testing.assert_allclose(one, np.array([2.5 + 1.0, 3.0 - 2.0, 4.5 + 3.5]) / 1000, rtol=1e-12)
+
+
+def test_prefill_bucket_table_is_read_and_checked(tmp_path: Path) -> None:
+    """A profile's table reads back as written; a table without its chunk length, or with a non-number, is one
+    line naming the key."""
+    base = PROFILES[0].read_text()
+    if "[step]" in base:
+        pytest.skip("the first shipped profile has a [step] table already")
+    good = tmp_path / "good.toml"
+    good.write_text(base + "\n[step]\nprefill_bucket_tokens = 64\nprefill_bucket_ms = [0.5, -1.0]\n")
+    step = load_profile_file(good).step
+    assert step is not None and step.prefill_bucket_tokens == 64 and step.prefill_bucket_ms == (0.5, -1.0)
+    for body, key in (("prefill_bucket_ms = [0.5]", "prefill_bucket_tokens"),
+                      ("prefill_bucket_tokens = 64\nprefill_bucket_ms = [0.5, \"x\"]", "prefill_bucket_ms"),
+                      ("prefill_bucket_tokens = -64\nprefill_bucket_ms = [0.5]", "prefill_bucket_tokens")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(base + f"\n[step]\n{body}\n")
+        with pytest.raises(LapsbenchError) as err:
+            load_profile_file(bad)
+        assert f"step.{key}" in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -29,12 +29,12 @@ EMPIRICAL = {"kind": "empirical", "path": "data/acceptance/specdecode_bench_llam
 
 
 def scenario(engine: dict, schedulers: list[str], acceptance: dict | None = None, n: int = 40,
-             rate_scale: float = 0.05):
+             rate_scale: float = 0.05, profile: str = "h100-llama3-8b"):
     return parse_scenario({
         "name": "replay-test", "seed": 3,
         "trace": {"path": "traces/azure_conv_2023.parquet", "start_s": 0.0, "duration_s": 600.0,
                   "max_requests": n, "rate_scale": rate_scale},
-        "model": {"profile": "h100-llama3-8b"},
+        "model": {"profile": profile},
         "speculation": {"k": 4, "acceptance": acceptance or {"kind": "fixed", "alpha": 0.7}},
         "engine": engine,
         "scheduler": [{"name": name} for name in schedulers],
@@ -225,3 +225,18 @@ def test_prefill_buckets_cover_every_prompt_length_once() -> None:
     assert buckets == [64, 128, 320, 4096]
     assert all(b % PREFILL_TOKENS == 0 for b in buckets)
     assert {prefill_bucket(int(c)) for c in prompt} == set(buckets)
+
+
+def test_a_per_length_prefill_table_prices_back_from_the_log(tmp_path) -> None:
+    """With a profile whose [step] prefill_bucket_ms corrects each chunk by its padded length, the replay's log
+    (which lists each step's chunks) still prices back to the engine's step times bit for bit."""
+    profile = tmp_path / "table.toml"
+    table = ", ".join(f"{x:.3f}" for x in np.random.default_rng(2).uniform(-1.0, 2.0, 8))
+    profile.write_text((REPO / "profiles" / "h100-llama3-8b.toml").read_text()
+                       + f"\n[step]\nprefill_bucket_tokens = 64\nprefill_bucket_ms = [{table}]\n")
+    s = scenario({"batching": "continuous", "max_batch": 4, "max_batch_tokens": 512, "kv_capacity_tokens": 6000,
+                  "preemption": "recompute"}, ["fcfs", "las"], n=60, rate_scale=1.0, profile=str(profile))
+    assert build_cost(s).step.prefill_bucket_ms
+    requests, steps = same_records(s)
+    assert steps.filter(pl.col("prefill_requests") > 1).height > 0
+    np.testing.assert_array_equal(price_steps(build_cost(s), steps), steps["wall_ms"].to_numpy())

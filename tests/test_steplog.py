@@ -74,6 +74,33 @@ def test_chunk_sums_read_or_null(tmp_path: Path) -> None:
     assert sq.tolist() == [50000, 45000] and tc.tolist() == [0, 12000]  # row 1: two chunks of 150 assumed
 
 
+def with_chunks(last: str = "256", sq4: int | None = None) -> pl.DataFrame:
+    """good_log with its prefill_chunks as CSV writes them (integers separated by spaces; empty: no prefill),
+    the last step's replaced; with its chunk sums when `sq4` is given."""
+    df = good_log().with_columns(pl.Series("prefill_chunks", ["300", None, None, None, last]))
+    return df if sq4 is None else df.with_columns(pl.Series("prefill_tokens_sq", [90000, 0, 0, 0, sq4]))
+
+
+def test_prefill_chunks_read_from_csv_and_parquet(tmp_path: Path) -> None:
+    """prefill_chunks: a list per row (Parquet) or integers separated by spaces (CSV), null where not logged;
+    read as a list of int64 either way."""
+    two = good_log().with_columns(pl.Series("prefill_requests", [1, 0, 0, 0, 2]))
+    two.with_columns(pl.Series("prefill_chunks", ["300", "", None, None, "56 200"])).write_csv(tmp_path / "a.csv")
+    two.with_columns(pl.Series("prefill_chunks", [[300], [], None, None, [56, 200]], dtype=pl.List(pl.Int32))
+                     ).write_parquet(tmp_path / "a.parquet")
+    for name in ("a.csv", "a.parquet"):
+        log = read_steplog(tmp_path / name)
+        assert log["prefill_chunks"].dtype == pl.List(pl.Int64)
+        assert log["prefill_chunks"].to_list()[0] == [300] and log["prefill_chunks"].to_list()[4] == [56, 200]
+        assert log["prefill_chunks"].to_list()[2] is None
+    assert read_steplog(_write(tmp_path, good_log()))["prefill_chunks"].null_count() == 5
+
+
+def _write(tmp_path: Path, df: pl.DataFrame) -> Path:
+    df.write_csv(tmp_path / "plain.csv")
+    return tmp_path / "plain.csv"
+
+
 def _edit(column: str, row: int, value: object) -> pl.DataFrame:
     df = good_log()
     values = df[column].to_list()
@@ -108,6 +135,11 @@ BAD = {  # case: (log, column in the message, row, expectation fragment)
     "chunk_context_without_context": (with_chunk_sums(tc0=300), "prefill_tokens_context", 0,
                                       "between prefill_context_tokens"),
     "no_rows": (good_log().head(0), None, None, "no rows"),
+    "chunks_not_integers": (with_chunks("25x6"), "prefill_chunks", 4, "integers separated by spaces"),
+    "chunks_fewer_than_prefills": (with_chunks("100 156"), "prefill_chunks", 4, "one chunk per prefill request"),
+    "chunks_not_summing": (with_chunks("255"), "prefill_chunks", 4, "summing to prefill_tokens"),
+    "chunks_squares_differ": (with_chunks("100 156", sq4=100 * 100 + 156 * 156 + 2).with_columns(
+        pl.Series("prefill_requests", [1, 0, 0, 0, 2])), "prefill_chunks", 4, "squares sum to prefill_tokens_sq"),
 }
 
 

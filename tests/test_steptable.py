@@ -98,7 +98,8 @@ def goodput_direct(i: int, prompt, output, k, cost, acceptance, P) -> tuple[list
     while generated < output[i]:
         a_hat = alpha_estimate(n_acc, n_rej, P.prior_alpha, P.prior_strength)
         ctx = np.array([prompt[i] + generated])
-        price = [float(mixed_step_time_s(pack, np.array([kk]), ctx, 1, 0, 0, 0, 0, 0)) for kk in range(P.k_max + 1)]
+        price = [float(mixed_step_time_s(pack, np.array([kk]), ctx, 1, 0, 0, 0, 0, 0, 0.0))
+                 for kk in range(P.k_max + 1)]
         rates = [expected_tokens(a_hat, kk, int(output[i]) - generated) / price[kk] for kk in range(P.k_max + 1)]
         kk = 0
         for j in range(1, P.k_max + 1):  # the first best (ties: the smaller K)

@@ -97,6 +97,9 @@ def fit(
                                                     "runs at the smallest one >= its batch).")] = None,
     span_multiple: Annotated[int, typer.Option(help="With --steps: the engine pads each decode step's attention "
                                                "span (max context + k + 1) to this multiple (0: no padding).")] = 0,
+    prefill_bucket: Annotated[int, typer.Option(help="With --steps: the engine pads each prefill chunk to this "
+                                                "multiple of tokens; fit a correction per padded length (0: "
+                                                "none).")] = 0,
 ) -> None:
     """Fit the cost model per model and phase (and per step phase from a step log); store coefficients and
     held-out error in a profile."""
@@ -113,7 +116,8 @@ def fit(
             raise LapsbenchError(f"--batch-sizes: {batch_sizes!r}; expected comma-separated integers") from None
     check_output(out, "--out", inputs=tuple(p for p in (measured, *(steps or ())) if p is not None))
     fits, top = fit_profile(measured, out, target, list(draft or []), name, gpu, gpu_memory_gb, host_link_gb_s,
-                            list(model_config or []), test_frac, seed, _command(), steps, sizes, span_multiple)
+                            list(model_config or []), test_frac, seed, _command(), steps, sizes, span_multiple,
+                            prefill_bucket)
     console = _console if _console.is_terminal else Console(width=140)  # a log: one line per row
     table = Table(title=f"{out}: held-out error ({top['gpu']})", collapse_padding=True)
     rows = [(m if m != STEP_LOG else f"{STEP_LOG} ({top['target']})", phase, st["form"], str(st["n_train"]),

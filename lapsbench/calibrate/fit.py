@@ -43,18 +43,21 @@ Fits = dict[str, dict[str, dict[str, Any]]]   # model (or STEP_LOG) â†’ phase â†
 
 
 def _check_args(measured: Path | None, steps: Path | None, test_frac: float, batch_sizes: tuple[int, ...],
-                span_multiple: int) -> None:
+                span_multiple: int, prefill_bucket: int) -> None:
     """The arguments of `fit_profile` that need no file read, checked first (one line, exit 2)."""
     if not 0 <= test_frac < 1:
         raise LapsbenchError(f"--test-frac: {test_frac} must be in [0, 1)")
     if measured is None and steps is None:
         raise LapsbenchError("calibrate fit: give a measured file, --steps STEPS, or both")
-    if (batch_sizes or span_multiple) and steps is None:
-        raise LapsbenchError("--batch-sizes/--span-multiple: describe a step log's engine; give --steps")
+    if (batch_sizes or span_multiple or prefill_bucket) and steps is None:
+        raise LapsbenchError("--batch-sizes/--span-multiple/--prefill-bucket: describe a step log's engine; give "
+                             "--steps")
     if list(batch_sizes) != sorted(set(batch_sizes)) or any(b < 1 for b in batch_sizes):
         raise LapsbenchError(f"--batch-sizes: {list(batch_sizes)}; expected ascending integers >= 1")
     if span_multiple < 0:
         raise LapsbenchError(f"--span-multiple: {span_multiple}; expected an integer >= 0")
+    if prefill_bucket < 0:
+        raise LapsbenchError(f"--prefill-bucket: {prefill_bucket}; expected a number of tokens >= 0")
 
 
 def _fit_measured(df: pl.DataFrame, measured: Path, target: str | None, drafts: list[str],
@@ -133,17 +136,19 @@ def fit_profile(measured: Path | None, out: Path, target: str | None, drafts: li
                 gpu: str | None, gpu_memory_gb: float | None, host_link_gb_s: float | None,
                 model_configs: list[str], test_frac: float, seed: int, command: str,
                 steps: Path | list[Path] | None = None,
-                batch_sizes: tuple[int, ...] = (), span_multiple: int = 0
+                batch_sizes: tuple[int, ...] = (), span_multiple: int = 0, prefill_bucket: int = 0
                 ) -> tuple[Fits, dict[str, Any]]:
     """Fit the profile from forward measurements (every (model, phase) it needs), from a step log
     (`fit_from_steps`), or both (forward models, then the [step] terms from the log: `fit_step_terms`);
     write `out` atomically. Step-level errors are under fits[STEP_LOG]. `batch_sizes`, `span_multiple`: the
-    engine's CUDA-graph padding of decode steps (StepModel), for a step log. Several step logs (of one engine,
-    e.g. batch-1 and batched runs) are fitted together."""
+    engine's CUDA-graph padding of decode steps (StepModel), for a step log; `prefill_bucket` > 0: the engine
+    pads prefill chunks to multiples of that many tokens, and the fit adds a correction per padded length
+    (StepModel.prefill_bucket_ms). Several step logs (of one engine, e.g. batch-1 and batched runs) are fitted
+    together."""
     step_files = [steps] if isinstance(steps, Path) else list(steps or [])
     steps = step_files[0] if step_files else None
-    _check_args(measured, steps, test_frac, batch_sizes, span_multiple)
-    pad = StepModel(batch_sizes=tuple(batch_sizes), span_multiple=span_multiple)
+    _check_args(measured, steps, test_frac, batch_sizes, span_multiple, prefill_bucket)
+    pad = StepModel(batch_sizes=tuple(batch_sizes), span_multiple=span_multiple, prefill_bucket_tokens=prefill_bucket)
     log = pl.concat([read_steplog(f) for f in step_files], how="diagonal") if step_files else None
     where = steps if len(step_files) == 1 else Path(", ".join(str(f) for f in step_files))
     df = read_measured(measured, gpu) if measured is not None else None

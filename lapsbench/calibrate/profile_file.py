@@ -80,7 +80,8 @@ def render_profile(top: dict[str, Any], models: dict[str, dict[str, Candidate]],
     if step is not None:
         lines += ["", "[step]"]
         lines += [f"{k} = {_toml_value(getattr(step, k))}" for k in STEP_KEYS
-                  if getattr(step, k) is not None and getattr(step, k) != ()]
+                  if getattr(step, k) is not None and getattr(step, k) != ()
+                  and not (k == "prefill_bucket_tokens" and not step.prefill_bucket_ms)]
     for name, phases in models.items():
         for phase, c in phases.items():
             lines += ["", f"[models.{json.dumps(name)}.{phase}]"]

@@ -20,7 +20,7 @@ from lapsbench.calibrate.forward import (
     fit_phase,
     nn_lstsq,
 )
-from lapsbench.calibrate.steplog import STEP_PHASES, step_phase
+from lapsbench.calibrate.steplog import CHUNKS, STEP_PHASES, step_phase
 from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import FEATURES, CostModel, PhaseModel, StepModel, sd_step_s
 
@@ -47,19 +47,85 @@ def chunk_sums(log: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+def known_chunks(log: pl.DataFrame) -> np.ndarray:
+    """Rows whose every prefill chunk is known: logged (prefill_chunks), or at most one prefill."""
+    logged = log[CHUNKS].is_not_null().to_numpy() if CHUNKS in log.columns else np.zeros(log.height, bool)
+    return logged | (log["prefill_requests"].to_numpy() <= 1)
+
+
+def _chunk_rows(log: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(row, tokens) of every known prefill chunk (`known_chunks`): the logged chunks, or a row's one prefill."""
+    n = log["prefill_requests"].to_numpy().astype(np.int64)
+    logged = log[CHUNKS].is_not_null().to_numpy() if CHUNKS in log.columns else np.zeros(log.height, bool)
+    one = np.flatnonzero(~logged & (n == 1))
+    rows, chunks = [one], [log["prefill_tokens"].to_numpy().astype(np.int64)[one]]
+    if logged.any():
+        part = log.select(pl.int_range(pl.len()).alias("_row"), pl.col(CHUNKS)).filter(pl.col(CHUNKS).is_not_null())
+        part = part.explode(CHUNKS).drop_nulls()
+        rows.append(part["_row"].to_numpy().astype(np.int64))
+        chunks.append(part[CHUNKS].to_numpy().astype(np.int64))
+    return np.concatenate(rows), np.concatenate(chunks)
+
+
+def bucket_sums(cost: CostModel, log: pl.DataFrame) -> np.ndarray:
+    """Σ over each step's prefill chunks of the profile's per-length correction, ms: 0 without a [step]
+    prefill_bucket_ms table, and for a step of several prefills whose chunks are not logged (the table is not
+    smooth, so equal chunks would be a guess; such a step is priced by the smooth model alone)."""
+    st = cost.step
+    if st is None or not st.prefill_bucket_ms or cost.is_fixed:
+        return np.zeros(log.height)
+    return _table_sums(log, st.prefill_bucket_tokens, st.prefill_bucket_ms)
+
+
+def _table_sums(log: pl.DataFrame, bucket_tokens: int, table: tuple[float, ...]) -> np.ndarray:
+    from lapsbench.models.pricing import bucket_ms_of_chunks  # numba: only when something is priced
+
+    out = np.zeros(log.height)
+    rows, chunks = _chunk_rows(log)
+    np.add.at(out, rows, bucket_ms_of_chunks(bucket_tokens, table, chunks))
+    return out
+
+
 def price_steps(cost: CostModel, log: pl.DataFrame, decode_only: bool = False) -> np.ndarray:
     """Every logged step priced by the simulator's own `sd_step_s`, in ms (`decode_only`: its decode part
-    alone), with the prefills' chunk sums of `chunk_sums`."""
+    alone), with the prefills' chunk sums of `chunk_sums` and per-length corrections of `bucket_sums`."""
     k, n, c, m, npf, tok, pc, _ = _log_columns(log)
     sq, tc = chunk_sums(log)
+    bucket = bucket_sums(cost, log)
     out = np.zeros(log.height)
     for kk in np.unique(k):
         r = k == kk
         if decode_only:
             out[r] = sd_step_s(cost, int(kk), n[r], c[r], context_max=m[r])
             continue
-        out[r] = sd_step_s(cost, int(kk), n[r], c[r], npf[r], tok[r], sq[r], tc[r], pc[r], context_max=m[r])
+        out[r] = sd_step_s(cost, int(kk), n[r], c[r], npf[r], tok[r], sq[r], tc[r], pc[r], context_max=m[r],
+                           prefill_bucket_ms=bucket[r])
     return out * 1000.0
+
+
+def fit_bucket_table(log: pl.DataFrame, residual_ms: np.ndarray, t: np.ndarray, rows: np.ndarray,
+                     bucket_tokens: int) -> tuple[float, ...]:
+    """[step] prefill_bucket_ms: the correction per padded chunk length (multiples of `bucket_tokens`) that
+    best explains `residual_ms` (measured − priced without it) of the steps `rows` whose chunks are known, each
+    step's residual the sum of its chunks' entries. Least squares in relative error, each entry shrunk toward 0
+    as by one more step of median weight with no residual: a length seen once gets half its residual, one seen
+    n times n/(n+1); lengths never seen get 0 (the smooth prefill model alone)."""
+    chunk_row, chunks = _chunk_rows(log)
+    rows = np.sort(rows[known_chunks(log)[rows] & (log["prefill_requests"].to_numpy()[rows] > 0)])
+    if rows.size == 0:
+        return ()
+    keep = np.isin(chunk_row, rows)
+    chunk_row, idx = chunk_row[keep], (chunks[keep] + bucket_tokens - 1) // bucket_tokens - 1
+    width = int(idx.max()) + 1
+    where = np.searchsorted(rows, chunk_row)
+    A = np.zeros((rows.size, width))
+    np.add.at(A, (where, idx), 1.0)
+    w = 1.0 / t[rows]
+    Aw, yw = A * w[:, None], residual_ms[rows] * w
+    lam = float(np.median(w * w))
+    table = np.linalg.solve(Aw.T @ Aw + lam * np.eye(width), Aw.T @ yw)
+    table[A.sum(axis=0) == 0] = 0.0
+    return tuple(round(float(x), 4) for x in table)
 
 
 def _decode_step_features(log: pl.DataFrame, pad: StepModel) -> np.ndarray:
@@ -165,14 +231,21 @@ def fit_from_steps(log: pl.DataFrame, path: Path, target: str, drafts: list[str]
         pre, pre_stats = fit_phase(Xp[pr], y, rng, 0.0, STEP_PREFILL_FEATURES, short=True)
         if mixed.size:
             mixed_ms = _fit_offset(t[mixed], dpart[mixed] + pre.predict_ms(Xp[mixed]))
-    step = replace(step, mixed_ms=mixed_ms)
+    T, table = step.prefill_bucket_tokens, ()
+    if T:  # what the smooth models leave of the steps that prefill, per padded chunk length (after, not with
+        # them: a free table also spans smooth per-chunk terms, and fitted alternately the two trade places)
+        smooth = dpart + pre.predict_ms(Xp) + np.where(ph == "mixed", mixed_ms, 0.0)
+        table = fit_bucket_table(log, t - smooth, t, np.concatenate([rows["prefill"], mixed]), T)
+    step = replace(step, mixed_ms=mixed_ms, prefill_bucket_ms=table)
     models: dict[str, dict[str, Candidate]] = {target: {"decode": dec, "prefill": pre}}
     for d in drafts:
         models[d] = {"decode": Candidate("linear", {}, {})}
     cost = CostModel("fit", target=dec.model(), target_prefill=pre.model(), draft=PhaseModel(coef={}), step=step)
     ape = np.abs(price_steps(cost, log) / t - 1)
     fits: dict[str, dict[str, Any]] = {}
-    labels = {"decode": dec_stats, "prefill": pre_stats, "mixed": {"form": "decode + prefill + mixed_ms"}}
+    by_length = f" + per {T} tokens" if table else ""  # the per-length table's part of the form
+    labels = {"decode": dec_stats, "prefill": {**pre_stats, "form": pre_stats["form"] + by_length},
+              "mixed": {"form": "decode + prefill + mixed_ms" + by_length}}
     for phase in STEP_PHASES:
         if (ph == phase).any():
             held = test[ph[test] == phase]
@@ -244,6 +317,12 @@ def fit_step_terms(cost: CostModel, log: pl.DataFrame, rng: np.random.Generator,
     step = replace(pad, **{"sd_factor": 1.0, **x})
     priced = price_steps(replace(cost, step=step), log)
     ph = step_phase(log)
+    if pad.prefill_bucket_tokens:  # each chunk's padded length: what the forwards and terms leave
+        table = fit_bucket_table(log, t - priced, t, train[ph[train] != "decode"], pad.prefill_bucket_tokens)
+        step = replace(step, prefill_bucket_ms=table)
+        priced = price_steps(replace(cost, step=step), log)
+        if table:
+            label += f" + per {pad.prefill_bucket_tokens} tokens"
     fits: dict[str, dict[str, Any]] = {}
     for phase in STEP_PHASES:
         rows = test[ph[test] == phase]

@@ -19,7 +19,8 @@ INT_COLUMNS = ("k", "decode_requests", "context_tokens", "context_max", "prefill
                "prefill_context_tokens")
 REQUIRED = ("start_s", "wall_ms", *INT_COLUMNS)
 CHUNK_COLUMNS = ("prefill_tokens_sq", "prefill_tokens_context")  # Σ chunk², Σ chunk × tokens cached before it
-OPTIONAL = ("scheduler", "replication", "step", "gpu_ms", *CHUNK_COLUMNS, "emitted_tokens")
+CHUNKS = "prefill_chunks"  # each chunk's tokens: a list (Parquet), or integers separated by spaces (CSV)
+OPTIONAL = ("scheduler", "replication", "step", "gpu_ms", *CHUNK_COLUMNS, CHUNKS, "emitted_tokens")
 STEP_PHASES = ("decode", "prefill", "mixed")  # decode-only, prefill-only and mixed steps
 
 
@@ -57,8 +58,8 @@ def _first_bad(path: Path, log: pl.DataFrame, bad: pl.Series, column: str, want:
 def read_steplog(path: Path) -> pl.DataFrame:
     """The validated step log: required columns as float64 (times) and int64 (counts), `scheduler` (str),
     `replication` (int64) and `step` (int64, default: the row's order within its run) always present, the
-    chunk sums (CHUNK_COLUMNS, int64) always present and null where not logged, `gpu_ms` and `emitted_tokens`
-    kept when given."""
+    chunk sums (CHUNK_COLUMNS, int64) and the chunks (CHUNKS, list of int64) always present and null where not
+    logged, `gpu_ms` and `emitted_tokens` kept when given."""
     df = _read(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -105,6 +106,7 @@ def read_steplog(path: Path) -> pl.DataFrame:
     _first_bad(path, raw, log["context_max"] * dec < log["context_tokens"], "context_max",
                ">= context_tokens / decode_requests (the longest context is at least the mean)")
     _check_chunk_sums(path, raw, log)
+    log = _chunks(path, raw, log)
     if "scheduler" not in log.columns:
         log = log.with_columns(pl.lit("").alias("scheduler"))
     if "replication" not in log.columns:
@@ -116,7 +118,7 @@ def read_steplog(path: Path) -> pl.DataFrame:
         (pl.col("start_s").diff().over("scheduler", "replication") < 0).fill_null(False).alias("_back"))
     _first_bad(path, raw, back["_back"], "start_s", "non-decreasing within a (scheduler, replication) run")
     log = log.with_columns([pl.lit(None, pl.Int64).alias(c) for c in CHUNK_COLUMNS if c not in log.columns])
-    keep = ["scheduler", "replication", "step", *REQUIRED, *CHUNK_COLUMNS] + [
+    keep = ["scheduler", "replication", "step", *REQUIRED, *CHUNK_COLUMNS, CHUNKS] + [
         c for c in ("gpu_ms", "emitted_tokens") if c in log.columns]
     return log.select(keep)
 
@@ -137,3 +139,37 @@ def _check_chunk_sums(path: Path, raw: pl.DataFrame, log: pl.DataFrame) -> None:
         _first_bad(path, raw, ((tc < ctx) | (tc > tok * ctx)).fill_null(False), "prefill_tokens_context",
                    "between prefill_context_tokens and prefill_tokens × prefill_context_tokens (Σ chunk × tokens "
                    "cached before it)")
+
+
+def _chunks(path: Path, raw: pl.DataFrame, log: pl.DataFrame) -> pl.DataFrame:
+    """`prefill_chunks` as a list of int64 per row (null where not logged), checked against the row's counts and
+    sums: one chunk per prefill request, each of at least one token, summing to prefill_tokens (and their
+    squares to prefill_tokens_sq, where logged)."""
+    if CHUNKS not in log.columns:
+        return log.with_columns(pl.lit(None, pl.List(pl.Int64)).alias(CHUNKS))
+    col = log[CHUNKS]
+    if col.dtype.is_integer():  # CSV whose every step has at most one chunk: read as integers
+        col = col.cast(pl.String)
+    if col.dtype == pl.String:  # CSV: "458 1024"; empty for a step with no prefill
+        parts = col.str.strip_chars().str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
+        parsed = parts.list.eval(pl.element().cast(pl.Int64, strict=False))
+        bad = (parsed.list.eval(pl.element().is_null()).list.any() & col.is_not_null()).fill_null(False)
+        _first_bad(path, raw, bad, CHUNKS, "integers separated by spaces (each chunk's tokens)")
+        col = parsed
+    elif col.dtype == pl.Null or (isinstance(col.dtype, pl.List) and col.dtype.inner.is_integer()):
+        col = col.cast(pl.List(pl.Int64))
+    else:
+        raise LapsbenchError(f"{path}: column {CHUNKS} has type {col.dtype}; expected a list of integers (Parquet) "
+                             "or integers separated by spaces (CSV)")
+    col = col.alias(CHUNKS)
+    given = col.is_not_null()
+    n, tok = log["prefill_requests"], log["prefill_tokens"]
+    _first_bad(path, raw, given & (col.list.len() != n), CHUNKS, "one chunk per prefill request (prefill_requests "
+               "of them)")
+    _first_bad(path, raw, given & (col.list.min().fill_null(1) < 1), CHUNKS, "chunks of at least one token each")
+    _first_bad(path, raw, given & (col.list.sum() != tok), CHUNKS, "chunks summing to prefill_tokens")
+    sq = col.list.eval(pl.element() * pl.element()).list.sum()
+    if "prefill_tokens_sq" in log.columns:
+        _first_bad(path, raw, (given & (sq != log["prefill_tokens_sq"])).fill_null(False), CHUNKS,
+                   "chunks whose squares sum to prefill_tokens_sq")
+    return log.with_columns(col)

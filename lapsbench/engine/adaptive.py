@@ -164,9 +164,9 @@ def draft_memory_stats(A: Adapt, n: int) -> dict[str, float]:
 
 
 @njit(cache=True, inline="always")
-def _decode_rows(R, M, W, A, nm):
+def _decode_rows(R, M, W, A, pack, nm):
     """Gather the step's decoding rows (padding included) into A.ctx / A.alpha / A.remaining and take its prefill
-    sums; returns (n_dec, n_pf, c_sum, c_sq, c_before, before_sum)."""
+    sums; returns (n_dec, (n_pf, c_sum, c_sq, c_before, before_sum, bucket))."""
     n_dec = np.int64(0)  # not a literal zero (batched_step.prefill_sums)
     for j in range(A.remaining.size):
         A.remaining[j] = 0
@@ -179,8 +179,7 @@ def _decode_rows(R, M, W, A, nm):
                 A.remaining[n_dec] = R.output_tokens[i] - R.generated[i]
                 A.alpha[n_dec] = alpha_estimate(A.n_acc[i], A.n_rej[i], A.P.prior_alpha, A.P.prior_strength)
             n_dec += 1
-    n_pf, c_sum, c_sq, c_before, before_sum = prefill_sums(M, W, nm)
-    return n_dec, n_pf, c_sum, c_sq, c_before, before_sum
+    return n_dec, prefill_sums(M, W, nm, pack)
 
 
 @njit(cache=True, _nrt=False)
@@ -202,31 +201,34 @@ def choose_and_price(R, M, W, A, pack, nm):
     goodput prices the step at each K = 0..k_max), or, for goodput with per_request, a K per decoding row
     (kchoice.goodput_per_request_k); under free_draft_memory the K of switch_draft_memory's decision, priced
     without draft prefill while off and with the draft rebuild while on."""
-    n_dec, n_pf, c_sum, c_sq, c_before, before_sum = _decode_rows(R, M, W, A, nm)
+    n_dec, pf = _decode_rows(R, M, W, A, pack, nm)
+    n_pf, c_sum, c_sq, c_before, before_sum, bucket = pf
     if A.P.free_draft:  # K = 0 while off (the draft idle, its memory the target's), k while on
         off = A.switch[SD_OFF] != 0
         for j in range(n_dec):
             A.ks[j] = 0 if off else A.P.k
         if off:
-            t = mixed_step_time_s(A.pack_off, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum)
+            t = mixed_step_time_s(A.pack_off, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum,
+                                  bucket)
         else:
-            t = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum)
+            t = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum, bucket)
             t = t + draft_rebuild(R, M, W, A, pack, nm)
         _spread_ks(W, A, nm, n_dec)
         return t
     if A.P.code == GOODPUT and A.P.per_request:
         goodput_per_request_k(pack, A.alpha, A.remaining, A.ctx, n_dec, A.P.k_max,
-                              (n_pf, c_sum, c_sq, c_before, before_sum), A.rows, A.power, A.pos, A.ks)
+                              pf, A.rows, A.power, A.pos, A.ks)
     else:
         if A.P.code == GOODPUT:
             for kk in range(A.step_s.size):
                 for j in range(n_dec):
                     A.ks[j] = kk
-                A.step_s[kk] = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum)
+                A.step_s[kk] = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum,
+                                                 bucket)
         kk = choose_shared_k(A.P, n_dec, A.alpha, A.remaining, A.step_s)
         for j in range(n_dec):
             A.ks[j] = kk
-    t = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum)
+    t = mixed_step_time_s(pack, A.ks, A.ctx, n_dec, n_pf, c_sum, c_sq, c_before, before_sum, bucket)
     _spread_ks(W, A, nm, n_dec)
     return t
 

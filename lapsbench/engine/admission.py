@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lapsbench.models.pricing import step_time_s
+from lapsbench.models.pricing import chunk_bucket_ms, step_time_s
 
 
 @njit(cache=True)
@@ -53,7 +53,7 @@ def _displacement_cost(R, M, C, pack, v):
         return out + out
     lost = R.prompt_tokens[v] + R.generated[v] if M.prefilled[v] >= M.target[v] else M.prefilled[v]
     none, one = np.int64(0), np.int64(1)  # not literals: a literal argument compiles another step_time_s
-    return step_time_s(pack, none, none, none, one, lost, lost * lost, none, none)
+    return step_time_s(pack, none, none, none, one, lost, lost * lost, none, none, chunk_bucket_ms(pack, lost))
 
 
 @njit(cache=True, inline="always")

@@ -63,7 +63,7 @@ def _batch1_prices(pack, lo: int, hi: int, k_max: int) -> np.ndarray:
         for kk in range(k_max + 1):
             ks[0] = kk
             # np.int64, not literals: a literal argument compiles another mixed_step_time_s (~20 s)
-            out[c - lo, kk] = mixed_step_time_s(pack, ks, ctx, one, none, none, none, none, none)
+            out[c - lo, kk] = mixed_step_time_s(pack, ks, ctx, one, none, none, none, none, none, 0.0)
     return out
 
 

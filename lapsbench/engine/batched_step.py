@@ -13,15 +13,16 @@ from numba import njit
 
 from lapsbench.engine.admission import invariants_hold
 from lapsbench.engine.batched_state import DYNAMIC, ERR_INVARIANT, ERR_LIVELOCK, ERR_TABLE, LIVELOCK_FACTOR, OK, STATIC
-from lapsbench.models.pricing import step_time_s
+from lapsbench.models.pricing import chunk_bucket_ms, step_time_s
 
 
 @njit(cache=True, inline="always")
-def prefill_sums(M, W, nm):
-    """The step's prefill chunks: (count, Σ chunk, Σ chunk², Σ chunk · cached before it, Σ cached before), as
-    step_time_s takes them. np.int64(0), not 0: numba types a call before a loop's += widens a literal 0, and
-    would compile the pricing once more for literal-zero arguments (~20 s)."""
+def prefill_sums(M, W, nm, pack):
+    """The step's prefill chunks: (count, Σ chunk, Σ chunk², Σ chunk · cached before it, Σ cached before,
+    Σ chunk_bucket_ms), as step_time_s takes them. np.int64(0), not 0: numba types a call before a loop's +=
+    widens a literal 0, and would compile the pricing once more for literal-zero arguments (~20 s)."""
     n_pf = c_sum = c_sq = c_before = before_sum = np.int64(0)
+    bucket = 0.0
     for j in range(nm):
         c = W.chunks[j]
         if c > 0:
@@ -31,7 +32,8 @@ def prefill_sums(M, W, nm):
             c_sq += c * c
             c_before += c * b
             before_sum += b
-    return n_pf, c_sum, c_sq, c_before, before_sum
+            bucket += chunk_bucket_ms(pack, c)
+    return n_pf, c_sum, c_sq, c_before, before_sum, bucket
 
 
 @njit(cache=True, _nrt=False)
@@ -44,8 +46,8 @@ def price(R, M, W, pack, nm):
             n_dec += 1
             ctx += R.prompt_tokens[i] + R.generated[i]
             ctx_max = max(ctx_max, R.prompt_tokens[i] + R.generated[i])
-    n_pf, c_sum, c_sq, c_before, before_sum = prefill_sums(M, W, nm)
-    return step_time_s(pack, n_dec, ctx, ctx_max, n_pf, c_sum, c_sq, c_before, before_sum)
+    n_pf, c_sum, c_sq, c_before, before_sum, bucket = prefill_sums(M, W, nm, pack)
+    return step_time_s(pack, n_dec, ctx, ctx_max, n_pf, c_sum, c_sq, c_before, before_sum, bucket)
 
 
 @njit(cache=True, _nrt=False)

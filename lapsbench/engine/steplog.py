@@ -16,7 +16,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "wall_ms": pl.Float64(), "gpu_ms": pl.Float64(), "k": pl.Int32(), "decode_requests": pl.Int32(),
     "context_tokens": pl.Int64(), "context_max": pl.Int64(), "prefill_requests": pl.Int32(),
     "prefill_tokens": pl.Int64(), "prefill_context_tokens": pl.Int64(), "prefill_tokens_sq": pl.Int64(),
-    "prefill_tokens_context": pl.Int64(), "emitted_tokens": pl.Int64(),
+    "prefill_tokens_context": pl.Int64(), "emitted_tokens": pl.Int64(), "prefill_chunks": pl.List(pl.Int64()),
 }
 
 
@@ -50,6 +50,7 @@ class StepLog:
         r["prefill_tokens_sq"].append(int(np.dot(chunk, chunk)))
         r["prefill_tokens_context"].append(int(np.dot(chunk, step.cached.astype(np.int64))))
         r["emitted_tokens"].append(int(step.emitted.sum()) + int(np.count_nonzero(step.completes)))
+        r["prefill_chunks"].append(chunk.tolist())
 
     def end(self) -> None:
         """Close the run in progress into a frame."""

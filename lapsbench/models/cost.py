@@ -92,7 +92,13 @@ class StepModel:
     CUDA-graph padding of an engine's decode step: `batch_sizes` (ascending) — the forwards run at the smallest
     listed batch ≥ the decoding requests (beyond the last: unpadded); `span_multiple` > 0 — attention runs over
     the longest member's span, max context + k + 1, rounded up to that multiple (`context_max` and
-    `batch_context_max` use it)."""
+    `batch_context_max` use it).
+
+    Per-length prefill correction: `prefill_bucket_ms[i]` is added for each prefill chunk of i·T + 1 … (i + 1)·T
+    tokens, T = `prefill_bucket_tokens` (chunks past the table: nothing). It describes an engine that pads each
+    chunk to a multiple of T and whose time per padded length is off any smooth curve (GEMM tile shapes: on the
+    H200 replay, a 448-token prefill is slower than a 512-token one); fitted from a step log's residuals
+    (calibrate fit --prefill-bucket)."""
 
     k: int | None = None
     sd_factor: float = 1.0
@@ -104,6 +110,8 @@ class StepModel:
     batch_context_max: float = 0.0
     batch_sizes: tuple[int, ...] = ()
     span_multiple: int = 0
+    prefill_bucket_tokens: int = 0
+    prefill_bucket_ms: tuple[float, ...] = ()
 
     def padded(self, k: int, n: np.ndarray, context_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """(batch, span, span padded?) the decode forwards run at (integers, as given when not padded)."""
@@ -118,7 +126,7 @@ class StepModel:
 
 
 STEP_KEYS = ("k", "sd_factor", "decode_ms", "prefill_ms", "mixed_ms", "context", "context_max", "batch_context_max",
-             "batch_sizes", "span_multiple")
+             "batch_sizes", "span_multiple", "prefill_bucket_tokens", "prefill_bucket_ms")
 
 
 @dataclass(frozen=True)
@@ -197,15 +205,18 @@ class CostModel:
 def sd_step_s(cost: CostModel, k: int, n_decode: np.ndarray, context_decode: np.ndarray,
               n_prefill: np.ndarray | None = None, prefill_tokens: np.ndarray | None = None,
               prefill_tokens_sq: np.ndarray | None = None, prefill_tokens_context: np.ndarray | None = None,
-              prefill_context: np.ndarray | None = None, context_max: np.ndarray | None = None) -> np.ndarray:
+              prefill_context: np.ndarray | None = None, context_max: np.ndarray | None = None,
+              prefill_bucket_ms: np.ndarray | None = None) -> np.ndarray:
     """Time of engine steps (vectorised over steps): k draft forwards + one verify of k+1 tokens per decoding
     request, plus the prefill of the requests being prefilled in the same step, plus the profile's step-level
     terms. Priced by the compiled step pricing, the one implementation (lapsbench.models.pricing, which says
-    how a step is priced); `context_max` defaults to `context_decode` (exact at batch size 1)."""
+    how a step is priced); `context_max` defaults to `context_decode` (exact at batch size 1),
+    `prefill_bucket_ms` (Σ of the chunks' per-length corrections) to that of a step's one chunk (0 with
+    several prefills: pass it)."""
     from lapsbench.models.pricing import step_times_s  # numba: imported only when something is priced
 
     return step_times_s(cost, k, n_decode, context_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
-                        prefill_tokens_context, prefill_context, context_max)
+                        prefill_tokens_context, prefill_context, context_max, prefill_bucket_ms)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -271,14 +282,23 @@ def _step(raw: object, where: str) -> StepModel | None:
                 raise LapsbenchError(f"{where}.batch_sizes: {value!r}; expected ascending integers >= 1")
             values[key] = tuple(sizes)
             continue
+        if key == "prefill_bucket_ms":
+            ms = value if isinstance(value, list) else [None]
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in ms):
+                raise LapsbenchError(f"{where}.prefill_bucket_ms: {value!r}; expected a list of finite numbers (ms)")
+            values[key] = tuple(float(x) for x in ms)
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise LapsbenchError(f"{where}.{key}: {value!r} is not a finite number")
-        if key in ("k", "span_multiple"):
+        if key in ("k", "span_multiple", "prefill_bucket_tokens"):
             if value != int(value) or value < 0:
                 raise LapsbenchError(f"{where}.{key}: {value!r}; expected an integer >= 0")
             values[key] = int(value)
         else:
             values[key] = float(value)
+    if values.get("prefill_bucket_ms") and int(values.get("prefill_bucket_tokens", 0)) < 1:  # type: ignore[call-overload]
+        raise LapsbenchError(f"{where}.prefill_bucket_tokens: {values.get('prefill_bucket_tokens', 'missing')!r}; "
+                             "prefill_bucket_ms needs the chunk length its entries step by, an integer >= 1")
     if values.get("sd_factor", 1.0) <= 0:
         raise LapsbenchError(f"{where}.sd_factor: {values['sd_factor']!r}; expected a number > 0")
     return StepModel(**values)  # type: ignore[arg-type]

@@ -161,18 +161,18 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
     """A K per decoding row (out_k[:n]) of a mixed-K step; returns the step's expected tokens per second.
 
     Row r has acceptance estimate alpha[r], `remaining[r]` tokens left (0: padding) and context ctx[r];
-    `prefill` = (n_prefill, tokens, tokens², tokens·context, context) of the step's prefill chunks. Candidates
-    are priced by the step pricing itself (lapsbench.models.pricing: `draft_forward_s` per draft position,
-    `assemble_step_s` for the step), so the price of the K's returned is `mixed_step_time_s` of them, bit for
-    bit. Greedy by draft position: a draft at position j is worth α_r^(j+1) tokens to row r (if it has more
-    than j + 1 tokens left), so position j's drafters are the best n_j by α of position j−1's drafters that
+    `prefill` = (n_prefill, tokens, tokens², tokens·context, context, Σ chunk_bucket_ms) of the step's prefill
+    chunks. Candidates are priced by the step pricing itself (lapsbench.models.pricing: `draft_forward_s` per
+    draft position, `assemble_step_s` for the step), so the price of the K's returned is `mixed_step_time_s` of
+    them, bit for bit. Greedy by draft position: a draft at position j is worth α_r^(j+1) tokens to row r (if it
+    has more than j + 1 tokens left), so position j's drafters are the best n_j by α of position j−1's drafters that
     have a token left for it; n_j is the count that maximises the step's tokens/s with no drafts past j (ties:
     fewer), and the walk stops at the first n_j = 0. Exact for one position; greedy past it (draft positions
     cost alike and are worth less, so a position that does not pay alone is not paid for by later ones).
     O(k_max · (n + k_max)) prices after an O(n log n) sort. Allocates nothing: `rows` (int64, >= n) and `power`
     (float64, >= n) are scratch, `pos` (int64 [3, >= k_max]) holds each position's drafters (count, Σ context,
     longest context)."""
-    n_pf, pf_tokens, pf_sq, pf_tc, pf_ctx = prefill
+    n_pf, pf_tokens, pf_sq, pf_tc, pf_ctx, pf_bucket = prefill
     none = np.int64(0)  # not literal 0's: sort_by_alpha and assemble_step_s would be compiled for them too
     tokens, c_sum, c_max = 0.0, none, none
     n_cand = none
@@ -190,7 +190,7 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
     verify = n  # Σ(K_r + 1)
     # the inner loop over m inlines the pricing; the prices made once per call or per position are calls
     best = tokens / assemble_call(pack, n, verify, none, c_sum, verify_span(pack, c_max, none), 0.0, n_pf, pf_tokens,
-                                   pf_sq, pf_tc, pf_ctx)
+                                   pf_sq, pf_tc, pf_ctx, pf_bucket)
     for j in range(k_max):
         keep = 0  # candidates with a token left for a draft at j, kept in order at the front
         for c in range(n_cand):
@@ -211,7 +211,7 @@ def goodput_per_request_k(pack, alpha: np.ndarray, remaining: np.ndarray, ctx: n
             m_max = max(m_max, ctx[r])
             drafts = before + draft_forward_s(pack, j, m, m_c, m_max, span) if not pack.fixed else 0.0
             rate = (tokens + gain) / assemble_step_s(pack, n, verify + m, j + 1, c_sum, span, drafts, n_pf,
-                                                     pf_tokens, pf_sq, pf_tc, pf_ctx)
+                                                     pf_tokens, pf_sq, pf_tc, pf_ctx, pf_bucket)
             if rate > best * (1.0 + 1e-12):
                 best_m, best = m, rate
         if best_m == 0:

@@ -4,12 +4,15 @@
 the @njit functions here can be called from other compiled code:
 
     step_time_s(pack, n_decode, context_decode, context_max, n_prefill, prefill_tokens, prefill_tokens_sq,
-                prefill_tokens_context, prefill_context)
+                prefill_tokens_context, prefill_context, prefill_bucket_ms)
         a step in which every one of `n_decode` requests drafts the pack's k tokens
     mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, ...)
         a step whose decoding request j drafts ks[j] tokens (K = 0: plain decoding, no draft)
     step_times_s(cost, k, ...)  (Python)
         step_time_s over arrays of steps, for callers outside compiled code
+    chunk_bucket_ms(pack, chunk)
+        the profile's per-length correction of one prefill chunk ([step] prefill_bucket_ms); a step's
+        `prefill_bucket_ms` argument is its Σ over the step's chunks, summed where the chunks are known
     draft_rebuild_s(pack, n, tokens, tokens_sq)
         the draft prefill that rebuilds the draft KV of `n` requests over their whole cached context (added to
         a step's price when speculation turns back on after the draft's memory was freed)
@@ -21,7 +24,8 @@ the @njit functions here can be called from other compiled code:
 A step of a speculative-decoding engine: max K_i draft forwards (forward j over the requests with K_i > j, each
 seeing its context plus the j tokens drafted so far), one target forward verifying Σ(K_i + 1) tokens over all
 decoding requests, plus the prefill of the requests being prefilled in the same step, plus the profile's
-step-level terms (`StepModel`: SD factor, attention terms, CUDA-graph padding, per-step host overhead). With a
+step-level terms (`StepModel`: SD factor, attention terms, CUDA-graph padding, per-step host overhead, the
+per-length correction of prefill chunks). With a
 fitted profile, a step that mixes prefill and decode is priced as the sum of the two forwards (an upper bound of
 a fused chunked-prefill forward; exact at batch size 1) plus the mixed-step overhead. The fixed profile prices
 any step as one forward: step_s (+ max K_i draft forwards if it decodes) + prefill_s_per_token per prompt token.
@@ -42,7 +46,8 @@ from lapsbench.errors import LapsbenchError
 from lapsbench.models.cost import FEATURES, CostModel, PhaseModel
 
 __all__ = ["CostPack", "pack_cost", "step_time_s", "mixed_step_time_s", "step_times_s", "draft_forward_s",
-           "assemble_step_s", "draft_forward_call", "assemble_call", "verify_span", "draft_rebuild_s"]
+           "assemble_step_s", "draft_forward_call", "assemble_call", "verify_span", "draft_rebuild_s",
+           "chunk_bucket_ms", "bucket_ms_of_chunks"]
 
 # Phase-model slots; term rows: 2 * slot (memory / linear part), 2 * slot + 1 (compute part), 8 + slot (short),
 # 12 + slot (wide)
@@ -72,6 +77,8 @@ class CostPack(NamedTuple):
     span: int             # [step] span_multiple (0: none)
     batch_sizes: np.ndarray  # int64: CUDA-graph batch sizes, ascending (empty: none)
     fixed_s: np.ndarray   # float64[3]: fixed profile step_s, draft_step_s, prefill_s_per_token
+    bucket_tokens: int    # [step] prefill_bucket_tokens (0: no per-length correction)
+    bucket_ms: np.ndarray  # float64: [step] prefill_bucket_ms, entry i for chunks of i·T+1 … (i+1)·T tokens
 
 
 def _pack_phase(model: PhaseModel | None, slot: int, pack: dict, where: str) -> None:
@@ -106,7 +113,7 @@ def pack_cost(cost: CostModel, k: int) -> CostPack:
                 short_below=np.zeros(4), wide_from=np.zeros(4), nterms=np.zeros(ROWS, np.int64),
                 feat=np.zeros((ROWS, MAX_TERMS), np.int64),
                 vals=np.zeros((ROWS, MAX_TERMS)), step=np.array([1.0, 0, 0, 0, 0, 0, 0]), has_step=False, span=0,
-                batch_sizes=np.zeros(0, np.int64), fixed_s=np.zeros(3))
+                batch_sizes=np.zeros(0, np.int64), fixed_s=np.zeros(3), bucket_tokens=0, bucket_ms=np.zeros(0))
     if cost.is_fixed:
         pack["fixed_s"][:] = (cost.fixed_step_s, cost.fixed_draft_step_s, cost.fixed_prefill_s_per_token)
     else:
@@ -125,7 +132,9 @@ def pack_cost(cost: CostModel, k: int) -> CostPack:
                                      f"expected at most {MAX_BATCH_SIZES}")
             pack.update(has_step=True, span=int(st.span_multiple), batch_sizes=np.array(st.batch_sizes, np.int64),
                         step=np.array([st.sd_factor, st.decode_ms, st.prefill_ms, st.mixed_ms, st.context,
-                                       st.context_max, st.batch_context_max], np.float64))
+                                       st.context_max, st.batch_context_max], np.float64),
+                        bucket_tokens=int(st.prefill_bucket_tokens) if st.prefill_bucket_ms else 0,
+                        bucket_ms=np.array(st.prefill_bucket_ms, np.float64))
     return CostPack(k=k, fixed=cost.is_fixed, **pack)
 
 
@@ -231,8 +240,9 @@ def _decode_terms(pack, t, n_decode, context_decode, span):
 
 @njit(cache=True, inline="always")
 def _rest_s(pack, t, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
-            prefill_context):
-    """The step's decode time `t` plus its prefill forwards and the [step] host overhead."""
+            prefill_context, prefill_bucket_ms):
+    """The step's decode time `t` plus its prefill forwards (with the chunks' per-length correction, Σ
+    chunk_bucket_ms) and the [step] host overhead."""
     if pack.fixed:
         return t + pack.fixed_s[2] * float(prefill_tokens)
     if n_prefill > 0:
@@ -241,7 +251,7 @@ def _rest_s(pack, t, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq, pre
         p = _phase_s(pack, TARGET_PREFILL, nf, tok, ctx, sq, tc, 0.0, 0.0)
         if pack.k > 0 and pack.present[DRAFT_PREFILL] != 0:
             p = p + _phase_s(pack, DRAFT_PREFILL, nf, tok, ctx, sq, tc, 0.0, 0.0)
-        t = t + p
+        t = t + (p + prefill_bucket_ms / 1000.0)
     else:
         t = t + 0.0
     if pack.has_step:
@@ -276,7 +286,7 @@ def draft_forward_s(pack, f, n_f, c_f, m_f, span):
 
 @njit(cache=True, inline="always")
 def assemble_step_s(pack, n_decode, tokens, k_max, context_decode, span, drafts, n_prefill, prefill_tokens,
-                    prefill_tokens_sq, prefill_tokens_context, prefill_context):
+                    prefill_tokens_sq, prefill_tokens_context, prefill_context, prefill_bucket_ms):
     """A step's seconds from its decode parts: the target verifying `tokens` query tokens of `n_decode`
     requests (Σ context `context_decode`; CUDA-graph padding rows verify k_max + 1 each), `drafts` = Σ of its
     draft forwards (draft_forward_s), the [step] decode terms, then the prefill chunks and host overhead
@@ -290,7 +300,7 @@ def assemble_step_s(pack, n_decode, tokens, k_max, context_decode, span, drafts,
             t = t + (0.0 + drafts)
         t = _decode_terms(pack, t, n_decode, context_decode, span)
     return _rest_s(pack, t, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq, prefill_tokens_context,
-                   prefill_context)
+                   prefill_context, prefill_bucket_ms)
 
 
 # The step prices call the two parts compiled once (draft_forward_call, assemble_call), not inlined: each
@@ -305,17 +315,17 @@ def draft_forward_call(pack, f, n_f, c_f, m_f, span):
 
 @njit(cache=True)
 def assemble_call(pack, n_decode, tokens, k_max, context_decode, span, drafts, n_prefill, prefill_tokens,
-                  prefill_tokens_sq, prefill_tokens_context, prefill_context):
+                  prefill_tokens_sq, prefill_tokens_context, prefill_context, prefill_bucket_ms):
     return assemble_step_s(pack, n_decode, tokens, k_max, context_decode, span, drafts, n_prefill, prefill_tokens,
-                           prefill_tokens_sq, prefill_tokens_context, prefill_context)
+                           prefill_tokens_sq, prefill_tokens_context, prefill_context, prefill_bucket_ms)
 
 
 @njit(cache=True)
 def step_time_s(pack, n_decode, context_decode, context_max, n_prefill, prefill_tokens, prefill_tokens_sq,
-                prefill_tokens_context, prefill_context):
+                prefill_tokens_context, prefill_context, prefill_bucket_ms):
     """Seconds of a step in which each of `n_decode` requests (Σ context `context_decode`, longest
     `context_max`) drafts pack.k tokens, and `n_prefill` requests prefill chunks of `prefill_tokens` tokens in
-    all (Σ chunk², Σ chunk · cached before it, Σ cached before)."""
+    all (Σ chunk², Σ chunk · cached before it, Σ cached before, Σ chunk_bucket_ms in ms)."""
     k = pack.k
     span = verify_span(pack, context_max, k)
     drafts = 0.0
@@ -323,12 +333,13 @@ def step_time_s(pack, n_decode, context_decode, context_max, n_prefill, prefill_
         for f in range(k):
             drafts += draft_forward_call(pack, f, n_decode, context_decode, span, span)
     return assemble_call(pack, n_decode, n_decode * (k + 1), k, context_decode, span, drafts, n_prefill,
-                          prefill_tokens, prefill_tokens_sq, prefill_tokens_context, prefill_context)
+                          prefill_tokens, prefill_tokens_sq, prefill_tokens_context, prefill_context,
+                          prefill_bucket_ms)
 
 
 @njit(cache=True)
 def mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, prefill_tokens, prefill_tokens_sq,
-                      prefill_tokens_context, prefill_context):
+                      prefill_tokens_context, prefill_context, prefill_bucket_ms):
     """step_time_s for a step whose decoding request j (of `n_decode`, context contexts[j]) drafts ks[j] tokens
     (0 <= ks[j] <= pack.k): the target verifies Σ(ks[j] + 1) tokens; draft forward f runs over the requests with
     ks[j] > f; K = 0 costs no draft. With every ks[j] = pack.k it is step_time_s, bit for bit."""
@@ -351,14 +362,28 @@ def mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, prefill_tokens, p
                     m_f = max(m_f, contexts[j])
             drafts += draft_forward_call(pack, f, n_f, c_f, m_f, span)
     return assemble_call(pack, n_decode, tokens, k_max, c_sum, span, drafts, n_prefill, prefill_tokens,
-                          prefill_tokens_sq, prefill_tokens_context, prefill_context)
+                          prefill_tokens_sq, prefill_tokens_context, prefill_context, prefill_bucket_ms)
+
+
+@njit(cache=True, _nrt=False)
+def chunk_bucket_ms(pack, chunk):
+    """The profile's correction (ms) of a prefill chunk of `chunk` tokens: [step] prefill_bucket_ms at the
+    chunk's padded length (an engine that pads chunks to multiples of prefill_bucket_tokens and runs each
+    padded length off the smooth curve, e.g. by GEMM tile shapes); 0 without a table, for chunk <= 0 and past
+    the table's end."""
+    T = pack.bucket_tokens
+    if T <= 0 or chunk <= 0:
+        return 0.0
+    i = (chunk + T - 1) // T - 1
+    return pack.bucket_ms[i] if i < pack.bucket_ms.size else 0.0
 
 
 @njit(cache=True, _nrt=False)
 def draft_rebuild_s(pack, n, tokens, tokens_sq):
     """One draft-prefill forward rebuilding the draft KV of `n` requests over their whole cached context (Σ
     `tokens`, Σ tokens² `tokens_sq`), priced as prefill chunks with nothing cached before them (the draft cannot
-    reuse the target's KV); 0 when n = 0, on the fixed profile or without a draft prefill model (whose prefill
+    reuse the target's KV; the chunks' per-length correction is of the target and draft prefill together, so
+    not charged here); 0 when n = 0, on the fixed profile or without a draft prefill model (whose prefill
     chunks are not charged a draft prefill either)."""
     if n == 0 or pack.fixed or pack.present[DRAFT_PREFILL] == 0:
         return 0.0
@@ -367,17 +392,19 @@ def draft_rebuild_s(pack, n, tokens, tokens_sq):
 
 @njit(cache=True)
 def _step_times(pack, n_decode, context_decode, context_max, n_prefill, prefill_tokens, prefill_tokens_sq,
-                prefill_tokens_context, prefill_context, out):
+                prefill_tokens_context, prefill_context, prefill_bucket_ms, out):
     for r in range(out.size):
         out[r] = step_time_s(pack, n_decode[r], context_decode[r], context_max[r], n_prefill[r], prefill_tokens[r],
-                             prefill_tokens_sq[r], prefill_tokens_context[r], prefill_context[r])
+                             prefill_tokens_sq[r], prefill_tokens_context[r], prefill_context[r],
+                             prefill_bucket_ms[r])
 
 
 def step_times_s(cost: CostModel | CostPack, k: int, n_decode, context_decode, n_prefill=None, prefill_tokens=None,
                  prefill_tokens_sq=None, prefill_tokens_context=None, prefill_context=None,
-                 context_max=None) -> np.ndarray:
+                 context_max=None, prefill_bucket_ms=None) -> np.ndarray:
     """step_time_s over arrays of steps (broadcast together); `context_max` defaults to `context_decode` (exact
-    at batch size 1), the prefill arguments to 0."""
+    at batch size 1), the prefill arguments to 0; `prefill_bucket_ms` (Σ chunk_bucket_ms of each step's
+    chunks) to that of the one chunk of a step with one prefill, 0 for a step of several (pass it)."""
     pack = cost if isinstance(cost, CostPack) else pack_cost(cost, k)
     context_max = context_decode if context_max is None else context_max
     args = [n_decode, context_decode, context_max] + [0 if a is None else a for a in (
@@ -385,6 +412,22 @@ def step_times_s(cost: CostModel | CostPack, k: int, n_decode, context_decode, n
     arrays = np.broadcast_arrays(*(np.asarray(a) for a in args))
     shape = arrays[0].shape
     ints = [np.array(a, np.int64).reshape(-1) for a in arrays]
+    if prefill_bucket_ms is None:  # the one chunk of a step with one prefill
+        bucket = bucket_ms_of_chunks(pack.bucket_tokens, pack.bucket_ms, np.where(ints[3] == 1, ints[4], 0))
+    else:
+        bucket = np.broadcast_to(np.asarray(prefill_bucket_ms, np.float64), shape).reshape(-1).copy()
     out = np.empty(int(np.prod(shape)), np.float64)
-    _step_times(pack, *ints, out)
+    _step_times(pack, *ints, bucket, out)
     return out.reshape(shape)
+
+
+def bucket_ms_of_chunks(bucket_tokens: int, bucket_ms, chunks: np.ndarray) -> np.ndarray:
+    """chunk_bucket_ms of each chunk length, vectorised, from a table (`bucket_ms`, entry i for chunks of
+    i·bucket_tokens + 1 … (i + 1)·bucket_tokens tokens; 0 for a length <= 0 and past the table)."""
+    c = np.asarray(chunks, np.int64)
+    table = np.asarray(bucket_ms, np.float64)
+    if bucket_tokens <= 0 or table.size == 0:
+        return np.zeros(c.shape, np.float64)
+    i = (c + bucket_tokens - 1) // bucket_tokens - 1
+    ok = (c > 0) & (i < table.size)
+    return np.where(ok, table[np.clip(i, 0, table.size - 1)], 0.0)

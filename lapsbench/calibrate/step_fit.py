@@ -321,14 +321,13 @@ def fit_step_terms(cost: CostModel, log: pl.DataFrame, rng: np.random.Generator,
         table = fit_bucket_table(log, t - priced, t, train[ph[train] != "decode"], pad.prefill_bucket_tokens)
         step = replace(step, prefill_bucket_ms=table)
         priced = price_steps(replace(cost, step=step), log)
-        if table:
-            label += f" + per {pad.prefill_bucket_tokens} tokens"
+    by_length = f" + per {pad.prefill_bucket_tokens} tokens" if step.prefill_bucket_ms else ""  # steps that prefill
     fits: dict[str, dict[str, Any]] = {}
     for phase in STEP_PHASES:
         rows = test[ph[test] == phase]
         if (ph == phase).any():
             fits[phase] = _ape_stats(np.abs(priced[rows] / t[rows] - 1), int((ph[train] == phase).sum()), False,
-                                     label)
+                                     label + (by_length if phase != "decode" else ""))
             fits[phase]["cv_rmsre"] = {k: round(math.sqrt(v), 5) for k, v in sorted(scores.items())}
     return step, fits
 

@@ -47,17 +47,20 @@ def chunk_sums(log: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+def _logged_chunks(log: pl.DataFrame) -> np.ndarray:
+    """Rows with prefill_chunks logged."""
+    return log[CHUNKS].is_not_null().to_numpy() if CHUNKS in log.columns else np.zeros(log.height, bool)
+
+
 def known_chunks(log: pl.DataFrame) -> np.ndarray:
     """Rows whose every prefill chunk is known: logged (prefill_chunks), or at most one prefill."""
-    logged = log[CHUNKS].is_not_null().to_numpy() if CHUNKS in log.columns else np.zeros(log.height, bool)
-    return logged | (log["prefill_requests"].to_numpy() <= 1)
+    return _logged_chunks(log) | (log["prefill_requests"].to_numpy() <= 1)
 
 
 def _chunk_rows(log: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(row, tokens) of every known prefill chunk (`known_chunks`): the logged chunks, or a row's one prefill."""
-    n = log["prefill_requests"].to_numpy().astype(np.int64)
-    logged = log[CHUNKS].is_not_null().to_numpy() if CHUNKS in log.columns else np.zeros(log.height, bool)
-    one = np.flatnonzero(~logged & (n == 1))
+    logged = _logged_chunks(log)
+    one = np.flatnonzero(~logged & (log["prefill_requests"].to_numpy() == 1))
     rows, chunks = [one], [log["prefill_tokens"].to_numpy().astype(np.int64)[one]]
     if logged.any():
         part = log.select(pl.int_range(pl.len()).alias("_row"), pl.col(CHUNKS)).filter(pl.col(CHUNKS).is_not_null())

@@ -366,16 +366,27 @@ def mixed_step_time_s(pack, ks, contexts, n_decode, n_prefill, prefill_tokens, p
 
 
 @njit(cache=True, _nrt=False)
+def _bucket_entry_ms(bucket_tokens, bucket_ms, chunk):
+    """Entry i of `bucket_ms` for a chunk of i·bucket_tokens + 1 … (i + 1)·bucket_tokens tokens; 0 without a
+    table, for chunk <= 0 and past the table's end."""
+    if bucket_tokens <= 0 or chunk <= 0:
+        return 0.0
+    i = (chunk + bucket_tokens - 1) // bucket_tokens - 1
+    return bucket_ms[i] if i < bucket_ms.size else 0.0
+
+
+@njit(cache=True, _nrt=False)
 def chunk_bucket_ms(pack, chunk):
     """The profile's correction (ms) of a prefill chunk of `chunk` tokens: [step] prefill_bucket_ms at the
     chunk's padded length (an engine that pads chunks to multiples of prefill_bucket_tokens and runs each
-    padded length off the smooth curve, e.g. by GEMM tile shapes); 0 without a table, for chunk <= 0 and past
-    the table's end."""
-    T = pack.bucket_tokens
-    if T <= 0 or chunk <= 0:
-        return 0.0
-    i = (chunk + T - 1) // T - 1
-    return pack.bucket_ms[i] if i < pack.bucket_ms.size else 0.0
+    padded length off the smooth curve, e.g. by GEMM tile shapes)."""
+    return _bucket_entry_ms(pack.bucket_tokens, pack.bucket_ms, chunk)
+
+
+@njit(cache=True, _nrt=False)
+def _bucket_entries_ms(bucket_tokens, bucket_ms, chunks, out):
+    for r in range(chunks.size):
+        out[r] = _bucket_entry_ms(bucket_tokens, bucket_ms, chunks[r])
 
 
 @njit(cache=True, _nrt=False)
@@ -422,12 +433,12 @@ def step_times_s(cost: CostModel | CostPack, k: int, n_decode, context_decode, n
 
 
 def bucket_ms_of_chunks(bucket_tokens: int, bucket_ms, chunks: np.ndarray) -> np.ndarray:
-    """chunk_bucket_ms of each chunk length, vectorised, from a table (`bucket_ms`, entry i for chunks of
-    i·bucket_tokens + 1 … (i + 1)·bucket_tokens tokens; 0 for a length <= 0 and past the table)."""
+    """chunk_bucket_ms of each chunk length, for callers outside compiled code, from a table (`bucket_ms`,
+    entry i for chunks of i·bucket_tokens + 1 … (i + 1)·bucket_tokens tokens; 0 for a length <= 0 and past
+    the table)."""
     c = np.asarray(chunks, np.int64)
+    out = np.zeros(c.size, np.float64)
     table = np.asarray(bucket_ms, np.float64)
-    if bucket_tokens <= 0 or table.size == 0:
-        return np.zeros(c.shape, np.float64)
-    i = (c + bucket_tokens - 1) // bucket_tokens - 1
-    ok = (c > 0) & (i < table.size)
-    return np.where(ok, table[np.clip(i, 0, table.size - 1)], 0.0)
+    if bucket_tokens > 0 and table.size:
+        _bucket_entries_ms(int(bucket_tokens), table, np.ascontiguousarray(c.reshape(-1)), out)
+    return out.reshape(c.shape)
